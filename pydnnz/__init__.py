@@ -1,0 +1,31 @@
+"""pydnnz: compressed neural-network layers.
+
+Lossy, structure-preserving compression (pruning, weight sharing, quantization, low rank),
+lossless compact encodings of each layer with dot products computed straight from the
+compressed form (C kernels), and the .dnnz container that stores them.
+"""
+from ._version import __version__
+from .errors import (
+    ChecksumError,
+    CodeLengthError,
+    CorruptDataError,
+    DnnzError,
+    DnnzMemoryError,
+    InvalidArgumentError,
+    ShapeError,
+    TruncatedError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "__version__",
+    "DnnzError",
+    "InvalidArgumentError",
+    "ShapeError",
+    "CorruptDataError",
+    "TruncatedError",
+    "CodeLengthError",
+    "ChecksumError",
+    "UnsupportedError",
+    "DnnzMemoryError",
+]

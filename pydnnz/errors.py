@@ -1,0 +1,61 @@
+"""The exceptions pydnnz raises. Every failure a user can cause is a DnnzError subclass.
+
+    DnnzError
+    ├── InvalidArgumentError (also a ValueError)  a bad argument: value out of range, wrong type
+    │   └── ShapeError                            a shape that does not fit
+    ├── CorruptDataError                          an encoded stream or file that fails a check
+    │   ├── TruncatedError                        the data ends before what it announces
+    │   ├── CodeLengthError                       Huffman code lengths that form no valid prefix code
+    │   └── ChecksumError                         a CRC-32 mismatch
+    ├── UnsupportedError                          a version, encoding or CPU path this build lacks
+    └── DnnzMemoryError (also a MemoryError)      an allocation failed
+"""
+
+
+class DnnzError(Exception):
+    """Base class of every error pydnnz raises on purpose."""
+
+
+class InvalidArgumentError(DnnzError, ValueError):
+    """An argument is out of its documented range or of the wrong type."""
+
+
+class ShapeError(InvalidArgumentError):
+    """An array or tensor shape does not fit the operation."""
+
+
+class CorruptDataError(DnnzError):
+    """Encoded data (a stream, a section, a file) is inconsistent."""
+
+
+class TruncatedError(CorruptDataError):
+    """Encoded data ends before the data it announces."""
+
+
+class CodeLengthError(CorruptDataError):
+    """A set of Huffman code lengths that no complete prefix code can have."""
+
+
+class ChecksumError(CorruptDataError):
+    """Stored and computed checksums differ."""
+
+
+class UnsupportedError(DnnzError):
+    """A format version, encoding, feature or CPU path that this build does not support."""
+
+
+class DnnzMemoryError(DnnzError, MemoryError):
+    """The C library could not allocate memory."""
+
+
+__all__ = [
+    "DnnzError",
+    "InvalidArgumentError",
+    "ShapeError",
+    "CorruptDataError",
+    "TruncatedError",
+    "CodeLengthError",
+    "ChecksumError",
+    "UnsupportedError",
+    "DnnzMemoryError",
+]
