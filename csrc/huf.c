@@ -393,11 +393,18 @@ int dnnz_huf_encode(const dnnz_huf_ctable *t, dnnz_bit_writer *w, const void *sy
 int dnnz_huf_encode_stream(const uint8_t *lengths, size_t n_alphabet, const void *symbols,
                            unsigned sym_width, size_t n, uint8_t *dst, size_t cap, uint64_t *n_bits)
 {
+    return dnnz_huf_encode_at(lengths, n_alphabet, symbols, sym_width, n, dst, cap, 0, n_bits);
+}
+
+int dnnz_huf_encode_at(const uint8_t *lengths, size_t n_alphabet, const void *symbols,
+                       unsigned sym_width, size_t n, uint8_t *dst, size_t cap, uint64_t bit_offset,
+                       uint64_t *n_bits)
+{
     dnnz_huf_ctable t;
     dnnz_bit_writer w;
     uint64_t bad = 0;
     DNNZ_CHECK(dnnz_huf_ctable_init(&t, lengths, n_alphabet));
-    int status = dnnz_bit_writer_init(&w, dst, cap, 0);
+    int status = dnnz_bit_writer_init(&w, dst, cap, bit_offset);
     if (status == DNNZ_OK)
         status = dnnz_huf_encode(&t, &w, symbols, sym_width, n, &bad);
     if (status == DNNZ_OK)
@@ -600,6 +607,16 @@ int dnnz_huf_decode(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, u
     if (flags & DNNZ_HUF_INVALID)
         return DNNZ_E_CORRUPT;
     return DNNZ_OK;
+}
+
+int dnnz_huf_decode_at(const uint8_t *lengths, size_t n_alphabet, const uint8_t *src, size_t size,
+                       uint64_t bit_start, uint64_t bit_end, size_t n, void *out, uint64_t *bit_pos)
+{
+    dnnz_huf_dtable t;
+    DNNZ_CHECK(dnnz_huf_dtable_init(&t, lengths, n_alphabet));
+    int status = dnnz_huf_decode(&t, src, size, bit_start, bit_end, n, out, bit_pos);
+    dnnz_huf_dtable_free(&t);
+    return status;
 }
 
 int dnnz_huf_decode_stream(const uint8_t *lengths, size_t n_alphabet, const uint8_t *src,

@@ -68,6 +68,19 @@ int dnnz_huf_encode_stream(const uint8_t *lengths, size_t n_alphabet, const void
  * last symbol's byte, or a non-zero padding bit), DNNZ_E_ALLOC. */
 int dnnz_huf_decode_stream(const uint8_t *lengths, size_t n_alphabet, const uint8_t *src,
                            size_t size, size_t n, void *out);
+
+/* Ranged variants (what streams packed back to back inside a larger buffer use):
+ * encode_at writes the codes of symbols[0..n) into dst[0..cap) starting at bit bit_offset (the
+ * bits before it in the first byte are kept), zero-pads the last byte, and returns the end
+ * position in *bit_end; decode_at decodes n symbols from bit bit_start, reading no byte at or
+ * after ceil(bit_end / 8), and returns the position after the last code in *bit_pos (the caller
+ * checks it against what it expects). Same errors as the one-shot versions, less the
+ * trailing-data rule. */
+int dnnz_huf_encode_at(const uint8_t *lengths, size_t n_alphabet, const void *symbols,
+                       unsigned sym_width, size_t n, uint8_t *dst, size_t cap, uint64_t bit_offset,
+                       uint64_t *bit_end);
+int dnnz_huf_decode_at(const uint8_t *lengths, size_t n_alphabet, const uint8_t *src, size_t size,
+                       uint64_t bit_start, uint64_t bit_end, size_t n, void *out, uint64_t *bit_pos);
 /* cffi:end */
 
 /* ========================================================================================== */
