@@ -251,6 +251,14 @@ def test_spec_worked_example():
     payload, n_bits = huffman.encode(sym, lengths)
     assert (payload.hex(), n_bits) == ("4eac9c", 23)
     assert huffman.decode(bytes.fromhex("4eac9c"), 11, lengths).tolist() == sym.tolist()
+    for bad in ["4eac9d", "4eac9c00"]:
+        with pytest.raises(errors.CorruptDataError, match="after the end"):
+            huffman.decode(bytes.fromhex(bad), 11, lengths)
+    with pytest.raises(errors.TruncatedError):
+        huffman.decode(bytes.fromhex("4eac"), 11, lengths)
+    assert huffman.encode([1, 1, 1], [0, 1]) == (b"\x00", 3)
+    with pytest.raises(errors.CorruptDataError, match="corrupt"):
+        huffman.decode(b"\x20", 3, [0, 1])
 
 
 def test_ranged_streams_at_odd_bit_offsets():
