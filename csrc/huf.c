@@ -535,8 +535,55 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
     return 0;
 }
 
+/* The hot loops keep the reader state in locals (acc, avail, ptr): the symbol stores go through
+ * a byte pointer, which may alias a struct in memory and would force a reload per lookup. The
+ * state goes back into the struct around the (rare) single-symbol slow path. */
+#define RD_LOCALS(S, R)                \
+    uint64_t S##acc = (R)->acc;        \
+    unsigned S##av = (R)->avail;       \
+    const uint8_t *S##p = (R)->ptr;    \
+    const uint8_t *const S##lim = (R)->end - 8
+#define RD_SAVE(S, R)       \
+    do {                    \
+        (R)->acc = S##acc;  \
+        (R)->avail = S##av; \
+        (R)->ptr = S##p;    \
+    } while (0)
+#define RD_LOAD(S, R)       \
+    do {                    \
+        S##acc = (R)->acc;  \
+        S##av = (R)->avail; \
+        S##p = (R)->ptr;    \
+    } while (0)
+#define RD_CAN_REFILL(S, R) ((R)->end - S##p >= 8)
+#define RD_REFILL_FAST(S)                              \
+    do {                                               \
+        S##acc |= dnnz_bit_load_be64(S##p) >> S##av;   \
+        S##p += (63 - S##av) >> 3;                     \
+        S##av |= 56;                                   \
+    } while (0)
+/* One multi-symbol lookup for stream S (reader R) writing to O of type T; the slow path
+ * decodes one symbol through the struct. */
+#define MULTI_STEP(S, R, O, T)                                          \
+    do {                                                                \
+        uint64_t e_ = multi[S##acc >> (64 - TB)];                       \
+        unsigned c_ = MULTI_COUNT(e_);                                  \
+        if (DNNZ_LIKELY(c_ != 0)) {                                     \
+            unsigned b_ = MULTI_BITS(e_);                               \
+            memcpy(O, &e_, 8);                                          \
+            O += c_;                                                    \
+            S##acc <<= b_;                                              \
+            S##av -= b_;                                                \
+        } else {                                                        \
+            RD_SAVE(S, R);                                              \
+            dnnz_bit_refill(R);                                         \
+            *O++ = (T)dnnz_huf_decode_symbol(t, R, &flags);             \
+            RD_LOAD(S, R);                                              \
+        }                                                               \
+    } while (0)
+
 /* Bulk decoders, one per output width. The fast loop needs 8 readable input bytes (branch-free
- * refill) and room for 5 multi-symbol stores of 8 bytes; the tail decodes one symbol at a time
+ * refill) and room for 4 multi-symbol stores of 8 bytes; the tail decodes one symbol at a time
  * with the safe refill. */
 #define DEFINE_DECODE(NAME, T)                                                                \
     static uint32_t NAME(const dnnz_huf_dtable *t, dnnz_bit_reader *r, T *o, size_t n)        \
@@ -545,27 +592,19 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
         uint32_t flags = 0;                                                                   \
         const uint64_t *multi = t->multi;                                                     \
         if (multi && sizeof(T) < 4) {                                                         \
-            const ptrdiff_t room = 5 * (6 / (ptrdiff_t)sizeof(T)) + 8 / (ptrdiff_t)sizeof(T); \
-            while (oend - o >= room && dnnz_bit_reader_can_refill_fast(r)) {                  \
-                uint64_t e;                                                                   \
-                unsigned c;                                                                   \
-                dnnz_bit_refill_fast(r);                                                      \
-                /* 5 lookups of at most TB = 11 bits fit in the >= 56 refilled bits */        \
-                _Static_assert(5 * DNNZ_HUF_TABLE_BITS <= 56, "refill budget");               \
-                for (int k = 0; k < 5; k++) {                                                 \
-                    e = multi[r->acc >> (64 - TB)];                                           \
-                    c = MULTI_COUNT(e);                                                       \
-                    if (DNNZ_UNLIKELY(c == 0))                                                \
-                        goto single_##NAME;                                                   \
-                    memcpy(o, &e, 8);                                                         \
-                    o += c;                                                                   \
-                    dnnz_bit_skip(r, MULTI_BITS(e));                                          \
-                }                                                                             \
-                continue;                                                                     \
-            single_##NAME:                                                                    \
-                dnnz_bit_refill(r);                                                           \
-                *o++ = (T)dnnz_huf_decode_symbol(t, r, &flags);                               \
+            const ptrdiff_t room = 4 * (6 / (ptrdiff_t)sizeof(T)) + 8 / (ptrdiff_t)sizeof(T); \
+            RD_LOCALS(a, r);                                                                  \
+            (void)alim;                                                                       \
+            while (oend - o >= room && RD_CAN_REFILL(a, r)) {                                 \
+                RD_REFILL_FAST(a);                                                            \
+                /* 4 lookups of at most TB = 11 bits fit in the >= 56 refilled bits, and a    \
+                 * slow step refills before it decodes */                                     \
+                MULTI_STEP(a, r, o, T);                                                       \
+                MULTI_STEP(a, r, o, T);                                                       \
+                MULTI_STEP(a, r, o, T);                                                       \
+                MULTI_STEP(a, r, o, T);                                                       \
             }                                                                                 \
+            RD_SAVE(a, r);                                                                    \
         }                                                                                     \
         const uint32_t spr = t->syms_per_refill;                                              \
         while (o < oend) {                                                                    \
@@ -579,6 +618,56 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
 DEFINE_DECODE(decode_u8, uint8_t)
 DEFINE_DECODE(decode_u16, uint16_t)
 DEFINE_DECODE(decode_u32, uint32_t)
+_Static_assert(4 * DNNZ_HUF_TABLE_BITS <= 56, "refill budget of the multi-symbol loops");
+
+uint32_t dnnz_huf_decode_reader(const dnnz_huf_dtable *t, dnnz_bit_reader *r, void *out, size_t n)
+{
+    switch (t->out_width) {
+    case 1: return decode_u8(t, r, out, n);
+    case 2: return decode_u16(t, r, out, n);
+    default: return decode_u32(t, r, out, n);
+    }
+}
+
+uint32_t dnnz_huf_decode4_u8(const dnnz_huf_dtable *t, dnnz_bit_reader r[4], uint8_t *const out[4], size_t n)
+{
+    uint32_t flags = 0;
+    const uint64_t *multi = t->multi;
+    uint8_t *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3];
+    if (multi && t->out_width == 1) {
+        /* every stream emits at most 24 symbols per round (+ an 8-byte store) */
+        uint8_t *const e0 = out[0] + n - 32, *const e1 = out[1] + n - 32;
+        uint8_t *const e2 = out[2] + n - 32, *const e3 = out[3] + n - 32;
+        RD_LOCALS(a, &r[0]);
+        RD_LOCALS(b, &r[1]);
+        RD_LOCALS(c, &r[2]);
+        RD_LOCALS(d, &r[3]);
+        if (n >= 32) {
+            while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3 &&
+                   ap <= alim && bp <= blim && cp <= clim && dp <= dlim) {
+                RD_REFILL_FAST(a);
+                RD_REFILL_FAST(b);
+                RD_REFILL_FAST(c);
+                RD_REFILL_FAST(d);
+                for (int k = 0; k < 4; k++) {
+                    MULTI_STEP(a, &r[0], o0, uint8_t);
+                    MULTI_STEP(b, &r[1], o1, uint8_t);
+                    MULTI_STEP(c, &r[2], o2, uint8_t);
+                    MULTI_STEP(d, &r[3], o3, uint8_t);
+                }
+            }
+        }
+        RD_SAVE(a, &r[0]);
+        RD_SAVE(b, &r[1]);
+        RD_SAVE(c, &r[2]);
+        RD_SAVE(d, &r[3]);
+    }
+    flags |= decode_u8(t, &r[0], o0, (size_t)(out[0] + n - o0));
+    flags |= decode_u8(t, &r[1], o1, (size_t)(out[1] + n - o1));
+    flags |= decode_u8(t, &r[2], o2, (size_t)(out[2] + n - o2));
+    flags |= decode_u8(t, &r[3], o3, (size_t)(out[3] + n - o3));
+    return flags;
+}
 
 int dnnz_huf_decode(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t bit_start,
                     uint64_t bit_end, size_t n, void *out, uint64_t *bit_pos)

@@ -145,6 +145,16 @@ void dnnz_huf_dtable_free(dnnz_huf_dtable *t);
 int dnnz_huf_decode(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t bit_start,
                     uint64_t bit_end, size_t n, void *out, uint64_t *bit_pos);
 
+/* Decode n symbols from each of four streams at once (interleaved: the four dependency chains
+ * run in parallel, which is what makes row-parallel formats fast), for 1-byte outputs
+ * (t->out_width == 1). r[i] are readers already positioned (dnnz_bit_reader_init), o[i] receive
+ * n symbols each. The readers are left after the n-th code of each stream (so a caller may
+ * continue with another chunk). Returns the OR of the decode flags: test DNNZ_HUF_INVALID. */
+uint32_t dnnz_huf_decode4_u8(const dnnz_huf_dtable *t, dnnz_bit_reader r[4], uint8_t *const o[4], size_t n);
+
+/* Same for one stream, any width (t->out_width bytes per symbol). */
+uint32_t dnnz_huf_decode_reader(const dnnz_huf_dtable *t, dnnz_bit_reader *r, void *out, size_t n);
+
 /* Slow path of dnnz_huf_decode_symbol for codes longer than DNNZ_HUF_TABLE_BITS. */
 uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint32_t *flags);
 
