@@ -578,6 +578,7 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
             RD_SAVE(S, R);                                              \
             dnnz_bit_refill(R);                                         \
             *O++ = (T)dnnz_huf_decode_symbol(t, R, &flags);             \
+            dnnz_bit_refill(R); /* a long code may have taken 32 bits */ \
             RD_LOAD(S, R);                                              \
         }                                                               \
     } while (0)
