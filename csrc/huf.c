@@ -670,6 +670,72 @@ uint32_t dnnz_huf_decode4_u8(const dnnz_huf_dtable *t, dnnz_bit_reader r[4], uin
     return flags;
 }
 
+/* Four streams of one buffer: the state of a stream is its bit position and a refilled
+ * accumulator (no `avail`, no pointer): 3 registers per stream with the output pointer, so the
+ * four streams and the table stay in registers. A round loads 8 bytes at pos >> 3 (>= 57 valid
+ * bits after the shift) and makes 4 lookups of at most 11 bits. */
+uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
+                                uint64_t pos[4], uint8_t *const out[4], size_t n)
+{
+    uint32_t flags = 0;
+    const uint64_t *multi = t->multi;
+    uint8_t *o[4] = {out[0], out[1], out[2], out[3]};
+    if (multi && t->out_width == 1 && n >= 32 && size >= 8) {
+        const uint64_t plim = ((uint64_t)size - 8) * 8; /* a round may start at or below this bit */
+        uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3];
+        uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
+        uint8_t *const e0 = out[0] + n - 32, *const e1 = out[1] + n - 32;
+        uint8_t *const e2 = out[2] + n - 32, *const e3 = out[3] + n - 32;
+        while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3 &&
+               p0 <= plim && p1 <= plim && p2 <= plim && p3 <= plim) {
+            uint64_t a0 = dnnz_bit_load_be64(src + (p0 >> 3)) << (p0 & 7);
+            uint64_t a1 = dnnz_bit_load_be64(src + (p1 >> 3)) << (p1 & 7);
+            uint64_t a2 = dnnz_bit_load_be64(src + (p2 >> 3)) << (p2 & 7);
+            uint64_t a3 = dnnz_bit_load_be64(src + (p3 >> 3)) << (p3 & 7);
+#define STEP_AT(A, P, O, I)                                                      \
+    do {                                                                         \
+        uint64_t e_ = multi[A >> (64 - TB)];                                     \
+        unsigned c_ = MULTI_COUNT(e_);                                           \
+        if (DNNZ_LIKELY(c_ != 0)) {                                              \
+            unsigned b_ = MULTI_BITS(e_);                                        \
+            memcpy(O, &e_, 8);                                                   \
+            O += c_;                                                             \
+            A <<= b_;                                                            \
+            P += b_;                                                             \
+        } else {                                                                 \
+            dnnz_bit_reader r_;                                                  \
+            dnnz_bit_reader_init(&r_, src, size, P);                             \
+            *O++ = (uint8_t)dnnz_huf_decode_symbol(t, &r_, &flags);              \
+            P = dnnz_bit_reader_tell(&r_);                                       \
+            A = P <= plim ? dnnz_bit_load_be64(src + (P >> 3)) << (P & 7) : 0;   \
+            if (P > plim)                                                        \
+                goto tail;                                                       \
+        }                                                                        \
+    } while (0)
+            for (int k = 0; k < 4; k++) {
+                STEP_AT(a0, p0, o0, 0);
+                STEP_AT(a1, p1, o1, 1);
+                STEP_AT(a2, p2, o2, 2);
+                STEP_AT(a3, p3, o3, 3);
+            }
+#undef STEP_AT
+        }
+    tail:
+        pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3;
+        o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3;
+    }
+    for (int i = 0; i < 4; i++) {
+        dnnz_bit_reader r;
+        if (pos[i] > (uint64_t)size * 8) {
+            continue; /* already past the end: the caller sees the position */
+        }
+        dnnz_bit_reader_init(&r, src, size, pos[i]);
+        flags |= decode_u8(t, &r, o[i], (size_t)(out[i] + n - o[i]));
+        pos[i] = dnnz_bit_reader_tell(&r);
+    }
+    return flags;
+}
+
 int dnnz_huf_decode(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t bit_start,
                     uint64_t bit_end, size_t n, void *out, uint64_t *bit_pos)
 {

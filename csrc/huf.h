@@ -152,6 +152,12 @@ int dnnz_huf_decode(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, u
  * continue with another chunk). Returns the OR of the decode flags: test DNNZ_HUF_INVALID. */
 uint32_t dnnz_huf_decode4_u8(const dnnz_huf_dtable *t, dnnz_bit_reader r[4], uint8_t *const o[4], size_t n);
 
+/* The same four-stream decode for streams in one buffer src[0..size) (ham's rows): pos[i] is
+ * the bit position of stream i on entry and after its n-th code on return. Reads no byte at or
+ * after src + size; a position past 8 * size on return means the buffer was too short. */
+uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
+                                uint64_t pos[4], uint8_t *const o[4], size_t n);
+
 /* Same for one stream, any width (t->out_width bytes per symbol). */
 uint32_t dnnz_huf_decode_reader(const dnnz_huf_dtable *t, dnnz_bit_reader *r, void *out, size_t n);
 
