@@ -217,14 +217,16 @@ DNNZ_INLINE uint32_t dnnz_bit_read(dnnz_bit_reader *r, unsigned n)
  * past the end of the buffer. */
 DNNZ_INLINE int dnnz_bit_reader_init(dnnz_bit_reader *r, const uint8_t *src, size_t size, uint64_t bit_offset)
 {
-    if (bit_offset > (uint64_t)size * 8)
-        return DNNZ_E_TRUNCATED;
     r->start = src;
     r->end = src + size;
-    r->ptr = src + (bit_offset >> 3);
     r->acc = 0;
     r->avail = 0;
     r->pad_bits = 0;
+    if (bit_offset > (uint64_t)size * 8) {
+        r->ptr = r->end; /* a defined, empty reader */
+        return DNNZ_E_TRUNCATED;
+    }
+    r->ptr = src + (bit_offset >> 3);
     dnnz_bit_refill(r);
     dnnz_bit_skip(r, (unsigned)(bit_offset & 7));
     return DNNZ_OK;
