@@ -312,14 +312,14 @@ def _parse_header(pre, header_bytes, size, where):
             if s.offset % ALIGNMENT:
                 raise CorruptFileError(where(f"offset {s.offset} is not a multiple of {ALIGNMENT}",
                                              tensor=t.name, section=s.name, field="offset"))
+            if data_start + s.offset + s.length > size:
+                raise TruncatedError(where(
+                    f"section [{s.offset}, {s.offset + s.length}) runs past the end of the data area "
+                    f"({size - data_start} bytes)", tensor=t.name, section=s.name, field="offset"))
             if s.offset != expected:
                 raise CorruptFileError(where(
                     f"offset {s.offset} leaves a hole after the previous section "
                     f"(expected {expected})", tensor=t.name, section=s.name, field="offset"))
-            if data_start + s.offset + s.length > size:
-                raise TruncatedError(where(
-                    f"section [{s.offset}, {s.offset + s.length}) runs past the end of the data area "
-                    f"({size - data_start} bytes)", tensor=t.name, section=s.name, field="length"))
             end = s.offset + s.length
         tensors[t.name] = t
     if data_start + end != size:
