@@ -231,6 +231,13 @@ def _reject_constant(name):
     raise ValueError(f"non-finite number {name} is not JSON")
 
 
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf
+        raise ValueError(f"number {text} is out of the range of a double")
+    return value
+
+
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -277,14 +284,19 @@ def _parse_header(pre, header_bytes, size, where):
     if not header_bytes.startswith(b"{"):
         raise CorruptFileError(where("header does not start with '{'", field="Header"))
     try:
-        text = header_bytes.rstrip(b" ").decode("utf-8")
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        stripped = header_bytes.rstrip(b" ")
+        text = stripped.decode("utf-8")
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                         parse_float=_finite_float)
     except _JsonDuplicate as exc:
         raise CorruptFileError(where(f"header JSON has a duplicate key {exc.key!r}", field="Header")) from None
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and json.JSONDecodeError are ValueErrors; deep nesting is a RecursionError.
         raise CorruptFileError(where(f"header is not valid UTF-8 JSON ({type(exc).__name__}: {exc})",
                                      field="Header")) from None
+    if len(header_bytes) - len(stripped) >= ALIGNMENT:
+        raise CorruptFileError(where(f"header has {len(header_bytes) - len(stripped)} bytes of padding "
+                                     f"(a writer pads with fewer than {ALIGNMENT})", field="Header"))
     strict = minor <= FORMAT_MINOR  # a newer minor may add keys; an older or equal one may not
     if not isinstance(doc, dict):
         raise CorruptFileError(where("header JSON is not an object", field="Header"))
@@ -587,7 +599,7 @@ def _open_reader(path):
         _parse_preamble(pre, size, where)
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        return _Reader(buf, size, where)
+        return _Reader(buf, len(buf), where)  # the map's size, should the file have changed since
     except BaseException:
         buf.close()
         raise

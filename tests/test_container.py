@@ -341,3 +341,43 @@ def test_public_names():
 def test_docstring_examples():
     result = doctest.testmod(container, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
+
+
+@st.composite
+def fake_matrices(draw):
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=4, min_side=0, max_side=6))
+    values = draw(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=5, unique=True))
+    codebook = np.array(sorted(values), np.float32)
+    n = int(np.prod(shape))
+    indices = np.array(draw(st.lists(st.integers(0, len(values) - 1), min_size=n, max_size=n)), np.uint8)
+    return fake.FakeEncoded(shape, codebook, indices, note=draw(st.text(max_size=5).filter(
+        lambda s: all(not 0xD800 <= ord(c) <= 0xDFFF for c in s))))
+
+
+@given(st.lists(st.one_of(fake_matrices(), tensors()), max_size=5))
+def test_round_trip_mixed_encoded_and_raw(values):
+    items = {f"t{i}": v for i, v in enumerate(values)}
+    with fake.registered():
+        loaded = load(save(items))
+        for name, v in items.items():
+            got = loaded[name]
+            if isinstance(v, fake.FakeEncoded):
+                assert got.shape == v.shape and got.params == v.params
+                assert got.decode().tobytes() == v.decode().tobytes()
+            elif isinstance(v, np.ndarray):
+                assert same(got, v.astype(v.dtype.newbyteorder("<")))
+            else:
+                assert same(got, v)
+
+
+def test_open_reads_no_section_until_asked(tmp_path, monkeypatch):
+    p = tmp_path / "lazy.dnnz"
+    pydnnz.save_file({f"l{i}": np.full((256, 256), i, np.float32) for i in range(8)}, p)
+    calls = []
+    real = container._crc32
+    monkeypatch.setattr(container, "_crc32", lambda data: calls.append(len(data)) or real(data))
+    f = pydnnz.load_file(p)
+    assert calls == [] and len(f) == 8
+    f["l3"]
+    f["l3"]
+    assert calls == [256 * 256 * 4]

@@ -2,6 +2,7 @@
 valid file and must raise exactly the named DnnzError subclass, with a message naming the field."""
 import json
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -133,6 +134,16 @@ CATALOGUE = [
     ("header_nan_param", lambda d: E.with_header_text(
         d, E.split(d)[1].rstrip(b" ").replace(b'"scale":0.5', b'"scale":NaN')), CorruptFileError,
      "non-finite number NaN"),
+    ("header_huge_float_param", lambda d: E.with_header_text(
+        d, E.split(d)[1].rstrip(b" ").replace(b'"scale":0.5', b'"scale":1e400')), CorruptFileError,
+     "number 1e400 is out of the range of a double"),
+    ("header_huge_int", lambda d: E.with_header_text(
+        d, E.split(d)[1].rstrip(b" ").replace(b'"shape":[3]', b'"shape":[' + b"9" * 5000 + b"]")),
+     CorruptFileError,
+     # Python >= 3.11 (and 3.10.7, 3.9.14) refuses to parse such ints; older ones reject the value.
+     "Exceeds the limit" if hasattr(sys, "set_int_max_str_digits") else "is not an integer in [0, 2^63)"),
+    ("header_excess_padding", lambda d: E.with_header_text(d, E.split(d)[1] + b" " * 64, pad=False),
+     CorruptFileError, "bytes of padding (a writer pads with fewer than 64)"),
     ("header_deep_nesting", _nested(200000), CorruptFileError, "RecursionError"),
     ("duplicate_json_key", lambda d: E.with_header_text(
         d, E.split(d)[1].rstrip(b" ").replace(b'{"metadata":{', b'{"metadata":{},"metadata":{')),
