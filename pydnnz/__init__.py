@@ -17,6 +17,8 @@ from .errors import (
     TruncatedError,
     UnsupportedError,
 )
+from .errors import CorruptFileError, UnsupportedVersionError
+from .container import load_file, safe_open, save_file
 
 __all__ = [
     "__version__",
@@ -30,4 +32,9 @@ __all__ = [
     "ChecksumError",
     "UnsupportedError",
     "DnnzMemoryError",
+    "CorruptFileError",
+    "UnsupportedVersionError",
+    "save_file",
+    "load_file",
+    "safe_open",
 ]
