@@ -16,6 +16,8 @@ from .errors import (
     TruncatedError,
     UnsupportedError,
 )
+from .encodings import EncodedMatrix, encode
+from .runtime import cpu_path, get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
@@ -28,4 +30,9 @@ __all__ = [
     "ChecksumError",
     "UnsupportedError",
     "DnnzMemoryError",
+    "encode",
+    "EncodedMatrix",
+    "cpu_path",
+    "get_num_threads",
+    "set_num_threads",
 ]
