@@ -374,7 +374,7 @@ def main(argv=None):
             ctx = make_context(fam)
             if args.smoke:   # a few retraining steps are enough to exercise the loop
                 fam.ft_steps = 5
-                fam.ft_epochs = 1
+                fam.ft_epochs = fam.ft_epochs_conv = 1
             for r in progress_bar(mine, desc=model):
                 try:
                     row = run_one(fam, r, ctx)

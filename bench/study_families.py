@@ -40,7 +40,7 @@ def _to_state(module: nn.Module) -> dict:
 
 
 def _load_state(module: nn.Module, state: dict) -> nn.Module:
-    module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    module.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()})
     return module.eval()
 
 
@@ -248,7 +248,8 @@ class MNISTFamily:
 
     metric = "acc"
     higher_is_better = True
-    ft_epochs = 2
+    ft_epochs = 5        # dense-only runs train the classifier on cached features: cheap
+    ft_epochs_conv = 2   # runs that touch conv layers train the whole network
     ft_batch = 64
 
     def __init__(self, limit_test: int | None = None, limit_train: int | None = None):
@@ -324,8 +325,8 @@ class MNISTFamily:
             idx = torch.from_numpy(order[epoch][i * self.ft_batch:(i + 1) * self.ft_batch])
             return (inputs[idx],), self.y_ft[idx]
 
-        task = FineTuneTask(module, trainable, sample, F.cross_entropy, lr=1e-3, optimizer="sgd")
-        task.steps = self.ft_epochs * steps_per_epoch
+        task = FineTuneTask(module, trainable, sample, F.cross_entropy, lr=1e-3, optimizer="adam")
+        task.steps = (self.ft_epochs if scope == "dense" else self.ft_epochs_conv) * steps_per_epoch
         return task
 
     @staticmethod
