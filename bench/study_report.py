@@ -97,8 +97,9 @@ def _enc_summary(r):
 def _cell(r, psi_key):
     if r is None:
         return "—"
+    long = f" (retrained ×{r['ft']})" if r["ft"] > 1 else ""
     return (f"{_pf(r['perf'])} ({r['delta']:+.4f}) · ψ {_pf(r[psi_key])} · paper-ψ "
-            f"{_pf(r['psi_paper_dense' if psi_key == 'psi_dense' else 'psi_paper'])} · {r['config']} · "
+            f"{_pf(r['psi_paper_dense' if psi_key == 'psi_dense' else 'psi_paper'])} · {r['config']}{long} · "
             f"{_enc_summary(r)}")
 
 
@@ -115,8 +116,10 @@ def _method_table(lines, model, rows, picker, paper_table, title):
         mine = [r for r in rows if r["method"] == m]
         if not mine:
             continue
-        cells = [_cell(picker([r for r in mine if r["ft"] == ft]) if [r for r in mine if r["ft"] == ft] else None,
-                       "psi_dense") for ft in (0, 1)]
+        cells = []
+        for ft in (False, True):
+            sel = [r for r in mine if bool(r["ft"]) == ft]
+            cells.append(_cell(picker(sel) if sel else None, "psi_dense"))
         lines.append(f"| {m} | {cells[0]} | {cells[1]} | {_paper_cell(model, m, paper_table)} |")
     lines.append("")
 
@@ -160,11 +163,11 @@ def plot_model(out: Path, model: str, rows: list[dict]) -> Path | None:
                                                                       if m.split("/")[-1] in METHOD_ORDER else 99, m))
         for i, m in enumerate(methods):
             mr = [r for r in srows if r["method"] == m]
-            for ft, marker in ((0, "o"), (1, "^")):
-                pts = [(r["psi"], r["perf"]) for r in mr if r["ft"] == ft and r["psi"] > 0]
+            for ft, marker in ((False, "o"), (True, "^")):
+                pts = [(r["psi"], r["perf"]) for r in mr if bool(r["ft"]) == ft and r["psi"] > 0]
                 if pts:
                     ax.scatter(*zip(*pts), color=cmap(i % 10), marker=marker, s=22, alpha=0.75,
-                               label=m if ft == 0 or not any(r["ft"] == 0 for r in mr) else None)
+                               label=m if not ft or all(r["ft"] for r in mr) else None)
             front = pareto_front([(r["psi"], r["perf"]) for r in mr if r["psi"] > 0], hib)
             if len(front) > 1:
                 ax.plot(*zip(*front), color=cmap(i % 10), lw=1)
@@ -201,7 +204,7 @@ def recommendations(rows_by_model: dict) -> list[str]:
         b = best_space(dense)
         if b:
             parts.append(f"dense layers: smallest no-loss ψ {b['psi']:.4f} (≈{1 / b['psi']:.0f}×) with "
-                         f"{b['method']} {b['config']}{' + fine-tuning' if b['ft'] else ''}, "
+                         f"{b['method']} {b['config']}{' + retraining' if b['ft'] else ''}, "
                          f"stored as {_enc_summary(b)};")
             # which family wins at equal footing
             ranked = []
@@ -229,7 +232,7 @@ def recommendations(rows_by_model: dict) -> list[str]:
         if both and bb:
             parts.append(f"whole network: ψ {bb['psi']:.4f} (file ratio {bb['file_ratio']:.4f}) with "
                          f"{bb['method']} {bb['config']}{' + fine-tuning' if bb['ft'] else ''}.")
-        ft_gain = [(r, o) for r in dense if r["ft"] for o in dense
+        ft_gain = [(r, o) for r in dense if r["ft"] == 1 for o in dense
                    if not o["ft"] and o["method"] == r["method"] and o["config"] == r["config"]]
         if ft_gain:
             better = sum(1 for r, o in ft_gain if r["delta"] > o["delta"])
