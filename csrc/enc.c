@@ -225,10 +225,17 @@ int dnnz_enc_csc_validate(const struct dnnz_csc *m, struct dnnz_enc_err *err)
     if (rd_uint(m->rowptr, pb, 0) != 0)
         return fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
     uint64_t prev = 0;
-    for (int64_t r = 0; r < m->rows; r++) {
+    for (int64_t r = 0; r < m->rows; r++) { /* all row pointers first: then colidx runs are in range */
         uint64_t next = rd_uint(m->rowptr, pb, r + 1);
         if (next < prev || next > (uint64_t)m->nnz || next - prev > (uint64_t)m->cols)
             return fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
+        prev = next;
+    }
+    if (prev != (uint64_t)m->nnz)
+        return fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
+    prev = 0;
+    for (int64_t r = 0; r < m->rows; r++) {
+        uint64_t next = rd_uint(m->rowptr, pb, r + 1);
         int64_t last = -1;
         for (uint64_t p = prev; p < next; p++) {
             int64_t c = (int64_t)rd_uint(m->colidx, ib, (int64_t)p);
