@@ -13,6 +13,7 @@ compressed form (C kernels), and the .dnnz container that stores them.
     [[0.75, 0.75, 0.75]]
 """
 from ._version import __version__
+from . import compress
 from .errors import (
     ChecksumError,
     CodeLengthError,
