@@ -548,6 +548,10 @@ class _Reader:
         sections = {s.name: self._section_array(t, s, _DTYPES[s.dtype][0]) for s in t.sections}
         try:
             return _from_sections(t.encoding, t.shape, dict(t.params), sections)
+        except InvalidArgumentError as exc:
+            # An argument the file supplied (shape, params): in a file that is corruption.
+            raise CorruptFileError(self.where(f"{type(exc).__name__}: {exc}", tensor=name,
+                                              field="encoding")) from exc
         except DnnzError as exc:
             # Same class, with the file and tensor named.
             raise type(exc)(self.where(str(exc), tensor=name, field="encoding")) from exc

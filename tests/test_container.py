@@ -381,3 +381,15 @@ def test_open_reads_no_section_until_asked(tmp_path, monkeypatch):
     f["l3"]
     f["l3"]
     assert calls == [256 * 256 * 4]
+
+
+def test_argument_errors_of_an_encoding_become_corrupt_file_errors(monkeypatch):
+    from pydnnz.errors import CorruptFileError, ShapeError
+
+    def picky(encoding, shape, params, sections):
+        raise ShapeError("from_sections: shape must have ndim >= 2")
+
+    data = save({"w": fake.FakeEncoded((4,), np.array([1], np.float32), np.zeros(4, np.uint8))})
+    monkeypatch.setattr(container, "_from_sections", picky)
+    with pytest.raises(CorruptFileError, match=r"<bytes>: tensor 'w': field 'encoding': ShapeError: from_sections"):
+        load(data)["w"]
