@@ -27,6 +27,7 @@ import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -168,8 +169,7 @@ class BFloat16Tensor:
 
 # ---- header model ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Section:
+class _Section(NamedTuple):
     name: str
     dtype: str
     offset: int  # from the start of the data area
@@ -177,8 +177,7 @@ class _Section:
     crc32: int
 
 
-@dataclass(frozen=True)
-class _Tensor:
+class _Tensor(NamedTuple):
     name: str
     dtype: str
     shape: tuple
@@ -214,11 +213,11 @@ class _Where:
 
 
 def _no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise _JsonDuplicate(dup)
-    return dict(pairs)
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        keys = [k for k, _ in pairs]
+        raise _JsonDuplicate(next(k for k in keys if keys.count(k) > 1))
+    return d
 
 
 class _JsonDuplicate(ValueError):
@@ -342,6 +341,8 @@ def _parse_header(pre, header_bytes, size, where):
 
 
 def _check_keys(obj, known, strict, where, what, tensor=None, section=None):
+    if len(obj) == len(known) and all(k in obj for k in known):
+        return  # the usual case, checked in one pass
     missing = [k for k in known if k not in obj]
     if missing:
         raise CorruptFileError(where(f"{what} lacks required key {missing[0]!r}", tensor=tensor,
