@@ -794,6 +794,8 @@ def _plan_raw(name, dname, array):
     data = np.ascontiguousarray(array)
     if dname == "bool":
         data = data.view(np.uint8)
+        if data.size and data.max() > 1:  # a bool view of other bytes: store canonical 0/1
+            data = (data != 0).view(np.uint8)
     elif data.dtype != np_dtype:
         data = data.astype(np_dtype)  # only byte order changes here
     entry = {"name": name, "dtype": dname, "shape": shape, "encoding": RAW, "params": {},
@@ -809,6 +811,7 @@ def _plan_encoded(name, em):
     params = em.params
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
         raise InvalidArgumentError(f"tensor {name!r}: params must be a dict of at most {MAX_PARAMS} items")
+    params = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
     for k, v in params.items():
         if not isinstance(k, str):
             raise InvalidArgumentError(f"tensor {name!r}: param names must be str, got {k!r}")
