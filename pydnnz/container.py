@@ -215,8 +215,11 @@ class _Where:
 def _no_duplicates(pairs):
     d = dict(pairs)
     if len(d) != len(pairs):
-        keys = [k for k, _ in pairs]
-        raise _JsonDuplicate(next(k for k in keys if keys.count(k) > 1))
+        seen = set()  # linear: a 64 MiB object of repeated keys must not take quadratic time
+        for k, _ in pairs:
+            if k in seen:
+                raise _JsonDuplicate(k)
+            seen.add(k)
     return d
 
 

@@ -284,3 +284,14 @@ def test_newer_minor_version_skips_unknown_keys():
     with pytest.raises(CorruptFileError, match="lacks required key 'crc32'"):
         read_all(E.set_u(E.with_header(BASE, lambda d: _sec(d, "w", "data").pop("crc32")), 10, "<H", 3,
                          fix_crc=True))
+
+
+def test_pathological_headers_are_rejected_in_linear_time():
+    """Headers built to make a naive reader slow: many duplicate keys, many tensors, long
+    numbers. Each must be rejected quickly (a quadratic duplicate search would take hours)."""
+    many_keys = b'{"metadata":{' + b",".join(b'"k%d":"v"' % (i % 50000) for i in range(100000)) + \
+        b'},"tensors":[]}'
+    many_tensors = b'{"metadata":{},"tensors":[' + b",".join([b'{"name":"t"}'] * 200000) + b"]}"
+    for text, message in [(many_keys, "duplicate key 'k0'"), (many_tensors, "lacks required key")]:
+        with E.deadline(20), pytest.raises(CorruptFileError, match=message):
+            read_all(E.with_header_text(BASE, text))
