@@ -80,6 +80,7 @@ MAX_METADATA_ITEMS = 1 << 16
 MAX_DIM = (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
 RAW = "raw"
+_ZEROS = bytes(ALIGNMENT)
 
 _PREAMBLE = struct.Struct("<8sHHIQII")  # magic, major, minor, flags, header length, reserved, crc
 _IDENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}\Z")
@@ -495,7 +496,7 @@ def _check_padding(buf, header, where):
             for s in t.sections:
                 if s.offset > end:
                     with mv[header.data_start + end: header.data_start + s.offset] as gap:
-                        clean = not any(gap)
+                        clean = gap == _ZEROS[: len(gap)]
                     if not clean:
                         raise CorruptFileError(where(
                             f"padding bytes before offset {s.offset} are not zero", tensor=t.name,
@@ -878,9 +879,6 @@ def _plan(tensors, metadata):
     head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, hlen, 0)
     crc = zlib.crc32(header, zlib.crc32(head)) & 0xFFFFFFFF
     return head + struct.pack("<I", crc) + header, chunks
-
-
-_ZEROS = bytes(ALIGNMENT)
 
 
 def _write_chunks(f, head, chunks):
