@@ -22,7 +22,7 @@ EXAMPLE_METADATA = {"model": "example"}
 
 # The small matrix each encoding's example stores (3x4, two shared non-zero values).
 ENCODING_MATRIX = np.array([[0, 1.5, 0, 1.5], [2, 0, 0, 0], [0, 0, 1.5, 2]], np.float32)
-ENCODINGS = ["dense", "csc", "im", "ham", "sham"]
+ENCODINGS = ["dense", "csc", "im", "im8", "im4", "ham", "sham"]
 
 
 def test_example_file_is_what_the_writer_produces():
