@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._native import bytes_ptr, lib
 from .errors import (
     ChecksumError,
     CorruptFileError,
@@ -114,7 +115,10 @@ def _align(n):
 
 
 def _crc32(data):
-    return zlib.crc32(data) & 0xFFFFFFFF
+    """CRC-32/ISO-HDLC of a bytes-like object: zlib's crc32, computed by csrc/crc.c, which folds
+    with carry-less multiplication where the CPU has it (several times zlib's speed)."""
+    n = memoryview(data).nbytes
+    return lib.dnnz_crc_update(0, bytes_ptr(data), n) if n else 0
 
 
 class BFloat16Tensor:
