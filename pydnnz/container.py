@@ -280,10 +280,10 @@ def _parse_preamble(pre, size, where):
 
 
 def _parse_header(pre, header_bytes, size, where):
-    """Validate the preamble and the JSON header against a file of `size` bytes (spec §10)."""
+    """Validate the preamble and the JSON header against a file of `size` bytes (spec §11)."""
     major, minor, hlen, stored = _parse_preamble(pre, size, where)
     header_bytes = bytes(header_bytes)
-    # The header CRC covers the preamble's first 28 bytes and then the header (spec §6).
+    # The header CRC covers the preamble's first 28 bytes and then the header (spec §9).
     computed = zlib.crc32(header_bytes, zlib.crc32(pre[:28])) & 0xFFFFFFFF
     if computed != stored:
         raise ChecksumError(where(f"header CRC-32 mismatch (stored 0x{stored:08x}, computed 0x{computed:08x})",
@@ -531,15 +531,15 @@ class _Reader:
         self.header = _parse_header(pre, buf[PREAMBLE_SIZE: PREAMBLE_SIZE + hlen], size, where)
         _check_padding(buf, self.header, where)
 
-    def _section_array(self, t, s, np_dtype, verify_crc=True):
+    def _section_array(self, t, s, np_dtype):
+        """A read-only view of one section, after its CRC-32 is checked (spec §9)."""
         start = self.header.data_start + s.offset
-        if verify_crc:
-            with memoryview(self.buf) as mv, mv[start: start + s.length] as view:
-                computed = _crc32(view)
-            if computed != s.crc32:
-                raise ChecksumError(self.where(
-                    f"CRC-32 mismatch (stored 0x{s.crc32:08x}, computed 0x{computed:08x})",
-                    tensor=t.name, section=s.name, field="crc32"))
+        with memoryview(self.buf) as mv, mv[start: start + s.length] as view:
+            computed = _crc32(view)
+        if computed != s.crc32:
+            raise ChecksumError(self.where(
+                f"CRC-32 mismatch (stored 0x{s.crc32:08x}, computed 0x{computed:08x})",
+                tensor=t.name, section=s.name, field="crc32"))
         return np.frombuffer(self.buf, dtype=np_dtype, count=s.length // np_dtype.itemsize, offset=start)
 
     def tensor(self, name):
