@@ -236,7 +236,7 @@ CATALOGUE = [
     ("encoded_params_inconsistent", _set("q", "params", {"k": 4}), CorruptDataError,
      "fake_codebook: k=4 but the codebook has 3 entries"),
     ("unknown_encoding", _set("q", "encoding", "zzz_unknown"), UnsupportedError,
-     "tensor 'q': field 'encoding': encoding 'zzz_unknown'"),
+     "tensor 'q': field 'encoding': "),
 ]
 
 
@@ -249,6 +249,8 @@ def test_corruption_raises_exactly(name, edit, cls, message):
     assert type(info.value) is cls, f"{name}: {type(info.value).__name__}: {info.value}"
     assert message in str(info.value)
     assert str(info.value).startswith("<bytes>: ")
+    if name == "unknown_encoding":  # the wording is the encodings registry's; the name must be there
+        assert "encoding 'zzz_unknown'" in str(info.value)
 
 
 def test_catalogue_covers_every_rule_once():
