@@ -31,6 +31,14 @@ def _corpus():
         "m": np.array([True, False]),
         "z": np.zeros((0,), np.int64),
     }, {"k": "v"}))
+    try:  # one small file per real encoding, when pydnnz.encodings is there
+        import pydnnz
+        from pydnnz.encodings import encodings
+    except ImportError:
+        return files
+    m = np.array([[0, 1.5, 0, 1.5, 0], [2, 0, 0, 0, -1], [0, 0, 1.5, 2, 0]], np.float32)
+    for name in encodings():
+        files.append(save({"w": pydnnz.encode(m, name), "b": np.ones(3, np.float32)}))
     return files
 
 
