@@ -358,7 +358,6 @@ def main(argv=None):
 
     models = ["davis"] if args.smoke else [m.strip() for m in args.models.split(",") if m.strip()]
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if args.smoke else RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "study.csv"
     runs = grid("smoke" if args.smoke else "full", models)
     if args.target:
@@ -374,6 +373,7 @@ def main(argv=None):
             print(r.model, r.scope, r.method, r.config, f"ft×{r.ft}" if r.ft else "")
         print(len(runs), "runs")
         return 0
+    out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         _rewrite_without_errors(csv_path)
         done = read_done(csv_path)
