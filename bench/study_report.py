@@ -146,6 +146,11 @@ def pareto_front(points, higher_is_better):
 
 
 def plot_model(out: Path, model: str, rows: list[dict]) -> Path | None:
+    """One PNG per model, one panel per scope: performance against ψ (both log scales).
+
+    MSE is plotted as it is; accuracy as the error rate 1 − accuracy, so that lower is better in
+    every panel and collapsed runs (MSE 20, accuracy 0.1) stay on the plot without squashing
+    the interesting band near the baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,7 +160,11 @@ def plot_model(out: Path, model: str, rows: list[dict]) -> Path | None:
     if not scopes:
         return None
     hib = rows[0]["metric"] == "acc"
-    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4.8), squeeze=False)
+
+    def y(v):
+        return max(1.0 - v, 1e-4) if hib else v
+
+    fig, axes = plt.subplots(1, len(scopes), figsize=(6.5 * len(scopes), 5), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, scope in zip(axes[0], scopes):
         srows = [r for r in rows if r["scope"] == scope]
@@ -164,25 +173,19 @@ def plot_model(out: Path, model: str, rows: list[dict]) -> Path | None:
         for i, m in enumerate(methods):
             mr = [r for r in srows if r["method"] == m]
             for ft, marker in ((False, "o"), (True, "^")):
-                pts = [(r["psi"], r["perf"]) for r in mr if bool(r["ft"]) == ft and r["psi"] > 0]
+                pts = [(r["psi"], y(r["perf"])) for r in mr if bool(r["ft"]) == ft and r["psi"] > 0]
                 if pts:
-                    ax.scatter(*zip(*pts), color=cmap(i % 10), marker=marker, s=22, alpha=0.75,
+                    ax.scatter(*zip(*pts), color=cmap(i % 10), marker=marker, s=24, alpha=0.8,
                                label=m if not ft or all(r["ft"] for r in mr) else None)
-            front = pareto_front([(r["psi"], r["perf"]) for r in mr if r["psi"] > 0], hib)
+            front = pareto_front([(r["psi"], y(r["perf"])) for r in mr if r["psi"] > 0], False)
             if len(front) > 1:
-                ax.plot(*zip(*front), color=cmap(i % 10), lw=1)
-        ax.axhline(rows[0]["baseline"], color="k", ls="--", lw=1, label="baseline")
+                ax.step(*zip(*front), where="post", color=cmap(i % 10), lw=1)
+        ax.axhline(y(rows[0]["baseline"]), color="k", ls="--", lw=1, label="baseline")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("ψ (real .dnnz payload bytes / float32 bytes of the compressed kernels)")
-        ax.set_ylabel("test accuracy" if hib else "test MSE")
-        ax.set_title(f"{model}: {scope} layers compressed (o plain, ^ fine-tuned)")
-        lo, hi = sorted([r["perf"] for r in srows])[0], sorted([r["perf"] for r in srows])[-1]
-        base = rows[0]["baseline"]
-        # Keep the interesting band visible: collapsed runs would squash the rest of the plot.
-        if hib:
-            ax.set_ylim(max(lo, base - 0.05), max(hi, base) + 0.002)
-        else:
-            ax.set_ylim(min(lo, base) - 0.005, min(hi, base * 1.6))
+        ax.set_ylabel("test error rate (1 − accuracy)" if hib else "test MSE")
+        ax.set_title(f"{model}: {scope} layers (o plain, ^ retrained)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
