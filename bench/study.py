@@ -126,10 +126,13 @@ def grid(name: str, models) -> list[Run]:
         both += [Run(m, "SLR", dense_q=32, conv_method=q, conv_k=256) for q in ("CWS", "UQ")]
         tuned = [Run(m, "Pr", dense_p=p, ft=1) for p in (90, 97)]
         tuned += [Run(m, q, dense_k=16, ft=1) for q in quants]
-        tuned += [Run(m, f"Pr-{q}", dense_p=p, dense_k=16, ft=1) for q in quants for p in (90, 97)]
-        tuned += [Run(m, f"Pr-{q}", dense_p=90, dense_k=32, conv_method=q, conv_k=256, ft=1) for q in ("CWS", "UQ")]
-        if m == "mnist":   # conv retraining is affordable on the small CNN
+        tuned += [Run(m, f"Pr-{q}", dense_p=90, dense_k=16, ft=1) for q in quants]
+        tuned += [Run(m, f"Pr-{q}", dense_p=97, dense_k=16, ft=1) for q in ("CWS", "UQ")]
+        tuned += [Run(m, "Pr-UQ", dense_p=90, dense_k=32, conv_method="UQ", conv_k=256, ft=1)]
+        if m == "mnist":   # retraining is cheap on the small CNN: conv layers and the rest of Pr-X too
             tuned += [Run(m, conv_method=q, conv_k=32, ft=1) for q in quants]
+            tuned += [Run(m, f"Pr-{q}", dense_p=97, dense_k=16, ft=1) for q in ("PWS", "ECSQ")]
+            tuned += [Run(m, "Pr-CWS", dense_p=90, dense_k=32, conv_method="CWS", conv_k=256, ft=1)]
         runs += dense + conv + both + tuned
     return runs
 
