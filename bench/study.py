@@ -413,7 +413,7 @@ def main(argv=None):
         print(f"grid pass done in {wall:.1f} s", flush=True)
     import study_report
 
-    study_report.write_report(out, machine=machine())
+    study_report.write_report(out, machine=machine(), smoke=args.smoke)
     print(f"report: {out / 'study.md'}")
     return 0
 

