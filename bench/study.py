@@ -166,8 +166,10 @@ def _paper_psi(layers, names, conv: bool):
     return study_psi.paper_psi(mats, "conv-quantized" if conv else "quantized")
 
 
-def _time_layers(loaded, layers, inputs, reps=5):
-    """Σ over compressed kernels of the best-of-`reps` time of x @ W.T, compressed vs torch dense."""
+def _time_layers(loaded, layers, inputs, reps=7):
+    """Σ over compressed kernels of the best-of-`reps` time of x @ W.T, compressed vs torch dense.
+
+    The two are interleaved rep by rep so that load from other processes hits both alike."""
     tc = td = 0.0
     for name, st in layers.items():
         x = np.ascontiguousarray(inputs[name], dtype=np.float32)
@@ -381,10 +383,11 @@ def main(argv=None):
         _rewrite_without_errors(csv_path)
         done = read_done(csv_path)
         todo = [r for r in runs if r.key not in done]
+        n_left = len(todo)
         if args.limit:
             todo = todo[:args.limit]
-        print(f"{len(runs)} runs in the grid, {len(runs) - len(todo)} already done, {len(todo)} to run -> {csv_path}",
-              flush=True)
+        print(f"{len(runs)} runs in the grid, {len(runs) - n_left} already done, {len(todo)} to run now "
+              f"-> {csv_path}", flush=True)
         t0 = time.perf_counter()
         limits = {"limit_test": 600, "limit_train": 3000} if args.smoke else {}
         for model in models:

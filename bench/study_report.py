@@ -80,7 +80,7 @@ PROTOCOL = """## Protocol
   their dictionary accounting; conv quantized: IM; pruning alone: CSC; SLR: (mq + q + qn)·4).
   Each kernel is stored with its own codebook in the file, so the unified codebook saves no
   bytes there (the papers count one shared dictionary).
-- **Time.** Σ over the compressed kernels of the best of 5 `EncodedMatrix.matmul` (from the
+- **Time.** Σ over the compressed kernels of the best of 7 `EncodedMatrix.matmul` (from the
   compressed form, loaded from the file) over Σ of torch `linear` with the dense weight, on the
   same batch: 256 activations for dense layers, 1,024 im2col rows for conv layers.
 - **Criteria.** Δ = perf − baseline for accuracy, baseline − MSE for MSE (positive is better);

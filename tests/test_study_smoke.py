@@ -90,4 +90,4 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     # resumable: a second pass finds every run done
     proc = subprocess.run([sys.executable, str(BENCH / "study.py"), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0 and "0 to run" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "0 to run now" in proc.stdout, proc.stdout + proc.stderr
