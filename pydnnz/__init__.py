@@ -17,6 +17,8 @@ from .errors import (
     TruncatedError,
     UnsupportedError,
 )
+from .encodings import EncodedMatrix, encode
+from .runtime import cpu_path, get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
@@ -30,4 +32,9 @@ __all__ = [
     "ChecksumError",
     "UnsupportedError",
     "DnnzMemoryError",
+    "encode",
+    "EncodedMatrix",
+    "cpu_path",
+    "get_num_threads",
+    "set_num_threads",
 ]
