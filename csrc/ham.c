@@ -501,33 +501,22 @@ struct ham_ctx {
     int path;
 };
 
-/* Decode up to 4 rows' next kc symbols into ib (4 buffers of KC + 64 entries of the output
- * width); width 1 uses the interleaved decoder, wider outputs one stream at a time. */
-static void decode_rows(const struct ham_ctx *c, int nr, uint64_t pos[4], dnnz_bit_reader rd[4],
-                        uint8_t *ib, int kc)
-{
-    const dnnz_huf_dtable *t = c->t;
-    size_t stride = (size_t)(KC + 64) * t->out_width;
-    if (t->out_width == 1) {
-        uint8_t *const o[4] = {ib, ib + stride, ib + 2 * stride, ib + 3 * stride};
-        dnnz_huf_decode4_u8_at(t, c->m->payload, (size_t)c->m->payload_len, pos, o, (size_t)kc);
-    } else {
-        for (int i = 0; i < nr; i++)
-            dnnz_huf_decode_reader(t, &rd[i], ib + i * stride, (size_t)kc);
-    }
-}
+#define DKC 4096 /* 1-byte symbols decoded per stream at a time (4 x 4 KiB stay in L1) */
 
 static void ham_matmul_task(void *vc, int64_t task, int worker)
 {
     const struct ham_ctx *c = vc;
     const struct dnnz_ham *m = c->m;
     const int width = (int)c->t->out_width;
-    const size_t stride = (size_t)(KC + 64) * width;
+    /* 1-byte symbols: DKC per stream; wider ones: KC per stream (same buffer) */
+    const int dkc = width == 1 ? DKC : KC;
+    const size_t stride = (size_t)(dkc + 64) * width;
     uint8_t ib[4 * (KC + 64) * 4] __attribute__((aligned(64)));
     float wb[4 * KC] __attribute__((aligned(64)));
     float out[16];
     const int mbt = max_bt(c->path);
     (void)worker;
+    _Static_assert(DKC + 64 <= (KC + 64) * 4, "index buffer holds DKC 1-byte symbols per stream");
     memset(wb, 0, sizeof wb);
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
     for (int64_t r = r0; r < r1; r += 4) {
@@ -543,17 +532,28 @@ static void ham_matmul_task(void *vc, int64_t task, int worker)
         for (int64_t b = 0; b < c->batch; b++)
             for (int i = 0; i < nr; i++)
                 c->y[b * m->rows + r + i] = 0.0f;
-        for (int64_t k0 = 0; k0 < m->cols; k0 += KC) {
-            int kc = m->cols - k0 < KC ? (int)(m->cols - k0) : KC;
-            decode_rows(c, nr, pos, rd, ib, kc);
-            for (int i = 0; i < nr; i++)
-                dnnz_ham_lookup(c->path, ib + i * stride, width, kc, m->codebook, m->k, wb + i * KC);
-            for (int64_t b = 0; b < c->batch; b += mbt) {
-                int bt = c->batch - b < mbt ? (int)(c->batch - b) : mbt;
-                pick_tile(c->path, bt)(wb, c->x + b * m->cols + k0, m->cols, kc, out);
-                for (int bb = 0; bb < bt; bb++)
-                    for (int i = 0; i < nr; i++)
-                        c->y[(b + bb) * m->rows + r + i] += out[i * 4 + bb];
+        for (int64_t d0 = 0; d0 < m->cols; d0 += dkc) {
+            int dk = m->cols - d0 < dkc ? (int)(m->cols - d0) : dkc;
+            if (width == 1) {
+                uint8_t *const o[4] = {ib, ib + stride, ib + 2 * stride, ib + 3 * stride};
+                dnnz_huf_decode4_u8_at(c->t, m->payload, (size_t)m->payload_len, pos, o, (size_t)dk);
+            } else {
+                for (int i = 0; i < nr; i++)
+                    dnnz_huf_decode_reader(c->t, &rd[i], ib + i * stride, (size_t)dk);
+            }
+            for (int s0 = 0; s0 < dk; s0 += KC) {
+                int kc = dk - s0 < KC ? dk - s0 : KC;
+                int64_t k0 = d0 + s0;
+                for (int i = 0; i < nr; i++)
+                    dnnz_ham_lookup(c->path, ib + i * stride + (size_t)s0 * width, width, kc, m->codebook, m->k,
+                                    wb + i * KC);
+                for (int64_t b = 0; b < c->batch; b += mbt) {
+                    int bt = c->batch - b < mbt ? (int)(c->batch - b) : mbt;
+                    pick_tile(c->path, bt)(wb, c->x + b * m->cols + k0, m->cols, kc, out);
+                    for (int bb = 0; bb < bt; bb++)
+                        for (int i = 0; i < nr; i++)
+                            c->y[(b + bb) * m->rows + r + i] += out[i * 4 + bb];
+                }
             }
         }
     }

@@ -695,6 +695,11 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
         uint8_t *const e2 = out[2] + n[2] - 32, *const e3 = out[3] + n[3] - 32;
         while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3 &&
                p0 <= plim && p1 <= plim && p2 <= plim && p3 <= plim) {
+            /* the streams are far apart (one row each): prefetch ahead of all four */
+            __builtin_prefetch(src + (p0 >> 3) + 512);
+            __builtin_prefetch(src + (p1 >> 3) + 512);
+            __builtin_prefetch(src + (p2 >> 3) + 512);
+            __builtin_prefetch(src + (p3 >> 3) + 512);
             uint64_t a0 = dnnz_bit_load_be64(src + (p0 >> 3)) << (p0 & 7);
             uint64_t a1 = dnnz_bit_load_be64(src + (p1 >> 3)) << (p1 & 7);
             uint64_t a2 = dnnz_bit_load_be64(src + (p2 >> 3)) << (p2 & 7);
@@ -735,6 +740,25 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
         dnnz_bit_reader r;
         if (pos[i] > (uint64_t)size * 8) {
             continue; /* already past the end: the caller sees the position */
+        }
+        /* tail of one stream: multi-symbol lookups while a whole entry surely fits (at most
+         * 6 symbols), then the one-symbol decoder for the last few */
+        if (multi && t->out_width == 1 && size >= 8) {
+            const uint64_t plim = ((uint64_t)size - 8) * 8;
+            uint64_t p = pos[i];
+            uint8_t *oi = o[i], *const ei = out[i] + n[i] - 6;
+            while (oi <= ei && p <= plim) {
+                uint64_t a = dnnz_bit_load_be64(src + (p >> 3)) << (p & 7);
+                uint64_t e = multi[a >> (64 - TB)];
+                unsigned c = MULTI_COUNT(e);
+                if (!c)
+                    break;
+                memcpy(oi, &e, c); /* the entry's first c bytes are its symbols */
+                oi += c;
+                p += MULTI_BITS(e);
+            }
+            pos[i] = p;
+            o[i] = oi;
         }
         dnnz_bit_reader_init(&r, src, size, pos[i]);
         flags |= decode_u8(t, &r, o[i], (size_t)(out[i] + n[i] - o[i]));
