@@ -391,6 +391,7 @@ def _ecsq_run(sd: SortedData, k: int, lam: float, *, n_clusters=None, max_iter=5
         thr = sd.u[ends[:-1] - 1].astype(np.float64)
         c, p = m[keep], w[keep] / n
         if c.size > 1 and not np.all(c[1:] > c[:-1]):  # means equal to rounding: merge them
+            thr = thr[c[1:] > c[:-1]]  # (means of ordered cells never decrease)
             c, inv = np.unique(c, return_inverse=True)
             p = np.bincount(inv, weights=p)
         if prev_e is not None and np.array_equal(ends, prev_e):
