@@ -3,6 +3,7 @@ import doctest
 import json
 import os
 import stat
+import zlib
 
 import numpy as np
 import pytest
@@ -411,3 +412,20 @@ def test_empty_last_section_still_padded():
     hlen = int.from_bytes(data[16:24], "little")
     assert len(data) == 32 + hlen + 64
     assert load(data)["z"].shape == (0,)
+
+
+def test_info_reads_the_header_only(tmp_path):
+    p = tmp_path / "i.dnnz"
+    e = fake.FakeEncoded((2, 2), np.array([0, 1], np.float32), np.array([0, 1, 1, 0], np.uint8))
+    pydnnz.save_file({"b": np.ones(3, np.float16), "w": e}, p)
+    f = pydnnz.load_file(p)
+    assert f.info("b") == {"dtype": "float16", "shape": (3,), "encoding": "raw", "params": {}, "nbytes": 6,
+                           "sections": [{"name": "data", "dtype": "float16", "offset": 0, "length": 6,
+                                         "crc32": zlib.crc32(np.ones(3, np.float16).tobytes())}]}
+    info = f.info("w")  # no encoding registered: info still works
+    assert info["encoding"] == "fake_codebook" and info["nbytes"] == 12
+    assert [s["offset"] for s in info["sections"]] == [64, 128]
+    with pydnnz.safe_open(p) as g:
+        assert g.info("w") == info
+        with pytest.raises(KeyError):
+            g.info("nope")
