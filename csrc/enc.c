@@ -31,6 +31,7 @@
 #define KC 512         /* input columns per decoded tile (multiple of 64) */
 #define TASK_ROWS 64   /* output rows per parallel task (multiple of RT) */
 #define CSC_CHUNK 256  /* non-zeros converted at a time */
+#define CSC_TILE_DENSITY 0.3 /* above this fraction of non-zeros, csc matmul uses dense tiles */
 
 #define T_AVX2 __attribute__((target("avx2,fma")))
 #define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,fma,avx2")))
@@ -224,10 +225,17 @@ int dnnz_enc_csc_validate(const struct dnnz_csc *m, struct dnnz_enc_err *err)
     if (rd_uint(m->rowptr, pb, 0) != 0)
         return fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
     uint64_t prev = 0;
-    for (int64_t r = 0; r < m->rows; r++) {
+    for (int64_t r = 0; r < m->rows; r++) { /* all row pointers first: then colidx runs are in range */
         uint64_t next = rd_uint(m->rowptr, pb, r + 1);
         if (next < prev || next > (uint64_t)m->nnz || next - prev > (uint64_t)m->cols)
             return fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
+        prev = next;
+    }
+    if (prev != (uint64_t)m->nnz)
+        return fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
+    prev = 0;
+    for (int64_t r = 0; r < m->rows; r++) {
+        uint64_t next = rd_uint(m->rowptr, pb, r + 1);
         int64_t last = -1;
         for (uint64_t p = prev; p < next; p++) {
             int64_t c = (int64_t)rd_uint(m->colidx, ib, (int64_t)p);
@@ -293,21 +301,31 @@ int dnnz_enc_csc_decode(const struct dnnz_csc *m, float *dst)
 /* dense / im driver                                                                          */
 
 struct panel_ctx {
-    int kind; /* 0 dense, 1 im */
+    int kind; /* 0 dense, 1 im, 2 csc (dense enough to be worth tiles) */
     const struct dnnz_dense *d;
     const struct dnnz_im *im;
+    const struct dnnz_csc *csc;
     int64_t rows, cols, batch, xstride, im_stride;
     const float *x; /* batch rows of xstride floats, zero-padded to a multiple of 16 columns */
     float *y;
     float cbpad[64]; /* im codebook padded with zeros (k <= 64) */
 };
 
-typedef void (*panel_decode_fn)(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
-                                int64_t kcp, float *wbuf);
+/* Decode rows r..r+nr-1, columns k0..k0+kc-1 into wbuf (RT rows of kcp floats, zeros past nr
+ * rows and kc columns) or return a pointer into the matrix itself (dense); *stride gets the
+ * tile's row stride. `cursor` holds per-row stream positions (csc), advanced as tiles go. */
+typedef const float *(*panel_decode_fn)(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
+                                        int64_t kcp, float *wbuf, int64_t *cursor, int64_t *stride);
 
-static void decode_dense_tile(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
-                              int64_t kcp, float *wbuf)
+static const float *decode_dense_tile(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
+                                      int64_t kcp, float *wbuf, int64_t *cursor, int64_t *stride)
 {
+    (void)cursor;
+    if (nr == RT && kc == kcp) { /* whole tile inside the matrix: read it in place */
+        *stride = c->cols;
+        return c->d->values + r * c->cols + k0;
+    }
+    *stride = kcp;
     for (int rr = 0; rr < RT; rr++) {
         float *dst = wbuf + rr * kcp;
         int64_t done = 0;
@@ -317,10 +335,40 @@ static void decode_dense_tile(const struct panel_ctx *c, int64_t r, int nr, int6
         }
         memset(dst + done, 0, (size_t)(kcp - done) * 4);
     }
+    return wbuf;
 }
 
-static void decode_im_tile_ref(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
-                               int64_t kcp, float *wbuf)
+static inline int64_t csc_ptr(const struct dnnz_csc *m, int64_t r);
+static inline void csc_convert(const struct dnnz_csc *m, int64_t p0, int n, int32_t *col, float *val);
+
+/* csc rows scattered into a zeroed tile (used when the matrix is dense enough, see csc_matmul) */
+static const float *decode_csc_tile(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
+                                    int64_t kcp, float *wbuf, int64_t *cursor, int64_t *stride)
+{
+    const struct dnnz_csc *m = c->csc;
+    memset(wbuf, 0, (size_t)(RT * kcp) * 4);
+    for (int rr = 0; rr < nr; rr++) {
+        int64_t p = cursor[rr], p1 = csc_ptr(m, r + rr + 1);
+        float *dst = wbuf + rr * kcp - k0;
+        int32_t col[CSC_CHUNK];
+        float val[CSC_CHUNK];
+        while (p < p1) {
+            int n = p1 - p < CSC_CHUNK ? (int)(p1 - p) : CSC_CHUNK, i = 0;
+            csc_convert(m, p, n, col, val);
+            for (; i < n && col[i] < k0 + kc; i++)
+                dst[col[i]] = val[i];
+            p += i;
+            if (i < n)
+                break;
+        }
+        cursor[rr] = p;
+    }
+    *stride = kcp;
+    return wbuf;
+}
+
+static const float *decode_im_tile_ref(const struct panel_ctx *c, int64_t r, int nr, int64_t k0, int64_t kc,
+                                       int64_t kcp, float *wbuf, int64_t *cursor, int64_t *stride)
 {
     const struct dnnz_im *m = c->im;
     const uint8_t *end = m->indices + m->indices_len;
@@ -336,16 +384,19 @@ static void decode_im_tile_ref(const struct panel_ctx *c, int64_t r, int nr, int
         }
         memset(dst + done, 0, (size_t)(kcp - done) * 4);
     }
+    (void)cursor;
+    *stride = kcp;
+    return wbuf;
 }
 
 /* The RT x KC tile times BT batch rows: y[b][r] += sum_j w[r][j] * x[b][j]. */
-static void micro_ref(const float *w, int64_t kcp, const float *x, int64_t xs, int bt, float *y,
+static void micro_ref(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs, int bt, float *y,
                       int64_t ys, int nr)
 {
     for (int b = 0; b < bt; b++)
         for (int rr = 0; rr < nr; rr++) {
             float s = 0.0f;
-            const float *wr = w + rr * kcp, *xb = x + b * xs;
+            const float *wr = w + rr * ws, *xb = x + b * xs;
             for (int64_t j = 0; j < kcp; j++)
                 s += wr[j] * xb[j];
             y[b * ys + rr] += s;
@@ -362,16 +413,16 @@ typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* One instantiation per batch-tile width BT so the RT x BT accumulators stay in registers. */
 #define DEFINE_MICRO(NAME, TGT, V, VW, HSUM, BT)                                                 \
-    static TGT void NAME(const float *w, int64_t kcp, const float *x, int64_t xs, float *y,    \
-                         int64_t ys, int nr)                                                   \
+    static TGT void NAME(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs,  \
+                         float *y, int64_t ys, int nr)                                         \
     {                                                                                          \
         V acc[RT][BT];                                                                         \
         for (int rr = 0; rr < RT; rr++)                                                        \
             for (int b = 0; b < BT; b++)                                                       \
                 acc[rr][b] = (V){0};                                                           \
         for (int64_t j = 0; j < kcp; j += VW) {                                                \
-            V w0 = *(const V *)(w + j), w1 = *(const V *)(w + kcp + j);                        \
-            V w2 = *(const V *)(w + 2 * kcp + j), w3 = *(const V *)(w + 3 * kcp + j);          \
+            V w0 = *(const V *)(w + j), w1 = *(const V *)(w + ws + j);                         \
+            V w2 = *(const V *)(w + 2 * ws + j), w3 = *(const V *)(w + 3 * ws + j);            \
             for (int b = 0; b < BT; b++) {                                                     \
                 V xv = *(const V *)(x + b * xs + j);                                           \
                 acc[0][b] += w0 * xv;                                                          \
@@ -392,30 +443,33 @@ DEFINE_MICRO(micro_avx512_4, T_AVX512, v16f, 16, HSUM16, 4)
 DEFINE_MICRO(micro_avx2_1, T_AVX2, v8f, 8, HSUM8, 1)
 DEFINE_MICRO(micro_avx2_2, T_AVX2, v8f, 8, HSUM8, 2)
 
-static T_AVX512 void micro_avx512(const float *w, int64_t kcp, const float *x, int64_t xs, int bt,
-                                  float *y, int64_t ys, int nr)
+static T_AVX512 void micro_avx512(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs,
+                                  int bt, float *y, int64_t ys, int nr)
 {
     switch (bt) {
-    case 1: micro_avx512_1(w, kcp, x, xs, y, ys, nr); break;
-    case 2: micro_avx512_2(w, kcp, x, xs, y, ys, nr); break;
-    case 3: micro_avx512_3(w, kcp, x, xs, y, ys, nr); break;
-    default: micro_avx512_4(w, kcp, x, xs, y, ys, nr); break;
+    case 1: micro_avx512_1(w, ws, kcp, x, xs, y, ys, nr); break;
+    case 2: micro_avx512_2(w, ws, kcp, x, xs, y, ys, nr); break;
+    case 3: micro_avx512_3(w, ws, kcp, x, xs, y, ys, nr); break;
+    default: micro_avx512_4(w, ws, kcp, x, xs, y, ys, nr); break;
     }
 }
 
-static T_AVX2 void micro_avx2(const float *w, int64_t kcp, const float *x, int64_t xs, int bt,
+static T_AVX2 void micro_avx2(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs, int bt,
                               float *y, int64_t ys, int nr)
 {
     if (bt == 1)
-        micro_avx2_1(w, kcp, x, xs, y, ys, nr);
+        micro_avx2_1(w, ws, kcp, x, xs, y, ys, nr);
     else
-        micro_avx2_2(w, kcp, x, xs, y, ys, nr);
+        micro_avx2_2(w, ws, kcp, x, xs, y, ys, nr);
 }
 
 /* im tile, AVX2: indices unpacked by the portable reader, values by vpermps (k <= 8) or gather. */
-static T_AVX2 void decode_im_tile_avx2(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
-                                       int64_t kc, int64_t kcp, float *wbuf)
+static T_AVX2 const float *decode_im_tile_avx2(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
+                                               int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
+                                               int64_t *stride)
 {
+    (void)cursor;
+    *stride = kcp;
     const struct dnnz_im *m = c->im;
     const uint8_t *end = m->indices + m->indices_len;
     uint32_t idx[KC];
@@ -439,6 +493,7 @@ static T_AVX2 void decode_im_tile_avx2(const struct panel_ctx *c, int64_t r, int
             _mm256_storeu_ps(dst + j, v);
         }
     }
+    return wbuf;
 }
 
 /* im tile, AVX-512 + VBMI: for bits <= 8, 64 indices per step: vpermb gathers each group of
@@ -446,9 +501,12 @@ static T_AVX2 void decode_im_tile_avx2(const struct panel_ctx *c, int64_t r, int
  * qword's MSB; vpmultishiftqb then pulls every index's bits to the bottom of its byte. Values
  * come from the codebook held in registers (vpermps for k <= 16, vpermt2ps for k <= 32, two
  * of them and a blend for k <= 64) or from a gather for larger codebooks. */
-static T_AVX512 void decode_im_tile_avx512(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
-                                           int64_t kc, int64_t kcp, float *wbuf)
+static T_AVX512 const float *decode_im_tile_avx512(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
+                                                   int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
+                                                   int64_t *stride)
 {
+    (void)cursor;
+    *stride = kcp;
     const struct dnnz_im *m = c->im;
     const uint8_t *end = m->indices + m->indices_len;
     int bits = m->bits;
@@ -469,7 +527,7 @@ static T_AVX512 void decode_im_tile_avx512(const struct panel_ctx *c, int64_t r,
                 _mm512_storeu_ps(dst + j, v);
             }
         }
-        return;
+        return wbuf;
     }
     uint8_t perm[64], shift[64];
     for (int q = 0; q < 8; q++)
@@ -525,27 +583,33 @@ static T_AVX512 void decode_im_tile_avx512(const struct panel_ctx *c, int64_t r,
             }
         }
     }
+    return wbuf;
 }
 #endif /* DNNZ_X86 */
 
-typedef void (*micro_fn)(const float *w, int64_t kcp, const float *x, int64_t xs, int bt, float *y,
-                         int64_t ys, int nr);
+typedef void (*micro_fn)(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs, int bt,
+                         float *y, int64_t ys, int nr);
 
 static void panel_task_generic(struct panel_ctx *c, int64_t task, panel_decode_fn decode, micro_fn micro,
                                int bt_max)
 {
     int64_t r0 = task * TASK_ROWS, r1 = r0 + TASK_ROWS < c->rows ? r0 + TASK_ROWS : c->rows;
     float wbuf[RT * KC] __attribute__((aligned(64)));
+    int64_t cursor[TASK_ROWS];
     for (int64_t b = 0; b < c->batch; b++)
         memset(c->y + b * c->rows + r0, 0, (size_t)(r1 - r0) * 4);
+    if (c->kind == 2)
+        for (int64_t r = r0; r < r1; r++)
+            cursor[r - r0] = csc_ptr(c->csc, r);
     for (int64_t k0 = 0; k0 < c->cols; k0 += KC) {
         int64_t kc = c->cols - k0 < KC ? c->cols - k0 : KC, kcp = (kc + 15) & ~(int64_t)15;
         for (int64_t r = r0; r < r1; r += RT) {
             int nr = r1 - r < RT ? (int)(r1 - r) : RT;
-            decode(c, r, nr, k0, kc, kcp, wbuf);
+            int64_t ws;
+            const float *w = decode(c, r, nr, k0, kc, kcp, wbuf, cursor + (r - r0), &ws);
             for (int64_t b = 0; b < c->batch; b += bt_max) {
                 int bt = c->batch - b < bt_max ? (int)(c->batch - b) : bt_max;
-                micro(wbuf, kcp, c->x + b * c->xstride + k0, c->xstride, bt, c->y + b * c->rows + r, c->rows, nr);
+                micro(w, ws, kcp, c->x + b * c->xstride + k0, c->xstride, bt, c->y + b * c->rows + r, c->rows, nr);
             }
         }
     }
@@ -555,7 +619,7 @@ static void panel_task_ref(void *ctx, int64_t task, int worker)
 {
     struct panel_ctx *c = ctx;
     (void)worker;
-    panel_task_generic(c, task, c->kind ? decode_im_tile_ref : decode_dense_tile, micro_ref, 1);
+    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_ref : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_ref, 1);
 }
 
 #if DNNZ_X86
@@ -563,14 +627,96 @@ static void panel_task_avx2(void *ctx, int64_t task, int worker)
 {
     struct panel_ctx *c = ctx;
     (void)worker;
-    panel_task_generic(c, task, c->kind ? decode_im_tile_avx2 : decode_dense_tile, micro_avx2, 2);
+    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx2 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx2, 2);
+}
+
+/* Batch 1, im with bits <= 8: unpack, look up and multiply-add in registers, never storing the
+ * decoded row (the VBMI unpack and register codebook of decode_im_tile_avx512, fused). Two rows
+ * at a time share the x loads. */
+static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
+{
+    const struct dnnz_im *m = c->im;
+    const uint8_t *end = m->indices + m->indices_len;
+    int bits = m->bits;
+    int64_t k = m->k, cols = c->cols;
+    int64_t r0 = task * TASK_ROWS, r1 = r0 + TASK_ROWS < c->rows ? r0 + TASK_ROWS : c->rows;
+    uint8_t perm[64], shift[64];
+    for (int q = 0; q < 8; q++)
+        for (int p = 0; p < 8; p++) {
+            perm[8 * q + p] = (uint8_t)(q * bits + 7 - p);
+            shift[8 * q + p] = (uint8_t)((64 - (p + 1) * bits) & 63);
+        }
+    const __m512i vperm = _mm512_loadu_si512(perm), vshift = _mm512_loadu_si512(shift);
+    const __m512i vmask = _mm512_set1_epi8((char)((1u << bits) - 1));
+    const __m512 cb0 = _mm512_loadu_ps(c->cbpad), cb1 = _mm512_loadu_ps(c->cbpad + 16);
+    const __m512 cb2 = _mm512_loadu_ps(c->cbpad + 32), cb3 = _mm512_loadu_ps(c->cbpad + 48);
+    const __m512i v32 = _mm512_set1_epi32(32);
+    const float *x = c->x;
+#define IM_LOOKUP(iv) (k <= 16 ? _mm512_permutexvar_ps(iv, cb0)                                      \
+                       : k <= 32 ? _mm512_permutex2var_ps(cb0, iv, cb1)                              \
+                       : k <= 64 ? _mm512_mask_blend_ps(_mm512_test_epi32_mask(iv, v32),             \
+                                                        _mm512_permutex2var_ps(cb0, iv, cb1),        \
+                                                        _mm512_permutex2var_ps(cb2, iv, cb3))        \
+                                 : _mm512_i32gather_ps(iv, m->codebook, 4))
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = m->indices + r * c->im_stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        int64_t j = 0;
+        for (; j + 64 <= cols; j += 64) {
+            const uint8_t *p = row + (j * bits) / 8;
+            __m512i raw;
+            if (DNNZ_LIKELY(end - p >= 64)) {
+                raw = _mm512_loadu_si512(p);
+            } else {
+                uint8_t tmp[64] = {0};
+                memcpy(tmp, p, (size_t)(end - p));
+                raw = _mm512_loadu_si512(tmp);
+            }
+            __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            __m512i i0 = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(iv8));
+            __m512i i1 = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(iv8, 1));
+            __m512i i2 = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(iv8, 2));
+            __m512i i3 = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(iv8, 3));
+            a0 = _mm512_fmadd_ps(IM_LOOKUP(i0), _mm512_loadu_ps(x + j), a0);
+            a1 = _mm512_fmadd_ps(IM_LOOKUP(i1), _mm512_loadu_ps(x + j + 16), a1);
+            a2 = _mm512_fmadd_ps(IM_LOOKUP(i2), _mm512_loadu_ps(x + j + 32), a2);
+            a3 = _mm512_fmadd_ps(IM_LOOKUP(i3), _mm512_loadu_ps(x + j + 48), a3);
+        }
+        if (j < cols) { /* tail: fewer than 64 indices; lanes past the row are zeroed */
+            const uint8_t *p = row + (j * bits) / 8;
+            uint8_t tmp[64] = {0};
+            int64_t nb = end - p < 64 ? end - p : 64;
+            memcpy(tmp, p, (size_t)nb);
+            int64_t left = cols - j;
+            __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, _mm512_loadu_si512(tmp))), vmask);
+            iv8 = _mm512_maskz_mov_epi8(((__mmask64)1 << left) - 1, iv8);
+            for (int s = 0; s < 4 && 16 * s < left; s++) {
+                __m128i part = s == 0 ? _mm512_castsi512_si128(iv8)
+                             : s == 1 ? _mm512_extracti32x4_epi32(iv8, 1)
+                             : s == 2 ? _mm512_extracti32x4_epi32(iv8, 2)
+                                      : _mm512_extracti32x4_epi32(iv8, 3);
+                __m512i iv = _mm512_cvtepu8_epi32(part);
+                int64_t l16 = left - 16 * s;
+                __mmask16 mk = l16 >= 16 ? 0xffff : (__mmask16)((1u << l16) - 1);
+                __m512 xv = _mm512_maskz_loadu_ps(mk, x + j + 16 * s);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_mov_ps(mk, IM_LOOKUP(iv)), xv, a0);
+            }
+        }
+        v16f t = (v16f)_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+        c->y[r] = HSUM16(t);
+    }
+#undef IM_LOOKUP
 }
 
 static void panel_task_avx512(void *ctx, int64_t task, int worker)
 {
     struct panel_ctx *c = ctx;
     (void)worker;
-    panel_task_generic(c, task, c->kind ? decode_im_tile_avx512 : decode_dense_tile, micro_avx512, 4);
+    if (c->kind == 1 && c->batch == 1 && c->im->bits >= 1 && c->im->bits <= 8) {
+        im_gemv_avx512(c, task);
+        return;
+    }
+    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx512 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx512, 4);
 }
 #endif
 
@@ -861,6 +1007,19 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
         return DNNZ_E_UNSUPPORTED;
     if (m->rows == 0 || batch == 0)
         return DNNZ_OK;
+    if ((double)m->nnz > CSC_TILE_DENSITY * (double)m->rows * (double)m->cols) {
+        /* Dense enough that one multiply-add per stored entry (below) costs more than the dense
+         * tile kernel over every entry: scatter rows into tiles instead. */
+        struct panel_ctx pc;
+        memset(&pc, 0, sizeof pc);
+        pc.kind = 2;
+        pc.csc = m;
+        pc.rows = m->rows;
+        pc.cols = m->cols;
+        pc.batch = batch;
+        pc.y = y;
+        return panel_run(&pc, x);
+    }
     int bc = CSC_BC_REF;
     dnnz_cpu_task_fn fn = csc_task_ref;
 #if DNNZ_X86
