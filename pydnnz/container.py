@@ -623,7 +623,10 @@ def _open_reader(path):
     try:
         return _Reader(buf, len(buf), where)  # the map's size, should the file have changed since
     except BaseException:
-        buf.close()
+        try:
+            buf.close()
+        except BufferError:  # a view still alive somewhere: the map goes with it
+            pass
         raise
 
 
