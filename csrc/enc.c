@@ -464,6 +464,123 @@ static T_AVX2 void micro_avx2(const float *w, int64_t ws, int64_t kcp, const flo
         micro_avx2_2(w, ws, kcp, x, xs, y, ys, nr);
 }
 
+/* AVX2 unpacking of 8 packed indices (bits <= 8: exactly `bits` bytes, starting on a byte):
+ * the 8 bytes are broadcast to both lanes, vpshufb puts the (at most two) bytes holding index j
+ * at the top of dword j, a variable shift and a mask leave the index at the bottom. */
+struct im_avx2 {
+    __m256i ctl, shr, mask;
+    __m256 cb[4];
+    int64_t k;
+    const float *codebook;
+};
+
+static T_AVX2 void im_avx2_init(struct im_avx2 *u, int bits, const float *cbpad, int64_t k, const float *codebook)
+{
+    uint8_t ctl[32];
+    uint32_t shr[8];
+    for (int j = 0; j < 8; j++) {
+        int b = (j * bits) / 8, o = (j * bits) % 8;
+        uint8_t *d = ctl + 4 * j; /* in-lane: both lanes hold the same 8 bytes */
+        d[0] = d[1] = 0x80;
+        d[2] = b + 1 < 8 ? (uint8_t)(b + 1) : 0x80;
+        d[3] = (uint8_t)b;
+        shr[j] = (uint32_t)(32 - bits - o);
+    }
+    u->ctl = _mm256_loadu_si256((const __m256i *)ctl);
+    u->shr = _mm256_loadu_si256((const __m256i *)shr);
+    u->mask = _mm256_set1_epi32((1 << bits) - 1);
+    for (int i = 0; i < 4; i++)
+        u->cb[i] = _mm256_loadu_ps(cbpad + 8 * i);
+    u->k = k;
+    u->codebook = codebook;
+}
+
+static T_AVX2 inline __m256i im_avx2_unpack8(const struct im_avx2 *u, const uint8_t *p, const uint8_t *end)
+{
+    int64_t w = 0;
+    if (DNNZ_LIKELY(end - p >= 8))
+        memcpy(&w, p, 8);
+    else if (end > p)
+        memcpy(&w, p, (size_t)(end - p));
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi64x(w), u->ctl);
+    return _mm256_and_si256(_mm256_srlv_epi32(v, u->shr), u->mask);
+}
+
+/* codebook[iv]: register permutes up to k = 32 (blends on index bits 3 and 4), gather above */
+static T_AVX2 inline __m256 im_avx2_lookup(const struct im_avx2 *u, __m256i iv)
+{
+    if (u->k <= 8)
+        return _mm256_permutevar8x32_ps(u->cb[0], iv);
+    if (u->k <= 32) {
+        __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(iv, 28));
+        __m256 lo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(u->cb[0], iv), _mm256_permutevar8x32_ps(u->cb[1], iv), b3);
+        if (u->k <= 16)
+            return lo;
+        __m256 hi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(u->cb[2], iv), _mm256_permutevar8x32_ps(u->cb[3], iv), b3);
+        return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(iv, 27)));
+    }
+    return _mm256_i32gather_ps(u->codebook, iv, 4);
+}
+
+static T_AVX2 const float *decode_im_tile_avx2_fast(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
+                                                    int64_t kc, int64_t kcp, float *wbuf)
+{
+    const struct dnnz_im *m = c->im;
+    const uint8_t *end = m->indices + m->indices_len;
+    struct im_avx2 u;
+    im_avx2_init(&u, m->bits, c->cbpad, m->k, m->codebook);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int rr = 0; rr < RT; rr++) {
+        float *dst = wbuf + rr * kcp;
+        if (rr >= nr) {
+            memset(dst, 0, (size_t)kcp * 4);
+            continue;
+        }
+        const uint8_t *row = m->indices + (r + rr) * c->im_stride + (k0 * m->bits) / 8;
+        for (int64_t j = 0; j < kcp; j += 8) {
+            __m256i iv = im_avx2_unpack8(&u, row + (j / 8) * m->bits, end);
+            if (j + 8 > kc) { /* past the row: index 0, value 0 */
+                __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(kc - j)), lane);
+                iv = _mm256_and_si256(iv, keep);
+                _mm256_storeu_ps(dst + j, _mm256_and_ps(im_avx2_lookup(&u, iv), _mm256_castsi256_ps(keep)));
+            } else {
+                _mm256_storeu_ps(dst + j, im_avx2_lookup(&u, iv));
+            }
+        }
+    }
+    return wbuf;
+}
+
+/* Batch 1, bits <= 8, AVX2: unpack, look up, multiply-add in registers (x is zero-padded). */
+static T_AVX2 void im_gemv_avx2(const struct panel_ctx *c, int64_t task)
+{
+    const struct dnnz_im *m = c->im;
+    const uint8_t *end = m->indices + m->indices_len;
+    int64_t r0 = task * TASK_ROWS, r1 = r0 + TASK_ROWS < c->rows ? r0 + TASK_ROWS : c->rows, cols = c->cols;
+    struct im_avx2 u;
+    im_avx2_init(&u, m->bits, c->cbpad, m->k, m->codebook);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const float *x = c->x;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = m->indices + r * c->im_stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 16 <= cols; j += 16) {
+            const uint8_t *p = row + (j / 8) * m->bits;
+            a0 = _mm256_fmadd_ps(im_avx2_lookup(&u, im_avx2_unpack8(&u, p, end)), _mm256_loadu_ps(x + j), a0);
+            a1 = _mm256_fmadd_ps(im_avx2_lookup(&u, im_avx2_unpack8(&u, p + m->bits, end)), _mm256_loadu_ps(x + j + 8), a1);
+        }
+        for (; j < cols; j += 8) {
+            __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(cols - j)), lane);
+            __m256i iv = _mm256_and_si256(im_avx2_unpack8(&u, row + (j / 8) * m->bits, end), keep);
+            __m256 v = _mm256_and_ps(im_avx2_lookup(&u, iv), _mm256_castsi256_ps(keep));
+            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + j), a0); /* x is padded to 16 columns */
+        }
+        v8f t = (v8f)_mm256_add_ps(a0, a1);
+        c->y[r] = HSUM8(t);
+    }
+}
+
 /* im tile, AVX2: indices unpacked by the portable reader, values by vpermps (k <= 8) or gather. */
 static T_AVX2 const float *decode_im_tile_avx2(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
                                                int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
@@ -471,6 +588,8 @@ static T_AVX2 const float *decode_im_tile_avx2(const struct panel_ctx *c, int64_
 {
     (void)cursor;
     *stride = kcp;
+    if (c->im->bits >= 1 && c->im->bits <= 8)
+        return decode_im_tile_avx2_fast(c, r, nr, k0, kc, kcp, wbuf);
     const struct dnnz_im *m = c->im;
     const uint8_t *end = m->indices + m->indices_len;
     uint32_t idx[KC];
@@ -628,6 +747,10 @@ static void panel_task_avx2(void *ctx, int64_t task, int worker)
 {
     struct panel_ctx *c = ctx;
     (void)worker;
+    if (c->kind == 1 && c->batch == 1 && c->im->bits >= 1 && c->im->bits <= 8) {
+        im_gemv_avx2(c, task);
+        return;
+    }
     panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx2 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx2, 2);
 }
 

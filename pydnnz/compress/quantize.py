@@ -321,6 +321,8 @@ def _envelope(c, a, absolute: bool):
             if da < -dd:
                 return -inf
             return (ci + cj + da) / 2
+        if cj <= ci:  # centres equal to rounding (extreme ranges): the cheaper one wins everywhere
+            return -inf if da < 0 else inf
         return (ci + cj) / 2 + da / (2 * (cj - ci))
 
     for j in range(len(c)):
@@ -388,6 +390,10 @@ def _ecsq_run(sd: SortedData, k: int, lam: float, *, n_clusters=None, max_iter=5
         # final cell edges: the last weight of each non-empty cell stays in it
         thr = sd.u[ends[:-1] - 1].astype(np.float64)
         c, p = m[keep], w[keep] / n
+        if c.size > 1 and not np.all(c[1:] > c[:-1]):  # means equal to rounding: merge them
+            thr = thr[c[1:] > c[:-1]]  # (means of ordered cells never decrease)
+            c, inv = np.unique(c, return_inverse=True)
+            p = np.bincount(inv, weights=p)
         if prev_e is not None and np.array_equal(ends, prev_e):
             break
         prev_e = ends
