@@ -106,7 +106,8 @@ def grid(name: str, models) -> list[Run]:
     """The grids. The papers' grids (paper-methods.md §8.4: p ∈ {10..99} × k ∈ {2..256}, SLR
     q ∈ {8..128}, conv k ∈ {32..256}, every run retrained for up to 30 epochs) are scaled down to
     what two CPU cores allow in about half an hour: the values that decided the papers' tables
-    (k 2/16/32/256, p 60/90/97/99, q 8/32/128, conv k 32/256), every configuration without
+    (k 2/16/32/256, p 60/90/97/99, q 8/32/128, conv k 32/256) plus k 4 and 8 for the quantizers
+    alone (ψ ≈ 0.05-0.1 once entropy coded, the KIBA target's range), every configuration without
     retraining, and a subset with a short retraining budget (`ft` = multiple of the family's
     budget; the few `ft` = 5 runs aim at the ψ target with a longer budget)."""
     runs = []
@@ -118,7 +119,7 @@ def grid(name: str, models) -> list[Run]:
                      Run(m, "Pr-CWS", dense_p=90, dense_k=16, ft=1)]
             continue
         quants = ("CWS", "PWS", "UQ", "ECSQ")
-        dense = _dense_runs(m, ps=[60, 90, 97, 99], ks=[2, 16, 32, 256], qs=[8, 32, 128],
+        dense = _dense_runs(m, ps=[60, 90, 97, 99], ks=[2, 4, 8, 16, 32, 256], qs=[8, 32, 128],
                             pr_ps=[60, 90, 97, 99], pr_ks=[2, 16, 32])
         conv = [Run(m, conv_method=q, conv_k=k) for q in quants for k in (32, 256)]
         conv += [Run(m, conv_method="Pr", conv_p=p) for p in (50, 90)]
@@ -126,6 +127,7 @@ def grid(name: str, models) -> list[Run]:
         both += [Run(m, "SLR", dense_q=32, conv_method=q, conv_k=256) for q in ("CWS", "UQ")]
         tuned = [Run(m, "Pr", dense_p=p, ft=1) for p in (90, 97)]
         tuned += [Run(m, q, dense_k=16, ft=1) for q in quants]
+        tuned += [Run(m, q, dense_k=4, ft=1) for q in ("CWS", "UQ", "ECSQ")]   # ψ ≈ 0.05 with HAM
         tuned += [Run(m, f"Pr-{q}", dense_p=90, dense_k=16, ft=1) for q in quants]
         tuned += [Run(m, f"Pr-{q}", dense_p=97, dense_k=16, ft=1) for q in ("CWS", "UQ")]
         tuned += [Run(m, "Pr-UQ", dense_p=90, dense_k=32, conv_method="UQ", conv_k=256, ft=1)]

@@ -58,8 +58,8 @@ PROTOCOL = """## Protocol
   not the authors' zeros-included code); ECSQ with squared error; SLR with sr = rr = 0.5 and no
   retraining (as in the paper).
 - **Grid** (scaled down from the papers' p ∈ {10..99} × k ∈ {2..256} to fit two shared CPU
-  cores in about half an hour): dense Pr p ∈ {60, 90, 97, 99}; CWS/PWS/UQ/ECSQ k ∈ {2, 16, 32,
-  256}; Pr-X p ∈ {60, 90, 97, 99} × k ∈ {2, 16, 32}; SLR q ∈ {8, 32, 128}; conv CWS/PWS/UQ/ECSQ
+  cores in about half an hour): dense Pr p ∈ {60, 90, 97, 99}; CWS/PWS/UQ/ECSQ k ∈ {2, 4, 8,
+  16, 32, 256}; Pr-X p ∈ {60, 90, 97, 99} × k ∈ {2, 16, 32}; SLR q ∈ {8, 32, 128}; conv CWS/PWS/UQ/ECSQ
   k ∈ {32, 256} and Pr p ∈ {50, 90}; whole network conv X k = 256 with dense Pr-X p ∈ {90, 97},
   k = 32, and conv CWS/UQ 256 with dense SLR q = 32. Every configuration runs without
   retraining; a subset (the papers' usual operating points) also with retraining.
