@@ -346,7 +346,12 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    try:
+        kernels = f"pydnnz kernels: {pydnnz.cpu_path()} path, {pydnnz.get_num_threads()} threads"
+    except Exception:  # older builds without the runtime module
+        kernels = "pydnnz kernels: ?"
+    return (f"{cpu}, {os.cpu_count()} logical cores (shared with other jobs), torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {kernels}")
 
 
 def main(argv=None):
