@@ -43,7 +43,7 @@ from pydnnz._progress import progress_bar  # noqa: E402
 
 import study_psi  # noqa: E402
 from study_families import FAMILIES  # noqa: E402
-from study_methods import METHODS, compress_type, finetune  # noqa: E402
+from study_methods import compress_type, finetune  # noqa: E402
 
 RESULTS = HERE / "results"
 

@@ -39,6 +39,26 @@ PAPER_BEST_SPACE = {
                   "Pr-PWS": (.9955, .0807, "60-32"), "Pr-UQ": (.9954, .0057, "99-32"),
                   "Pr-ECSQ": (.9954, .0276, "95-16")},
 }
+# (c) conv layers only (IM; ψ over conv kernels) and (d) whole network: (perf, ψ, config)
+PAPER_CONV = {
+    "deepdta-kiba": {"CWS": (.1563, .25, "256"), "PWS": (.1571, .25, "256"), "UQ": (.1568, .2188, "128"),
+                     "ECSQ": (.1581, .25, "256")},
+    "deepdta-davis": {"CWS": (.2189, .2188, "128"), "PWS": (.2191, .25, "256"), "UQ": (.2189, .25, "256"),
+                      "ECSQ": (.2204, .25, "256")},
+    "mnist-cnn": {"CWS": (.9946, .25, "256"), "PWS": (.9936, .25, "256"), "UQ": (.2106, .25, "256"),
+                  "ECSQ": (.9955, .25, "256")},
+}
+PAPER_WHOLE = {
+    "deepdta-kiba": {"CWS/Pr-CWS": (.1649, .1320, "64/50"), "PWS/Pr-PWS": (.1720, .1555, "256/50"),
+                     "UQ/Pr-UQ": (.1652, .1218, "128/50"), "ECSQ/Pr-ECSQ": (.1649, .1546, "128/50"),
+                     "CWS/SLR": (.3050, .1756, "64/64"), "UQ/SLR": (.3049, .1833, "256/64")},
+    "deepdta-davis": {"CWS/Pr-CWS": (.2267, .1252, "256/70"), "PWS/Pr-PWS": (.2390, .0965, "256/75"),
+                      "UQ/Pr-UQ": (.2295, .0860, "128/70"), "ECSQ/Pr-ECSQ": (.2286, .1020, "256/75"),
+                      "CWS/SLR": (.2808, .1794, "128/64"), "UQ/SLR": (.2810, .1833, "256/64")},
+    "mnist-cnn": {"CWS/Pr-CWS": (.9955, .1666, "256/90"), "PWS/Pr-PWS": (.9945, .1375, "256/97"),
+                  "UQ/Pr-UQ": (.2258, .1131, "32/90"), "ECSQ/Pr-ECSQ": (.9953, .1611, "256/95"),
+                  "CWS/SLR": (.9954, .1346, "128/64"), "UQ/SLR": (.1135, .1507, "256/64")},
+}
 PAPER_BASELINE = {"deepdta-kiba": .1756, "deepdta-davis": .3223, "mnist-cnn": .9954}
 PAPER_TARGET = {"deepdta-davis": 0.0159, "deepdta-kiba": 0.0523}   # best no-loss dense ψ in [NC23]
 METHOD_ORDER = ["Pr", "CWS", "PWS", "UQ", "ECSQ", "Pr-CWS", "Pr-PWS", "Pr-UQ", "Pr-ECSQ", "SLR"]
@@ -168,7 +188,7 @@ def _method_table(lines, model, rows, picker, paper_table, title):
     lines.append("")
 
 
-def _scope_table(lines, rows, title):
+def _scope_table(lines, rows, title, paper=None):
     lines += [f"#### {title}", "", "| method | ft | config | perf (Δ) | ψ real | paper ψ | file ratio | encodings | time ratio |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"], r["ft"], r["psi"])):
@@ -176,6 +196,9 @@ def _scope_table(lines, rows, title):
                      f"{_pf(r['psi'])} | {_pf(r['psi_paper'])} | {_pf(r['file_ratio'])} | {_enc_summary(r)} | "
                      f"{_pf(r['time_ratio'], 2)} |")
     lines.append("")
+    if paper:
+        lines += ["The paper's figure data for comparison (perf · ψ · config, on their models): "
+                  + "; ".join(f"{m} {v[0]:.4f} · {v[1]:.4f} · {v[2]}" for m, v in paper.items()) + ".", ""]
 
 
 def pareto_front(points, higher_is_better):
@@ -345,10 +368,12 @@ def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
                           "Table III: smallest ψ with no performance loss, dense layers")
         conv = [r for r in mr if r["scope"] == "conv"]
         if conv:
-            _scope_table(lines, conv, "Conv layers only (the papers' IM for conv; ψ over conv kernels)")
+            _scope_table(lines, conv, "Conv layers only (the papers' IM for conv; ψ over conv kernels)",
+                         PAPER_CONV.get(m))
         both = [r for r in mr if r["scope"] == "both"]
         if both:
-            _scope_table(lines, both, "Whole network (conv quantizer / dense method; ψ over all kernels)")
+            _scope_table(lines, both, "Whole network (conv quantizer / dense method; ψ over all kernels)",
+                         PAPER_WHOLE.get(m))
         plot_model(out, m, mr)
         trs = sorted(r["time_ratio"] for r in mr if not math.isnan(r["time_ratio"]))
         if trs:
