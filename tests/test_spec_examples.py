@@ -105,6 +105,7 @@ def test_encoding_example_files(name):
     np.testing.assert_array_equal(got.decode(), ENCODING_MATRIX)
 
 
+# ham and sham have their own worked example (another matrix) in spec/encodings.md.
 @pytest.mark.parametrize("name", ["dense", "csc", "im", "im8", "im4"])
 def test_encoding_examples_hold_the_bytes_of_encodings_md(name):
     """The container stores an encoding's sections unchanged: the short sections of each example
