@@ -606,7 +606,9 @@ def pws(w, k=32, *, seed=0, prune=None, include_zeros=False):
     E[q(w)] = w. Drawn vectorised from ``np.random.default_rng(seed)`` (the authors' code
     uses the global numpy seed and a per-element Python loop). Duplicate quantiles (many equal
     weights) merge, so the effective k can be smaller than k, as in the paper; the codebook
-    holds only the representatives actually drawn. k = 1 gives the single level mean(w).
+    holds only the representatives actually drawn. k = 1 gives the single level mean(w); with
+    k >= the number of distinct values every value is its own representative and the tensor
+    comes back exactly.
 
     >>> import numpy as np
     >>> q = pws(np.linspace(-1, 1, 101, dtype=np.float32), 5, seed=0)
