@@ -754,6 +754,48 @@ static void panel_task_avx2(void *ctx, int64_t task, int worker)
     panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx2 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx2, 2);
 }
 
+static T_AVX512 inline __m512i load_u32x16(const uint8_t *base, int width, int64_t p, __mmask16 mk);
+
+/* csc rows scattered into a zeroed tile, 16 entries per step (vpscatterdd after widening the
+ * column indices and looking values up in the register codebook) */
+static T_AVX512 const float *decode_csc_tile_avx512(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
+                                                    int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
+                                                    int64_t *stride)
+{
+    const struct dnnz_csc *m = c->csc;
+    int vk = m->value_kind, ib = m->idx_bytes;
+    int regcb = vk != 0 && m->k <= 32;
+    const __m512 cb0 = _mm512_loadu_ps(c->cbpad), cb1 = _mm512_loadu_ps(c->cbpad + 16);
+    const __m512i lim = _mm512_set1_epi32((int)(k0 + kc)), base = _mm512_set1_epi32((int)k0);
+    for (int64_t i = 0; i < RT * kcp; i += 16)
+        _mm512_store_ps(wbuf + i, _mm512_setzero_ps());
+    for (int rr = 0; rr < nr; rr++) {
+        int64_t p = cursor[rr], p1 = csc_ptr(m, r + rr + 1);
+        float *dst = wbuf + rr * kcp;
+        while (p < p1) {
+            __mmask16 mk = p1 - p >= 16 ? 0xffff : (__mmask16)((1u << (p1 - p)) - 1);
+            __m512i col = load_u32x16(m->colidx, ib, p, mk);
+            mk = _mm512_mask_cmplt_epi32_mask(mk, col, lim); /* columns ascend: a prefix */
+            __m512 v;
+            if (vk == 0) {
+                v = _mm512_maskz_loadu_ps(mk, m->values + p);
+            } else {
+                __m512i vi = load_u32x16(m->vindex, vk, p, mk);
+                v = regcb ? _mm512_permutex2var_ps(cb0, vi, cb1)
+                          : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, vi, m->values, 4);
+            }
+            _mm512_mask_i32scatter_ps(dst, mk, _mm512_sub_epi32(col, base), v, 4);
+            int n = __builtin_popcount((unsigned)mk);
+            p += n;
+            if (n < 16)
+                break;
+        }
+        cursor[rr] = p;
+    }
+    *stride = kcp;
+    return wbuf;
+}
+
 /* Batch 1, im with bits <= 8: unpack, look up and multiply-add in registers, never storing the
  * decoded row (the VBMI unpack and register codebook of decode_im_tile_avx512, fused). Two rows
  * at a time share the x loads. */
@@ -846,7 +888,7 @@ static void panel_task_avx512(void *ctx, int64_t task, int worker)
         im_gemv_avx512(c, task);
         return;
     }
-    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx512 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx512, 4);
+    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx512 : c->kind == 2 ? decode_csc_tile_avx512 : decode_dense_tile, micro_avx512, 4);
 }
 #endif
 
@@ -1219,6 +1261,8 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
         memset(&pc, 0, sizeof pc);
         pc.kind = 2;
         pc.csc = m;
+        for (int64_t i = 0; m->value_kind && i < m->k && i < 32; i++)
+            pc.cbpad[i] = m->values[i];
         pc.rows = m->rows;
         pc.cols = m->cols;
         pc.batch = batch;
