@@ -28,7 +28,7 @@
 #endif
 
 #define RT 4           /* rows decoded and multiplied together */
-#define KC 512         /* input columns per decoded tile (multiple of 64) */
+#define KC 512         /* input columns per decoded tile (multiple of 64): 8 KiB for RT rows */
 #define TASK_ROWS 64   /* output rows per parallel task (multiple of RT) */
 #define CSC_CHUNK 256  /* non-zeros converted at a time */
 #define CSC_TILE_DENSITY 0.3 /* above this fraction of non-zeros, csc matmul uses dense tiles */
@@ -412,6 +412,27 @@ static void micro_ref(const float *w, int64_t ws, int64_t kcp, const float *x, i
 typedef float v16f __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
 
+/* horizontal sums in a fixed order: halves added until one lane is left (8 instructions
+ * instead of 15 scalar adds with lane extractions) */
+static T_AVX512 inline float hsum_avx512(v16f v)
+{
+    __m512 z = (__m512)v;
+    __m256 s = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+static T_AVX2 inline float hsum_avx2(v8f v)
+{
+    __m256 s = (__m256)v;
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
 /* One instantiation per batch-tile width BT so the RT x BT accumulators stay in registers. */
 #define DEFINE_MICRO(NAME, TGT, V, VW, HSUM, BT)                                                 \
     static TGT void NAME(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs,  \
@@ -437,12 +458,12 @@ typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
                 y[b * ys + rr] += HSUM(acc[rr][b]);                                            \
     }
 
-DEFINE_MICRO(micro_avx512_1, T_AVX512, v16f, 16, HSUM16, 1)
-DEFINE_MICRO(micro_avx512_2, T_AVX512, v16f, 16, HSUM16, 2)
-DEFINE_MICRO(micro_avx512_3, T_AVX512, v16f, 16, HSUM16, 3)
-DEFINE_MICRO(micro_avx512_4, T_AVX512, v16f, 16, HSUM16, 4)
-DEFINE_MICRO(micro_avx2_1, T_AVX2, v8f, 8, HSUM8, 1)
-DEFINE_MICRO(micro_avx2_2, T_AVX2, v8f, 8, HSUM8, 2)
+DEFINE_MICRO(micro_avx512_1, T_AVX512, v16f, 16, hsum_avx512, 1)
+DEFINE_MICRO(micro_avx512_2, T_AVX512, v16f, 16, hsum_avx512, 2)
+DEFINE_MICRO(micro_avx512_3, T_AVX512, v16f, 16, hsum_avx512, 3)
+DEFINE_MICRO(micro_avx512_4, T_AVX512, v16f, 16, hsum_avx512, 4)
+DEFINE_MICRO(micro_avx2_1, T_AVX2, v8f, 8, hsum_avx2, 1)
+DEFINE_MICRO(micro_avx2_2, T_AVX2, v8f, 8, hsum_avx2, 2)
 
 static T_AVX512 void micro_avx512(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs,
                                   int bt, float *y, int64_t ys, int nr)
@@ -842,7 +863,8 @@ static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
             /* byte 4i+s of iv8 is index 4i+s; shifting dwords right by 8s brings it to the low
              * byte of dword i, which is all the register permutes look at (x was permuted to
              * match, see panel_run); no widening shuffles on the busy permute port */
-            __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            __m512i iv8 = bits == 8 ? raw /* im8: bytes are the indices */
+                        : _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
             __m512i i0 = iv8, i1 = _mm512_srli_epi32(iv8, 8), i2 = _mm512_srli_epi32(iv8, 16), i3 = _mm512_srli_epi32(iv8, 24);
             if (k > 64) {
                 i0 = _mm512_and_si512(i0, vff);
