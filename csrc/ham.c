@@ -218,6 +218,57 @@ float dnnz_ham_gather_dot(int path, const float *w, const uint8_t *col, int col_
     return gdot_ref(w, col, col_bytes, n, x);
 }
 
+#define LN DNNZ_HAM_LANES
+
+static void lanes_ref(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
+{
+    for (int j = 0; j < n; j++) {
+        const float *xr = xt + dnnz_ham_rd(col, cb, j) * LN;
+        for (int l = 0; l < LN; l++)
+            acc[l] += w[j] * xr[l];
+    }
+}
+
+#if DNNZ_X86
+typedef float v8f_l __attribute__((vector_size(32)));
+typedef float v16f_l __attribute__((vector_size(64)));
+
+static T_AVX2 void lanes_avx2(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
+{
+    v8f_l a0, a1;
+    memcpy(&a0, acc, 32);
+    memcpy(&a1, acc + 8, 32);
+    for (int j = 0; j < n; j++) {
+        const v8f_l *xr = (const v8f_l *)(xt + dnnz_ham_rd(col, cb, j) * LN); /* 64-byte aligned rows */
+        a0 += w[j] * xr[0];
+        a1 += w[j] * xr[1];
+    }
+    memcpy(acc, &a0, 32);
+    memcpy(acc + 8, &a1, 32);
+}
+
+static T_AVX512 void lanes_avx512(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
+{
+    v16f_l a;
+    memcpy(&a, acc, 64);
+    for (int j = 0; j < n; j++)
+        a += w[j] * *(const v16f_l *)(xt + dnnz_ham_rd(col, cb, j) * LN);
+    memcpy(acc, &a, 64);
+}
+#endif
+
+void dnnz_ham_lanes(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *xt, float *acc)
+{
+#if DNNZ_X86
+    if (path == DNNZ_CPU_AVX512)
+        return lanes_avx512(w, col, col_bytes, n, xt, acc);
+    if (path == DNNZ_CPU_AVX2)
+        return lanes_avx2(w, col, col_bytes, n, xt, acc);
+#endif
+    (void)path;
+    lanes_ref(w, col, col_bytes, n, xt, acc);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* 4-row tile times up to 4 batch rows                                                         */
 /* ------------------------------------------------------------------------------------------ */
