@@ -233,37 +233,48 @@ static void lanes_ref(const float *w, const uint8_t *col, int cb, int n, const f
 typedef float v8f_l __attribute__((vector_size(32)));
 typedef float v16f_l __attribute__((vector_size(64)));
 
-static T_AVX2 void lanes_avx2(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
-{
-    v8f_l a0, a1;
-    memcpy(&a0, acc, 32);
-    memcpy(&a1, acc + 8, 32);
-    for (int j = 0; j < n; j++) {
-        const v8f_l *xr = (const v8f_l *)(xt + dnnz_ham_rd(col, cb, j) * LN); /* 64-byte aligned rows */
-        a0 += w[j] * xr[0];
-        a1 += w[j] * xr[1];
+/* One kernel per column-index width so the index load is a plain load (through 1-byte-aligned
+ * types: a section may sit at any offset of a memory map). */
+typedef uint16_t u16_ua __attribute__((aligned(1)));
+typedef uint32_t u32_ua __attribute__((aligned(1)));
+#define DEFINE_LANES(NAME, TGT, V, NV, IT)                                                      \
+    static TGT void NAME(const float *w, const IT *col, int n, const float *xt, float *acc)     \
+    {                                                                                           \
+        V a[NV];                                                                                \
+        memcpy(a, acc, sizeof a);                                                               \
+        for (int j = 0; j < n; j++) {                                                           \
+            const V *xr = (const V *)(xt + (size_t)col[j] * LN); /* 64-byte aligned rows */     \
+            for (int v = 0; v < NV; v++)                                                        \
+                a[v] += w[j] * xr[v];                                                           \
+        }                                                                                       \
+        memcpy(acc, a, sizeof a);                                                               \
     }
-    memcpy(acc, &a0, 32);
-    memcpy(acc + 8, &a1, 32);
-}
-
-static T_AVX512 void lanes_avx512(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
-{
-    v16f_l a;
-    memcpy(&a, acc, 64);
-    for (int j = 0; j < n; j++)
-        a += w[j] * *(const v16f_l *)(xt + dnnz_ham_rd(col, cb, j) * LN);
-    memcpy(acc, &a, 64);
-}
+DEFINE_LANES(lanes_avx2_1, T_AVX2, v8f_l, 2, uint8_t)
+DEFINE_LANES(lanes_avx2_2, T_AVX2, v8f_l, 2, u16_ua)
+DEFINE_LANES(lanes_avx2_4, T_AVX2, v8f_l, 2, u32_ua)
+DEFINE_LANES(lanes_avx512_1, T_AVX512, v16f_l, 1, uint8_t)
+DEFINE_LANES(lanes_avx512_2, T_AVX512, v16f_l, 1, u16_ua)
+DEFINE_LANES(lanes_avx512_4, T_AVX512, v16f_l, 1, u32_ua)
 #endif
 
 void dnnz_ham_lanes(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *xt, float *acc)
 {
 #if DNNZ_X86
-    if (path == DNNZ_CPU_AVX512)
-        return lanes_avx512(w, col, col_bytes, n, xt, acc);
-    if (path == DNNZ_CPU_AVX2)
-        return lanes_avx2(w, col, col_bytes, n, xt, acc);
+    /* colidx sections are little-endian; so are the x86 hosts these kernels run on */
+    if (path == DNNZ_CPU_AVX512) {
+        if (col_bytes == 1)
+            return lanes_avx512_1(w, col, n, xt, acc);
+        if (col_bytes == 2)
+            return lanes_avx512_2(w, (const u16_ua *)(const void *)col, n, xt, acc);
+        return lanes_avx512_4(w, (const u32_ua *)(const void *)col, n, xt, acc);
+    }
+    if (path == DNNZ_CPU_AVX2) {
+        if (col_bytes == 1)
+            return lanes_avx2_1(w, col, n, xt, acc);
+        if (col_bytes == 2)
+            return lanes_avx2_2(w, (const u16_ua *)(const void *)col, n, xt, acc);
+        return lanes_avx2_4(w, (const u32_ua *)(const void *)col, n, xt, acc);
+    }
 #endif
     (void)path;
     lanes_ref(w, col, col_bytes, n, xt, acc);
