@@ -746,8 +746,8 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
         if (multi && t->out_width == 1 && size >= 8) {
             const uint64_t plim = ((uint64_t)size - 8) * 8;
             uint64_t p = pos[i];
-            uint8_t *oi = o[i], *const ei = out[i] + n[i] - 6;
-            while (oi <= ei && p <= plim) {
+            uint8_t *oi = o[i], *const oend = out[i] + n[i];
+            while (oend - oi >= 6 && p <= plim) {
                 uint64_t a = dnnz_bit_load_be64(src + (p >> 3)) << (p & 7);
                 uint64_t e = multi[a >> (64 - TB)];
                 unsigned c = MULTI_COUNT(e);
