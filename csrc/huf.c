@@ -599,6 +599,26 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
             const ptrdiff_t room = 4 * (6 / (ptrdiff_t)sizeof(T)) + 8 / (ptrdiff_t)sizeof(T); \
             RD_LOCALS(a, r);                                                                  \
             (void)alim;                                                                       \
+            /* every entry emits a symbol: whole batches of rounds with no test at all */     \
+            const ptrdiff_t per_round = 4 * (6 / (ptrdiff_t)sizeof(T));                       \
+            while (t->multi_full) {                                                           \
+                ptrdiff_t n_out = (oend - o - 8 / (ptrdiff_t)sizeof(T)) / per_round;          \
+                ptrdiff_t n_in = (r->end - ap - 8) / 7 + 1; /* a refill advances <= 7 bytes */ \
+                ptrdiff_t nr = r->end - ap < 8 ? 0 : n_out < n_in ? n_out : n_in;             \
+                if (nr < 2)                                                                   \
+                    break;                                                                    \
+                for (; nr > 0; nr--) {                                                        \
+                    RD_REFILL_FAST(a);                                                        \
+                    for (int s_ = 0; s_ < 4; s_++) {                                          \
+                        uint64_t e_ = multi[aacc >> (64 - TB)];                               \
+                        unsigned b_ = MULTI_BITS(e_);                                         \
+                        memcpy(o, &e_, 8);                                                    \
+                        o += MULTI_COUNT(e_);                                                 \
+                        aacc <<= b_;                                                          \
+                        aav -= b_;                                                            \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
             while (oend - o >= room && RD_CAN_REFILL(a, r)) {                                 \
                 RD_REFILL_FAST(a);                                                            \
                 /* 4 lookups of at most TB = 11 bits fit in the >= 56 refilled bits, and a    \
