@@ -16,6 +16,8 @@ from .errors import (
     TruncatedError,
     UnsupportedError,
 )
+from .errors import CorruptFileError, UnsupportedVersionError
+from .container import load_file, safe_open, save_file
 
 __all__ = [
     "__version__",
@@ -28,4 +30,9 @@ __all__ = [
     "ChecksumError",
     "UnsupportedError",
     "DnnzMemoryError",
+    "CorruptFileError",
+    "UnsupportedVersionError",
+    "save_file",
+    "load_file",
+    "safe_open",
 ]
