@@ -242,7 +242,7 @@ def test_unified_codebook_is_shared_per_layer_kind(small):
 
 def test_rules_first_match_wins_and_defaults(small):
     comp = pt.compress_model(small, [{"match": "conv_dw", "method": "none"},
-                                     {"match": "conv_*", "method": "uq", "k": 4, "encoding": "im"},
+                                     {"match": "conv_*", "method": "cws", "k": 4, "encoding": "im"},
                                      {"method": "pr_cws", "k": 8}])
     assert isinstance(comp.conv_dw, nn.Conv2d) and isinstance(comp.embed, nn.Embedding)  # none / default types
     assert comp.conv_a.encoded.encoding == "im" and len(np.unique(comp.conv_a.encoded.decode())) <= 4
@@ -333,7 +333,7 @@ def test_save_load_roundtrip(saved, small):
 
 def test_load_into_an_already_compressed_model_and_a_meta_model(saved):
     comp, path = saved
-    again = pt.load_model(path, pt.compress_model(Small(), ALL_UQ))
+    again = pt.load_model(path, pt.compress_model(Small(), ALL_UQ)).eval()
     with torch.device("meta"):
         meta_model = Small()
     from_meta = pt.load_model(path, meta_model).eval()
@@ -413,8 +413,11 @@ def test_bad_arguments(tmp_path):
         pt.save_model(nn.Linear(2, 2), tmp_path / "x.dnnz", metadata={"a": 1})
     with pytest.raises(InvalidArgumentError, match="single layer"):
         pt.compress_model(nn.Linear(2, 2), "uq")
-    with pytest.raises(DnnzError):
+    with pytest.raises(FileNotFoundError):
         pt.load_model(tmp_path / "missing.dnnz", nn.Linear(2, 2))
+    (tmp_path / "junk.dnnz").write_bytes(b"not a dnnz file at all, just bytes" * 4)
+    with pytest.raises(DnnzError):
+        pt.load_model(tmp_path / "junk.dnnz", nn.Sequential(nn.Linear(2, 2)))
 
 
 # ---- fine-tuning hook ----------------------------------------------------------------------------

@@ -17,14 +17,15 @@ _TYPE_NAMES = {nn.Linear: "Linear", nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn
 
 
 def _encoding_names():
+    """The names `encoding` may take, or None when they cannot be listed (encode() checks later)."""
     try:
         from .. import encodings
     except ImportError:  # pragma: no cover - the encodings are part of pydnnz
         return None
-    names = getattr(encodings, "ENCODINGS", None) or getattr(encodings, "NAMES", None)
-    if names is None:
+    names = getattr(encodings, "encodings", None)
+    if not callable(names):
         return None
-    return tuple(names) + (("auto",) if "auto" not in names else ())
+    return ("auto",) + tuple(n for n in names() if n != "auto")
 
 
 def _layers(model, rules):

@@ -48,7 +48,7 @@ def model_tensors(model: nn.Module) -> dict:
 
             out[key] = BFloat16Tensor(t.contiguous().view(torch.int16).numpy().view(np.uint16).copy())
         else:
-            out[key] = np.ascontiguousarray(t.numpy())
+            out[key] = t.contiguous().numpy()
     for name, m in _compressed_modules(model).items():
         out[_join(name, "weight")] = m.encoded
     return out
