@@ -5,6 +5,7 @@ lossless compact encodings of each layer with dot products computed straight fro
 compressed form (C kernels), and the .dnnz container that stores them.
 """
 from ._version import __version__
+from . import compress
 from .errors import (
     ChecksumError,
     CodeLengthError,
