@@ -19,6 +19,8 @@ from .errors import (
 )
 from .errors import CorruptFileError, UnsupportedVersionError
 from .container import load_file, safe_open, save_file
+from .encodings import EncodedMatrix, encode
+from .runtime import cpu_path, get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
@@ -36,4 +38,9 @@ __all__ = [
     "save_file",
     "load_file",
     "safe_open",
+    "encode",
+    "EncodedMatrix",
+    "cpu_path",
+    "get_num_threads",
+    "set_num_threads",
 ]

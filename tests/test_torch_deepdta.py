@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("pydnnz.encodings")  # TEMP until the encodings branch is merged
-pytest.importorskip("pydnnz.compress")
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 import pydnnz  # noqa: E402
