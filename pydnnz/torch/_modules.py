@@ -5,12 +5,14 @@ computes with `EncodedMatrix.matmul` (x @ W.T in C, decoding as it goes): the de
 never built in forward.
 
 - CompressedLinear: leading dims flattened, one matmul.
-- CompressedConv1d / CompressedConv2d: the INPUT is unfolded (im2col: a strided view for 1-D,
-  torch.nn.functional.unfold for 2-D) into rows of in/groups * prod(kernel) values, which the
-  matmul turns into output channels. stride, padding (ints, tuples, "same", "valid"), every
+- CompressedConv1d / CompressedConv2d: the INPUT is unfolded (im2col: Tensor.unfold gives a
+  strided view of every window, the same columns as torch.nn.functional.unfold, copied once
+  into a reused buffer) into rows of in/groups * prod(kernel) values, which the matmul turns
+  into output channels. stride, padding (ints, tuples, "same", "valid"), every
   padding_mode (zeros, reflect, replicate, circular: applied to the input with F.pad, as
-  PyTorch itself does) and dilation are honoured. The im2col buffer is built in slices of the
-  batch (about 32 MiB each) so activations stay bounded.
+  PyTorch itself does) and dilation are honoured. The im2col buffer holds a slice of the
+  batch (about 8 MiB, one sample at least) and is reused slice after slice, so activations stay
+  bounded.
   Groups (grouped and depthwise convs): the file keeps ONE EncodedMatrix per weight (the
   PyTorch tensor, so a .dnnz matches the state dict key for key); at construction the module
   splits it into one EncodedMatrix per group (rows g*out/groups .. of the weight), each
@@ -37,7 +39,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 
-_IM2COL_BYTES = 32 << 20
+_IM2COL_BYTES = 8 << 20
 
 
 class _InferenceOnly(torch.autograd.Function):
@@ -266,9 +268,14 @@ class _CompressedConvNd(_CompressedBase):
         return [(s - d * (k - 1) - 1) // st + 1
                 for s, k, d, st in zip(size, self.kernel_size, self.dilation, self.stride)]
 
-    def _columns(self, x):
-        """im2col of a padded input slice: (n, C*prod(kernel), L) float32, rows in weight order."""
-        raise NotImplementedError
+    def _patches(self, x):
+        """The im2col of x as a strided VIEW (no copy): (n, C, *out_size, *kernel_size)."""
+        v = x
+        for dim, (k, d, st) in enumerate(zip(self.kernel_size, self.dilation, self.stride)):
+            v = v.unfold(2 + dim, d * (k - 1) + 1, st)  # appends the window as the last dim
+        if any(d > 1 for d in self.dilation):
+            v = v[(...,) + tuple(slice(None, None, d) for d in self.dilation)]
+        return v
 
     def forward(self, x):
         nd = self._nd
@@ -289,21 +296,25 @@ class _CompressedConvNd(_CompressedBase):
             out_size = self._out_size(t.shape[2:])
             if any(s <= 0 for s in out_size):
                 raise ShapeError(f"{name}: input {tuple(x.shape)} is smaller than the (dilated) kernel")
-            n_pos = math.prod(out_size)
-            row = self.in_channels * math.prod(self.kernel_size)
-            step = max(1, _IM2COL_BYTES // max(1, 4 * row * n_pos))
-            per_in = self.in_channels // self.groups * math.prod(self.kernel_size)
-            outs = []
-            for i in range(0, t.shape[0], step):
-                cols = self._columns(t[i:i + step])  # (n, C*K, L)
-                n = cols.shape[0]
-                cols = cols.transpose(1, 2)  # (n, L, C*K): one row per output position
-                parts = [_matmul(em, cols[..., g * per_in:(g + 1) * per_in].reshape(n * n_pos, per_in))
-                         for g, em in enumerate(self._groups)]
-                y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-                outs.append(y.reshape(n, n_pos, self.out_channels).transpose(1, 2))
-            y = outs[0] if len(outs) == 1 else torch.cat(outs)
-            return y.reshape(t.shape[0], self.out_channels, *out_size)
+            batch, n_pos, G = t.shape[0], math.prod(out_size), self.groups
+            per_in = self.in_channels // G * math.prod(self.kernel_size)
+            per_out = self.out_channels // G
+            step = min(batch, max(1, _IM2COL_BYTES // max(1, 4 * G * per_in * n_pos)))
+            # One im2col buffer, reused by every slice of the batch (allocation churn of big
+            # temporaries is what drives the RSS up), laid out (group, sample, position, row)
+            # so that each group's rows are one contiguous (n*positions, in/groups*K) matrix.
+            buf = torch.empty((G, step, *out_size, self.in_channels // G, *self.kernel_size))
+            result = torch.empty((batch, self.out_channels, n_pos))
+            perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+            for i in range(0, batch, step):
+                v = self._patches(t[i:i + step])  # (n, C, *out, *k), a view
+                n = v.shape[0]
+                cols = buf[:, :n]
+                cols.copy_(v.unflatten(1, (G, -1)).permute(perm))  # the only copy of the input
+                for g, em in enumerate(self._groups):
+                    y = _matmul(em, cols[g].reshape(n * n_pos, per_in))  # (n*positions, out/groups)
+                    result[i:i + n, g * per_out:(g + 1) * per_out].copy_(y.view(n, n_pos, per_out).transpose(1, 2))
+            return result.view(batch, self.out_channels, *out_size)
 
         out = self._run(x, op)
         if self.bias is not None:
@@ -350,19 +361,9 @@ class CompressedConv1d(_CompressedConvNd):
     _nd = 1
     _dense = nn.Conv1d
 
-    def _columns(self, x):
-        (k,), (d,), (s,) = self.kernel_size, self.dilation, self.stride
-        span = d * (k - 1) + 1
-        v = x.unfold(2, span, s)  # (n, C, L_out, span): a strided view, no copy
-        if d > 1:
-            v = v[..., ::d]
-        n, c, l_out, _ = v.shape
-        # (n, C, k, L_out) flattened as (n, C*k, L_out): the weight's (in, kernel) order.
-        return v.permute(0, 1, 3, 2).reshape(n, c * k, l_out)
-
 
 class CompressedConv2d(_CompressedConvNd):
-    """nn.Conv2d computed from a compressed weight (F.unfold of the input, then EncodedMatrix.matmul).
+    """nn.Conv2d computed from a compressed weight (im2col of the input, then EncodedMatrix.matmul).
 
     Example:
         >>> import numpy as np, torch, pydnnz
@@ -376,9 +377,6 @@ class CompressedConv2d(_CompressedConvNd):
 
     _nd = 2
     _dense = nn.Conv2d
-
-    def _columns(self, x):
-        return F.unfold(x, self.kernel_size, dilation=self.dilation, padding=0, stride=self.stride)
 
 
 class CompressedEmbedding(_CompressedBase):
