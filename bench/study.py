@@ -113,8 +113,9 @@ def grid(name: str, models) -> list[Run]:
     runs = []
     for m in models:
         if name == "smoke":
+            # (SLR's SVDs take longest: tests/test_study_smoke.py covers it on small matrices)
             runs += [Run(m, "Pr", dense_p=90), Run(m, "UQ", dense_k=16), Run(m, "Pr-CWS", dense_p=90, dense_k=16),
-                     Run(m, "SLR", dense_q=8), Run(m, conv_method="CWS", conv_k=32),
+                     Run(m, "ECSQ", dense_k=4), Run(m, conv_method="CWS", conv_k=32),
                      Run(m, "Pr-UQ", dense_p=90, dense_k=16, conv_method="UQ", conv_k=32),
                      Run(m, "Pr-CWS", dense_p=90, dense_k=16, ft=1)]
             continue
@@ -152,7 +153,8 @@ CSV_FIELDS = [
     "conv_method", "conv_p", "conv_k", "ft", "metric", "perf", "baseline", "delta", "no_loss",
     "mse", "ci", "acc", "psi", "psi_dense", "psi_conv", "psi_paper", "psi_paper_dense",
     "psi_paper_conv", "paper_formats", "file_ratio", "file_bytes", "payload_bytes", "kernel_entries",
-    "k_used", "encodings", "time_ratio", "t_compressed_ms", "t_dense_ms", "exact", "seconds", "error",
+    "k_used", "encodings", "time_ratio", "t_compressed_ms", "t_dense_ms", "exact", "torch_check", "seconds",
+    "error",
 ]
 
 
@@ -212,6 +214,17 @@ def _encode_all(state, layers):
     return tensors
 
 
+def _torch_check(fam, path, final) -> float:
+    """Max |difference| between the model loaded with pydnnz.torch.load_model (compressed layers
+    computing from the file's bytes) and the dense model holding the decoded weights."""
+    import pydnnz.torch as pt
+
+    compressed = pt.load_model(str(path), fam.fresh_model())
+    ref = fam.check_outputs(fam.dense_model(final))
+    got = fam.check_outputs(compressed)
+    return float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+
+
 def run_one(fam, run: Run, ctx) -> dict:
     t_start = time.perf_counter()
     base = fam.baseline
@@ -261,6 +274,9 @@ def run_one(fam, run: Run, ctx) -> dict:
             enc_of[name] = "+".join(loaded[p_].encoding for p_ in parts)
         tc, td = _time_layers(loaded, layers, ctx["timing_inputs"])
         del loaded
+        torch_check = ""
+        if ctx.get("verify_torch", lambda r: False)(run) and all(st.kind != "lowrank" for st in layers.values()):
+            torch_check = _torch_check(fam, path, final)
 
     row = {f: "" for f in CSV_FIELDS}
     row.update({k_: v for k_, v in asdict(run).items()})
@@ -294,6 +310,7 @@ def run_one(fam, run: Run, ctx) -> dict:
     row["t_compressed_ms"], row["t_dense_ms"] = 1e3 * tc, 1e3 * td
     row["time_ratio"] = tc / td if td else float("nan")
     row["exact"] = int(exact)
+    row["torch_check"] = torch_check
     row["seconds"] = time.perf_counter() - t_start
     return row
 
@@ -403,6 +420,9 @@ def main(argv=None):
                 continue
             fam = FAMILIES[model](**limits)
             ctx = make_context(fam)
+            # pydnnz.torch end to end (load_model + forward from the compressed layers) on every
+            # smoke run, and on the whole-network runs of the grid
+            ctx["verify_torch"] = (lambda r: True) if args.smoke else (lambda r: r.scope == "both")
             if args.smoke:   # a few retraining steps are enough to exercise the loop
                 fam.ft_steps = 5
                 fam.ft_epochs = fam.ft_epochs_conv = 1

@@ -172,6 +172,21 @@ class DeepDTAFamily:
     def module_key(name):
         return f"m.{name}"
 
+    @staticmethod
+    def fresh_model():
+        return deepdta.build_model()
+
+    def check_outputs(self, model, n: int = 32) -> np.ndarray:
+        """The full forward pass (embeddings, conv branches, head) on the first n test pairs."""
+        d = self.test
+        with torch.inference_mode():
+            out = model.eval()(torch.from_numpy(d.drugs[d.drug_index[:n]]),
+                               torch.from_numpy(d.proteins[d.protein_index[:n]]))
+        return out.numpy()
+
+    def dense_model(self, state):
+        return _load_state(deepdta.build_model(), state)
+
     def timing_inputs(self, rows: int = 256) -> dict:
         """Activations entering each layer, captured from the baseline on test pairs / sequences."""
         model = self.model
@@ -332,6 +347,17 @@ class MNISTFamily:
     @staticmethod
     def module_key(name):
         return f"m.{name}"
+
+    @staticmethod
+    def fresh_model():
+        return MNISTNet()
+
+    def check_outputs(self, model, n: int = 64) -> np.ndarray:
+        with torch.inference_mode():
+            return model.eval()(self.x_ev[:n]).numpy()
+
+    def dense_model(self, state):
+        return _load_state(MNISTNet(), state)
 
     def timing_inputs(self, rows: int = 256) -> dict:
         model = self.model

@@ -60,6 +60,42 @@ def _study_available():
             and hasattr(pydnnz, "save_file") and importlib.util.find_spec("torch") is not None)
 
 
+@pytest.mark.parametrize("method", ["Pr", "CWS", "PWS", "UQ", "ECSQ", "Pr-CWS", "Pr-PWS", "Pr-UQ", "Pr-ECSQ", "SLR"])
+def test_every_method_goes_through_a_dnnz_file_exactly(method, tmp_path):
+    """compress_type → the study's encodable form → .dnnz file → decode: what was compressed."""
+    if not _study_available():
+        pytest.skip("the study needs pydnnz.compress, pydnnz.encode, pydnnz.save_file and torch")
+    import pydnnz
+    import study
+    from study_methods import compress_type
+
+    rng = np.random.default_rng(0)
+    weights = {"a.weight": rng.normal(0, 0.05, (48, 40)).astype(np.float32),
+               "b.weight": rng.normal(0, 0.05, (8, 48)).astype(np.float32)}
+    layers = compress_type(method, weights, p=90, k=8, q=4, seed=0, group="dense")
+    state = dict(weights, **{"a.bias": np.zeros(48, np.float32)})
+    path = tmp_path / "m.dnnz"
+    pydnnz.save_file(study._encode_all(state, layers), str(path))
+    loaded = pydnnz.load_file(str(path))
+    np.testing.assert_array_equal(np.asarray(loaded["a.bias"]), state["a.bias"])
+    for name, st in layers.items():
+        if st.kind == "lowrank":
+            dec = loaded[name + ".lr_u"].decode() @ loaded[name + ".lr_v"].decode()
+            np.testing.assert_allclose(dec, st.dense(), atol=1e-6)
+            assert np.linalg.matrix_rank(dec) <= 4
+            continue
+        np.testing.assert_array_equal(loaded[name].decode(), st.dense())
+        distinct = np.unique(st.dense())
+        if method == "Pr":
+            assert np.mean(st.dense() == 0) == pytest.approx(0.9, abs=0.01)
+        elif method.startswith("Pr-"):
+            assert 0.0 in distinct and len(distinct) <= 9
+        else:
+            assert len(distinct) <= 8
+    if layers["a.weight"].kind == "quantized":   # one unified codebook for the layer type
+        assert layers["a.weight"].codebook is layers["b.weight"].codebook
+
+
 def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     if not _study_available():
         pytest.skip("the study needs pydnnz.compress, pydnnz.encode, pydnnz.save_file and torch")
@@ -78,6 +114,7 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
         assert float(r["mse"]) > 0 and 0.5 < float(r["ci"]) <= 1
         assert r["encodings"], r
         assert float(r["time_ratio"]) > 0
+        assert float(r["torch_check"]) < 1e-3, r   # pydnnz.torch.load_model + forward, compressed layers
     scopes = {r["scope"] for r in rows}
     assert scopes == {"dense", "conv", "both"}
     # pruning 90% then 16 levels must store the dense kernels in far less than float32
