@@ -327,12 +327,19 @@ def read_done(csv_path: Path) -> dict:
 
 
 def _append(csv_path: Path, row: dict):
-    new = not csv_path.exists()
+    """One row, under an exclusive lock: several grid processes may share the CSV."""
+    import fcntl
+
     with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            if f.tell() == 0:
+                w.writeheader()
+            w.writerow(row)
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _rewrite_without_errors(csv_path: Path):
@@ -379,6 +386,9 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true", help="only rebuild the report from the CSV")
     ap.add_argument("--list", action="store_true", help="list the runs and exit")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many new runs (0: all)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for torch and the pydnnz kernels (default: theirs); use 1 per process "
+                         "when running models in parallel processes")
     ap.add_argument("--ft-only", action="store_true", help="only the fine-tuned runs")
     ap.add_argument("--no-ft", action="store_true", help="only the runs without fine-tuning")
     ap.add_argument("--target", default="", help="only the long-retraining target runs: METHOD[,METHOD..]@P-K "
@@ -386,6 +396,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     models = ["davis"] if args.smoke else [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        pydnnz.set_num_threads(args.threads)
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if args.smoke else RESULTS)
     csv_path = out / "study.csv"
     runs = grid("smoke" if args.smoke else "full", models)
@@ -413,6 +426,7 @@ def main(argv=None):
         print(f"{len(runs)} runs in the grid, {len(runs) - n_left} already done, {len(todo)} to run now "
               f"-> {csv_path}", flush=True)
         t0 = time.perf_counter()
+        start_epoch = time.time()
         limits = {"limit_test": 600, "limit_train": 3000} if args.smoke else {}
         for model in models:
             mine = [r for r in todo if r.model == model]
@@ -439,7 +453,7 @@ def main(argv=None):
         wall = time.perf_counter() - t0
         with open(out / "wall_time.txt", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} models={','.join(models)} new_runs={len(todo)} "
-                    f"wall_s={wall:.1f} machine={machine()}\n")
+                    f"wall_s={wall:.1f} start={start_epoch:.0f} end={time.time():.0f} machine={machine()}\n")
         print(f"grid pass done in {wall:.1f} s", flush=True)
     import study_report
 

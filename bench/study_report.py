@@ -121,7 +121,8 @@ def load_rows(csv_path: Path) -> list[dict]:
     if not csv_path.exists():
         return []
     with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if not r.get("error")]
+        by_key = {r["key"]: r for r in csv.DictReader(f) if not r.get("error")}   # a rerun replaces
+    rows = list(by_key.values())
     for r in rows:
         for k in ("perf", "baseline", "delta", "psi", "psi_dense", "psi_conv", "psi_paper", "psi_paper_dense",
                   "psi_paper_conv", "file_ratio", "time_ratio", "mse", "ci", "acc", "seconds"):
@@ -311,6 +312,30 @@ def recommendations(rows_by_model: dict) -> list[str]:
     return lines
 
 
+def _wall_seconds(lines) -> float:
+    """Wall time of the grid: the union of the passes' [start, end] intervals (passes may run in
+    parallel processes), or the sum of their durations for older records."""
+    spans, total = [], 0.0
+    for w in lines:
+        f = dict(kv.split("=", 1) for kv in w.split() if "=" in kv)
+        if "start" in f and "end" in f:
+            spans.append((float(f["start"]), float(f["end"])))
+        elif "wall_s" in f:
+            total += float(f["wall_s"])
+    spans.sort()
+    cur = None
+    for a, b in spans:
+        if cur and a <= cur[1]:
+            cur[1] = max(cur[1], b)
+        else:
+            if cur:
+                total += cur[1] - cur[0]
+            cur = [a, b]
+    if cur:
+        total += cur[1] - cur[0]
+    return total
+
+
 def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
     out = Path(out)
     rows = load_rows(out / "study.csv")
@@ -324,7 +349,7 @@ def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
     by_model = {m: by_model[m] for m in MODEL_ORDER if m in by_model} | {
         m: v for m, v in by_model.items() if m not in MODEL_ORDER}
     wall = (out / "wall_time.txt").read_text().strip().splitlines() if (out / "wall_time.txt").exists() else []
-    total_wall = sum(float(w.split("wall_s=")[1].split()[0]) for w in wall if "wall_s=" in w)
+    total_wall = _wall_seconds(wall)
     lines = ["# The compression study with pydnnz", "",
              "Reproduction of the comparison of Marinò et al. (Neurocomputing 2023) with pydnnz: every run",
              "compresses a model's kernels with one method (unified codebook per layer type), optionally",
