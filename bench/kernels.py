@@ -184,7 +184,8 @@ def run_child(args):
             qt = QT(cb, idx)
             wt = torch.from_numpy(w)
             csr, csc = sp.csr_matrix(w), sp.csc_matrix(w)
-            encs = ["dense", "csc", "im"] + (["im8"] if cb.size <= 256 else []) + (["im4"] if cb.size <= 16 else [])
+            encs = ["dense", "csc", "im"] + (["im8"] if cb.size <= 256 else []) + (["im4"] if cb.size <= 16 else []) + \
+                ["rlham"]
             encoded = {e: pydnnz.encode(qt, e) for e in encs}
             auto = pydnnz.encode(qt).encoding
             for batch in batches:

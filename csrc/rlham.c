@@ -169,7 +169,7 @@ int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, in
                       int64_t rows, int64_t cols, uint8_t *offsets, int32_t off_bytes,
                       uint8_t *payload, int64_t payload_cap)
 {
-    if (rows < 0 || cols < 0 || k < 0 || payload_cap < 0 || (off_bytes != 4 && off_bytes != 8) ||
+    if (rows < 0 || cols < 0 || k < 0 || payload_cap < 0 || off_bytes < 1 || off_bytes > 8 ||
         direct_runs < 1 || run_classes < direct_runs || run_classes - direct_runs > MAX_EXTRA + 1 ||
         run_classes * k + 1 > DNNZ_HUF_MAX_SYMBOLS)
         return DNNZ_E_ARGUMENT;
@@ -178,7 +178,7 @@ int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, in
         return DNNZ_OK;
     }
     const uint32_t eob = (uint32_t)(run_classes * k);
-    const uint64_t lim = off_bytes == 4 ? UINT32_MAX : UINT64_MAX;
+    const uint64_t lim = off_bytes == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * off_bytes)) - 1;
     dnnz_huf_ctable ct;
     dnnz_bit_writer w;
     DNNZ_CHECK(dnnz_huf_ctable_init(&ct, lengths, (size_t)eob + 1));
@@ -286,7 +286,7 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
         return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->rows > DNNZ_ENC_MAX_DIM || m->cols > DNNZ_ENC_MAX_DIM || m->k > DNNZ_HUF_MAX_SYMBOLS)
         return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
-    if ((m->off_bytes != 4 && m->off_bytes != 8) || m->direct_runs < 1 || m->run_classes < m->direct_runs ||
+    if (m->off_bytes < 1 || m->off_bytes > 8 || m->direct_runs < 1 || m->run_classes < m->direct_runs ||
         m->run_classes - m->direct_runs > MAX_EXTRA + 1)
         return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if ((int64_t)m->run_classes * m->k + 1 > DNNZ_HUF_MAX_SYMBOLS)
@@ -308,8 +308,9 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
         return fail(err, DNNZ_FIELD_LENGTHS, -1, st);
     if (m->rows > 0 && m->lengths[n_alpha - 1] == 0) /* every row ends with the end-of-row code */
         return fail(err, DNNZ_FIELD_LENGTHS, n_alpha - 1, DNNZ_E_CORRUPT);
-    if (m->offsets_len != m->rows + 1 || !m->offsets)
-        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    const int64_t off_len = (m->rows + 1) * m->off_bytes;
+    if (m->offsets_len != off_len || !m->offsets)
+        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < off_len ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->payload_len < 0 || (m->payload_len && !m->payload))
         return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
     if (RD(m->offsets, m->off_bytes, 0) != 0)

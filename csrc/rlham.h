@@ -18,8 +18,9 @@
 #include "ham.h"
 
 /* cffi:begin */
-/* codebook[k] float32 (never NaN or +0.0), lengths[run_classes * k + 1] uint8, offsets[rows + 1]
- * (off_bytes, 4 or 8) bit positions of each row's stream in payload. */
+/* codebook[k] float32 (never NaN or +0.0), lengths[run_classes * k + 1] uint8, offsets: rows + 1
+ * little-endian off_bytes-byte (1..8) bit positions of each row's stream in payload
+ * (offsets_len counts bytes: (rows + 1) * off_bytes). */
 struct dnnz_rlham {
     int64_t rows, cols, k;
     int32_t direct_runs, run_classes, off_bytes;
@@ -31,7 +32,7 @@ struct dnnz_rlham {
 
 /* Encode the non-zeros given as rowptr[rows + 1] (int64), colidx[nnz] (uint32, ascending in each
  * row, < cols) and vindex[nnz] (uint32, < k) with the code of lengths[run_classes * k + 1]:
- * writes offsets[rows + 1] (off_bytes each) and the payload into payload[0..payload_cap) (size
+ * writes the rows + 1 offsets (off_bytes each, 1..8) and the payload into payload[0..payload_cap) (size
  * it with the exact bit count / 8 + 9 bytes). DNNZ_E_ARGUMENT for inconsistent input (a run
  * that its class range cannot hold, a symbol without a code). */
 int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, int32_t run_classes,

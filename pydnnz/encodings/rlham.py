@@ -13,13 +13,18 @@ import numpy as np
 from .. import errors, huffman
 from .._native import bytes_ptr, check, ffi, lib, ptr
 from ._base import EncodedMatrix, check_param_keys, int_param, register
-from .ham import MAX_K, c_section_ptrs, offset_bytes
+from .ham import MAX_K, c_section_ptrs
 from .sham import _nonzero_values
 
 MAX_SYMBOLS = huffman.MAX_SYMBOLS
 MAX_BUCKETS = 31  # classes above direct_runs: runs stay below 2**31
 # direct-run counts the writer tries (the smallest encoding wins, ties to the smaller count)
 DIRECT_CANDIDATES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def offset_bytes(total_bits):
+    """Bytes per stored bit offset: the fewest (1..8) that hold the payload's bit count."""
+    return max(1, (int(total_bits).bit_length() + 7) // 8)
 
 
 def run_classes(runs, direct):
@@ -128,7 +133,7 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
               "rlham: encoding")
         params = {"k": k, "direct_runs": direct, "run_classes": nc, "offset_bytes": ob}
         sections = {"codebook": np.ascontiguousarray(cb, dtype="<f4"), "lengths": lengths,
-                    "offsets": offsets.view(f"<u{ob}"), "payload": payload[: (bits + 7) // 8]}
+                    "offsets": offsets, "payload": payload[: (bits + 7) // 8]}
         return params, sections
 
     @classmethod
@@ -137,9 +142,7 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
         out = {"k": int_param(cls, params, "k", 0, MAX_K),
                "direct_runs": int_param(cls, params, "direct_runs", 1, MAX_SYMBOLS),
                "run_classes": int_param(cls, params, "run_classes", 1, MAX_SYMBOLS + MAX_BUCKETS),
-               "offset_bytes": int_param(cls, params, "offset_bytes", 4, 8)}
-        if out["offset_bytes"] not in (4, 8):
-            raise errors.CorruptDataError(f"rlham: params['offset_bytes'] must be 4 or 8, got {out['offset_bytes']}")
+               "offset_bytes": int_param(cls, params, "offset_bytes", 1, 8)}
         if not out["direct_runs"] <= out["run_classes"] <= out["direct_runs"] + MAX_BUCKETS:
             raise errors.CorruptDataError(
                 f"rlham: params run_classes must lie in [direct_runs, direct_runs + {MAX_BUCKETS}], got {params}")
@@ -151,7 +154,7 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
     @classmethod
     def _section_dtypes(cls, params):
         return {"codebook": np.dtype("<f4"), "lengths": np.dtype("u1"),
-                "offsets": np.dtype(f"<u{params['offset_bytes']}"), "payload": np.dtype("u1")}
+                "offsets": np.dtype("u1"), "payload": np.dtype("u1")}
 
     def _c_struct(self):
         rows, cols = self._matrix_shape
