@@ -50,12 +50,18 @@ static int fail(struct dnnz_enc_err *err, int field, int64_t where, int status)
 /* the code: decode table + symbol map                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Symbol map entry: everything a symbol means in one load (it sits on the bit reader's
+ * dependency chain): bits 0..20 the value index, 21..52 the smallest run of its class, 55 the
+ * end-of-row flag, 56..61 the number of extra bits. */
+#define MAP_V(e) ((uint32_t)(e) & 0x1FFFFFu)
+#define MAP_BASE(e) ((uint32_t)((e) >> 21))
+#define MAP_EOR ((uint64_t)1 << 55)
+#define MAP_EXTRA(e) ((unsigned)((e) >> 56))
+
 struct rl_code {
     dnnz_huf_dtable t;
-    uint32_t *map;      /* symbol -> class << 21 | value index (the end symbol maps to 0) */
-    uint32_t eob;       /* C * k */
-    uint32_t base[64];  /* smallest run of each class */
-    uint8_t extra[64];  /* raw bits after the code */
+    uint64_t *map;      /* symbol -> MAP_* entry */
+    int refill2;        /* a code and its extra bits may need more than one refill's 56 bits */
 };
 
 static void rl_code_free(struct rl_code *c)
@@ -89,12 +95,14 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
         rl_code_free(c);
         return DNNZ_E_ALLOC;
     }
-    c->eob = (uint32_t)(n - 1);
+    uint32_t base[64];
+    uint8_t extra[64];
+    rl_classes(m->direct_runs, m->run_classes, base, extra);
     for (int64_t cl = 0, s = 0; cl < m->run_classes; cl++)
         for (int64_t v = 0; v < m->k; v++, s++)
-            c->map[s] = (uint32_t)cl << 21 | (uint32_t)v;
-    c->map[n - 1] = 0;
-    rl_classes(m->direct_runs, m->run_classes, c->base, c->extra);
+            c->map[s] = (uint64_t)extra[cl] << 56 | (uint64_t)base[cl] << 21 | (uint64_t)v;
+    c->map[n - 1] = MAP_EOR;
+    c->refill2 = c->t.max_len + (uint32_t)extra[m->run_classes - 1] > 56;
     return DNNZ_OK;
 }
 
@@ -106,38 +114,61 @@ struct rl_row {
     int state;       /* 0 going, 1 end-of-row read, -1 a run passed the row end */
 };
 
-/* Up to KC pairs of row s into col[] / w[] (w = codebook value); returns how many. */
-static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col, float *w)
+/* One pair of row s into *col / *w (w = codebook value); 0 when the row ended (state set). */
+DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
+                        float *w)
 {
     dnnz_bit_reader *r = &s->r;
-    uint64_t pos = s->pos;
-    int n = 0;
-    while (n < KC) {
-        dnnz_bit_refill(r);
-        uint32_t sym = dnnz_huf_decode_symbol(&c->t, r, &s->flags);
-        if (sym == c->eob) {
-            s->state = 1;
-            break;
-        }
-        uint32_t e = c->map[sym];
-        unsigned cl = e >> 21, nb = c->extra[cl];
-        uint64_t p = pos + c->base[cl];
-        if (nb) {
-            if (r->avail < nb)
-                dnnz_bit_refill(r);
-            p += dnnz_bit_read(r, nb);
-        }
-        if (DNNZ_UNLIKELY(p >= cols)) {
-            s->state = -1;
-            break;
-        }
-        col[n] = (uint32_t)p;
-        w[n] = cb[e & 0x1FFFFFu];
-        n++;
-        pos = p + 1;
+    dnnz_bit_refill(r);
+    uint64_t e = c->map[dnnz_huf_decode_symbol(&c->t, r, &s->flags)];
+    if (e & MAP_EOR) {
+        s->state = 1;
+        return 0;
     }
-    s->pos = pos;
+    unsigned nb = MAP_EXTRA(e);
+    if (DNNZ_UNLIKELY(c->refill2) && r->avail < nb)
+        dnnz_bit_refill(r);
+    /* branch-free extra bits (whether a run has them is data, not a predictable pattern):
+     * (acc >> 1) >> (63 - nb) is the top nb bits, and 0 for nb = 0 */
+    uint64_t p = s->pos + MAP_BASE(e) + ((r->acc >> 1) >> (63 - nb));
+    dnnz_bit_skip(r, nb);
+    if (DNNZ_UNLIKELY(p >= cols)) {
+        s->state = -1;
+        return 0;
+    }
+    *col = (uint32_t)p;
+    *w = cb[MAP_V(e)];
+    s->pos = p + 1;
+    return 1;
+}
+
+/* Up to KC pairs of row s into col[] / w[]; returns how many. */
+static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col, float *w)
+{
+    int n = 0;
+    while (n < KC && rl_pair(c, cb, cols, s, col + n, w + n))
+        n++;
     return n;
+}
+
+/* Four rows at once, round robin (four independent bit-reader dependency chains for the
+ * out-of-order core to overlap): pairs of row i go to col[i * KC ..] / w[i * KC ..], n[i] of
+ * them. Returns when a row's buffer is full or every row has ended. */
+static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row s[4], uint32_t *col,
+                      float *w, int n[4])
+{
+    n[0] = n[1] = n[2] = n[3] = 0;
+    for (;;) {
+        int going = 0;
+        for (int i = 0; i < 4; i++) {
+            if (s[i].state == 0) {
+                n[i] += rl_pair(c, cb, cols, &s[i], col + i * KC + n[i], w + i * KC + n[i]);
+                going = 1;
+            }
+        }
+        if (!going || (n[0] | n[1] | n[2] | n[3]) >= KC)
+            break;
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -440,7 +471,7 @@ struct rl_ctx {
     const float *xt;  /* (cols, bp), batch > GATHER_MAX_BATCH */
     int64_t batch, bp;
     float *y;         /* matmul: (batch, rows); decode: (rows, cols) */
-    float *acc;       /* per task: bp floats */
+    float *acc;       /* per task: 4 rows x bp floats */
     int path;
 };
 
@@ -456,35 +487,51 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
 {
     const struct rl_ctx *x = vc;
     const struct dnnz_rlham *m = x->m;
-    uint32_t col[KC] __attribute__((aligned(64)));
-    float w[KC] __attribute__((aligned(64)));
+    uint32_t col[4 * KC] __attribute__((aligned(64)));
+    float w[4 * KC] __attribute__((aligned(64)));
     const int64_t batch = x->batch, bp = x->bp;
-    float *acc = x->acc ? x->acc + (size_t)task * (size_t)bp : NULL;
     (void)worker;
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
-    for (int64_t r = r0; r < r1; r++) {
-        struct rl_row s;
-        rl_row_start(m, r, &s);
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, n[4];
+        struct rl_row s[4];
+        for (int i = 0; i < 4; i++) {
+            if (i < nr) {
+                rl_row_start(m, r + i, &s[i]);
+            } else {
+                memset(&s[i], 0, sizeof s[i]);
+                s[i].state = 1; /* missing rows of the last group: already ended */
+            }
+        }
         if (batch <= GATHER_MAX_BATCH) {
-            float sum[GATHER_MAX_BATCH] = {0};
-            while (s.state == 0) {
-                int n = rl_chunk(x->c, m->codebook, (uint64_t)m->cols, &s, col, w);
+            float sum[4][GATHER_MAX_BATCH] = {{0}};
+            do {
+                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
+                for (int i = 0; i < nr; i++)
+                    for (int64_t b = 0; b < batch; b++)
+                        sum[i][b] += dnnz_ham_gather_dot(x->path, w + i * KC, (const uint8_t *)(col + i * KC), 4,
+                                                         n[i], x->x + b * m->cols);
+            } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
+            for (int i = 0; i < nr; i++)
                 for (int64_t b = 0; b < batch; b++)
-                    sum[b] += dnnz_ham_gather_dot(x->path, w, (const uint8_t *)col, 4, n, x->x + b * m->cols);
-            }
-            for (int64_t b = 0; b < batch; b++)
-                x->y[b * m->rows + r] = sum[b];
+                    x->y[b * m->rows + r + i] = sum[i][b];
         } else {
-            memset(acc, 0, (size_t)bp * sizeof *acc);
-            while (s.state == 0) {
-                int n = rl_chunk(x->c, m->codebook, (uint64_t)m->cols, &s, col, w);
-                for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
-                    int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
-                    pick_axpy(x->path, tw)(w, col, n, x->xt + b0, bp, acc + b0);
+            float *acc = x->acc + (size_t)(task * 4) * (size_t)bp;
+            memset(acc, 0, (size_t)(4 * bp) * sizeof *acc);
+            do {
+                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
+                for (int i = 0; i < nr; i++) {
+                    if (!n[i])
+                        continue;
+                    for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
+                        int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
+                        pick_axpy(x->path, tw)(w + i * KC, col + i * KC, n[i], x->xt + b0, bp, acc + i * bp + b0);
+                    }
                 }
-            }
-            for (int64_t b = 0; b < batch; b++)
-                x->y[b * m->rows + r] = acc[b];
+            } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
+            for (int i = 0; i < nr; i++)
+                for (int64_t b = 0; b < batch; b++)
+                    x->y[b * m->rows + r + i] = acc[i * bp + b];
         }
     }
 }
@@ -548,7 +595,7 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
     if (batch > GATHER_MAX_BATCH) {
         int64_t bp = (batch + LANES - 1) / LANES * LANES;
         xt = malloc((size_t)(m->cols * bp) * sizeof *xt);
-        acc = malloc((size_t)((m->rows + TR - 1) / TR) * (size_t)bp * sizeof *acc);
+        acc = malloc((size_t)((m->rows + TR - 1) / TR) * 4 * (size_t)bp * sizeof *acc);
         if (!xt || !acc) {
             st = DNNZ_E_ALLOC;
             goto done;
