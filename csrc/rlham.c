@@ -158,6 +158,15 @@ static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, s
                       float *w, int n[4])
 {
     n[0] = n[1] = n[2] = n[3] = 0;
+    /* all four going: no per-row state tests (a row's state changes only in its own rl_pair) */
+    while (!(s[0].state | s[1].state | s[2].state | s[3].state) && (n[0] | n[1] | n[2] | n[3]) < KC) {
+        n[0] += rl_pair(c, cb, cols, &s[0], col + n[0], w + n[0]);
+        n[1] += rl_pair(c, cb, cols, &s[1], col + KC + n[1], w + KC + n[1]);
+        n[2] += rl_pair(c, cb, cols, &s[2], col + 2 * KC + n[2], w + 2 * KC + n[2]);
+        n[3] += rl_pair(c, cb, cols, &s[3], col + 3 * KC + n[3], w + 3 * KC + n[3]);
+    }
+    if ((n[0] | n[1] | n[2] | n[3]) >= KC)
+        return;
     for (;;) {
         int going = 0;
         for (int i = 0; i < 4; i++) {
