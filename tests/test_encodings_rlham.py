@@ -300,14 +300,17 @@ def test_corrupted_params():
 def _consistent(e, shape):
     d = e.decode()
     assert d.shape == shape
-    m = d.reshape(shape[0], -1)
+    m = d.reshape(shape[0], -1).astype(np.float64)
     x = np.ones((5, m.shape[1]), np.float32)
-    ref = x.astype(np.float64) @ m.T.astype(np.float64)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = x.astype(np.float64) @ m.T
+        # outputs whose float32 partial sums may overflow (a mutated codebook near FLT_MAX, inf)
+        # have no float32 reference: compare the others
+        ok = np.isfinite(ref) & ((np.abs(x) @ np.abs(m.T)) < 1e37)
         y = e.matmul(x)
         y1 = e.matmul(x[0])
-    assert np.allclose(y, ref, rtol=1e-4, atol=1e-3, equal_nan=True) or not np.isfinite(ref).all()
-    assert np.array_equal(y1, y[0], equal_nan=True) or not np.isfinite(ref).all()
+    assert np.allclose(y[ok], ref[ok], rtol=1e-4, atol=1e-3)
+    assert np.allclose(y1[ok[0]], ref[0][ok[0]], rtol=1e-4, atol=1e-3)
 
 
 def test_payload_bit_flips_decode_or_raise():
