@@ -89,7 +89,8 @@ def best_time(fn, quick):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--model", default=os.environ.get("DNNZ_SHARED", "/work/shared") + "/models/deepdta_davis.safetensors")
+    ap.add_argument("--model", default=os.path.join(os.environ.get("DNNZ_SHARED", "/work/shared"),
+                                                    "models", "deepdta_davis.safetensors"))
     ap.add_argument("--prunes", default="60,90,95,97,99")
     ap.add_argument("--batches", default="1,8,128")
     ap.add_argument("--no-timing", action="store_true")
