@@ -4,6 +4,7 @@ Lossy, structure-preserving compression (pruning, weight sharing, quantization, 
 lossless compact encodings of each layer with dot products computed straight from the
 compressed form (C kernels), and the .dnnz container that stores them.
 """
+from . import huffman
 from ._version import __version__
 from .errors import (
     ChecksumError,
@@ -16,9 +17,12 @@ from .errors import (
     TruncatedError,
     UnsupportedError,
 )
+from .errors import CorruptFileError, UnsupportedVersionError
+from .container import load_file, safe_open, save_file
 
 __all__ = [
     "__version__",
+    "huffman",
     "DnnzError",
     "InvalidArgumentError",
     "ShapeError",
@@ -28,4 +32,9 @@ __all__ = [
     "ChecksumError",
     "UnsupportedError",
     "DnnzMemoryError",
+    "CorruptFileError",
+    "UnsupportedVersionError",
+    "save_file",
+    "load_file",
+    "safe_open",
 ]

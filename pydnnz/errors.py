@@ -6,8 +6,10 @@
     ├── CorruptDataError                          an encoded stream or file that fails a check
     │   ├── TruncatedError                        the data ends before what it announces
     │   ├── CodeLengthError                       Huffman code lengths that form no valid prefix code
-    │   └── ChecksumError                         a CRC-32 mismatch
+    │   ├── ChecksumError                         a CRC-32 mismatch
+    │   └── CorruptFileError                      a .dnnz file whose structure breaks the format
     ├── UnsupportedError                          a version, encoding or CPU path this build lacks
+    │   └── UnsupportedVersionError               a .dnnz file of a format major version this reader lacks
     └── DnnzMemoryError (also a MemoryError)      an allocation failed
 """
 
@@ -48,6 +50,14 @@ class DnnzMemoryError(DnnzError, MemoryError):
     """The C library could not allocate memory."""
 
 
+class CorruptFileError(CorruptDataError):
+    """A .dnnz file whose structure breaks the format (bad magic, bad header, bad layout)."""
+
+
+class UnsupportedVersionError(UnsupportedError):
+    """A .dnnz file written in a format major version that this reader does not know."""
+
+
 __all__ = [
     "DnnzError",
     "InvalidArgumentError",
@@ -58,4 +68,6 @@ __all__ = [
     "ChecksumError",
     "UnsupportedError",
     "DnnzMemoryError",
+    "CorruptFileError",
+    "UnsupportedVersionError",
 ]
