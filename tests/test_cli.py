@@ -111,3 +111,34 @@ def test_pickle_payload_is_never_executed(tmp_path):
     run("convert", src, tmp_path / "out.npz", check_rc=1)
     assert not marker.exists()
     del torch
+
+
+def test_dnnz_round_trip_info_and_verify(tmp_path, weights):
+    src, tensors = weights
+    packed = tmp_path / "m.dnnz"
+    run("convert", src, packed, check_rc=0)
+    assert "OK" in run("verify", packed, check_rc=0).stdout
+    info = json.loads(run("info", packed, "--json", check_rc=0).stdout)
+    assert {t["name"] for t in info["tensors"]} == set(tensors)
+    assert all(t["encoding"] == "raw" for t in info["tensors"])
+    table = run("info", packed, check_rc=0).stdout
+    assert "fc1.weight" in table and "psi" in table
+    back = tmp_path / "back.npz"
+    run("convert", packed, back, check_rc=0)
+    with np.load(back, allow_pickle=False) as z:
+        for k, v in tensors.items():
+            assert z[k].tobytes() == v.tobytes()
+
+
+def test_verify_fails_with_exit_1_on_a_corrupt_file(tmp_path, weights):
+    src, _ = weights
+    packed = tmp_path / "m.dnnz"
+    run("convert", src, packed, check_rc=0)
+    data = bytearray(packed.read_bytes())
+    data[-3] ^= 0x40  # inside the last tensor's payload: its CRC no longer matches
+    bad = tmp_path / "bad.dnnz"
+    bad.write_bytes(bytes(data))
+    one_line_error(run("verify", bad, check_rc=1), "bad.dnnz")
+    (tmp_path / "trunc.dnnz").write_bytes(bytes(data[:40]))
+    one_line_error(run("verify", tmp_path / "trunc.dnnz", check_rc=1), "trunc.dnnz")
+    one_line_error(run("info", tmp_path / "trunc.dnnz", check_rc=1), "trunc.dnnz")
