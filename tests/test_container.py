@@ -1,5 +1,6 @@
 """The .dnnz writer and reader: round trips, laziness, lifetimes, atomic writes, argument errors."""
 import doctest
+import json
 import os
 import stat
 
@@ -381,3 +382,32 @@ def test_open_reads_no_section_until_asked(tmp_path, monkeypatch):
     f["l3"]
     f["l3"]
     assert calls == [256 * 256 * 4]
+
+
+def test_argument_errors_of_an_encoding_become_corrupt_file_errors(monkeypatch):
+    from pydnnz.errors import CorruptFileError, ShapeError
+
+    def picky(encoding, shape, params, sections):
+        raise ShapeError("from_sections: shape must have ndim >= 2")
+
+    data = save({"w": fake.FakeEncoded((4,), np.array([1], np.float32), np.zeros(4, np.uint8))})
+    monkeypatch.setattr(container, "_from_sections", picky)
+    with pytest.raises(CorruptFileError, match=r"<bytes>: tensor 'w': field 'encoding': ShapeError: from_sections"):
+        load(data)["w"]
+
+
+def test_writer_normalises_bool_bytes_and_numpy_params():
+    odd = np.array([0, 1, 2, 255], np.uint8).view(np.bool_)
+    assert load(save({"m": odd}))["m"].tolist() == [False, True, True, True]
+    e = fake.FakeEncoded((1, 2), np.array([1], np.float32), np.array([0, 0], np.uint8))
+    e.params = {"k": np.int64(1), "scale": np.float32(0.5), "flag": np.bool_(True)}
+    entry = json.loads(save({"w": e})[32:].split(b"\x00")[0].rstrip(b" ").decode())["tensors"][0]
+    assert entry["params"] == {"k": 1, "scale": 0.5, "flag": True}
+    assert entry["sections"][-1]["offset"] == 64
+
+
+def test_empty_last_section_still_padded():
+    data = save({"c": np.ones(1, np.uint8), "z": np.zeros(0, np.int64)})
+    hlen = int.from_bytes(data[16:24], "little")
+    assert len(data) == 32 + hlen + 64
+    assert load(data)["z"].shape == (0,)

@@ -22,7 +22,7 @@ EXAMPLE_METADATA = {"model": "example"}
 
 # The small matrix each encoding's example stores (3x4, two shared non-zero values).
 ENCODING_MATRIX = np.array([[0, 1.5, 0, 1.5], [2, 0, 0, 0], [0, 0, 1.5, 2]], np.float32)
-ENCODINGS = ["dense", "csc", "im", "ham", "sham"]
+ENCODINGS = ["dense", "csc", "im", "im8", "im4", "ham", "sham"]
 
 
 def test_example_file_is_what_the_writer_produces():
@@ -55,14 +55,29 @@ def test_spec_hex_dump_is_the_example_file():
     assert f"({len(data)} bytes)" in text
 
 
+def test_spec_shows_the_im_example_entry():
+    path = EXAMPLES / "im.dnnz"
+    if not path.exists():
+        pytest.skip("im.dnnz not written")
+    import json
+    data = path.read_bytes()
+    hlen = int.from_bytes(data[16:24], "little")
+    entry = json.loads(data[32:32 + hlen])["tensors"][0]
+    text = SPEC.read_text(encoding="utf-8")
+    assert f"(`im.dnnz`, {len(data)} bytes)" in text
+    for s in entry["sections"]:
+        assert f'"offset": {s["offset"]}, "length": {s["length"]}, "crc32": {s["crc32"]}' in text
+    assert json.dumps(entry["params"]) in text
+
+
 def test_spec_numbers_match_the_example():
     text = SPEC.read_text(encoding="utf-8")
     data = (EXAMPLES / "example.dnnz").read_bytes()
     header_crc = int.from_bytes(data[28:32], "little")
     assert f"0X{header_crc:08X}" in text.upper()
     assert zlib.crc32(b"123456789") == 0xCBF43926 and "0xCBF43926" in text
-    for crc in re.findall(r'"crc32": (\d+)', text):
-        assert int(crc) in {zlib.crc32(data[448:472]), zlib.crc32(data[512:516])}
+    crcs = {int(c) for c in re.findall(r'"crc32": (\d+)', text)}
+    assert {zlib.crc32(data[448:472]), zlib.crc32(data[512:516])} <= crcs
     assert b"\x89DNNZ\r\n\x1a" == bytes.fromhex("89 44 4E 4E 5A 0D 0A 1A") == pydnnz.container.MAGIC
 
 

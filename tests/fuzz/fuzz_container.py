@@ -20,14 +20,19 @@ ROOT = HERE.parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 with atheris.instrument_imports():
-    import numpy as np  # noqa: F401  (instrumented for coverage of the views we create)
+    import numpy as np
     from pydnnz import container
     from pydnnz.errors import DnnzError
+    try:
+        import pydnnz.encodings  # noqa: F401  (instrumented too: their validation is fuzzed)
+    except ImportError:
+        pass
 
 import _container_edit as E  # noqa: E402
 import _container_fake as fake  # noqa: E402
 
-SEEDS = [p.read_bytes() for p in sorted((ROOT / "tests" / "golden" / "valid").glob("*.dnnz"))]
+SEEDS = [p.read_bytes() for p in sorted((ROOT / "tests" / "golden" / "valid").glob("*.dnnz")) +
+         sorted((ROOT / "spec" / "examples").glob("*.dnnz"))]
 
 
 def with_repaired_crcs(data):
@@ -75,6 +80,8 @@ def test_one_input(raw):
                 t = f[name]
                 if hasattr(t, "decode"):
                     t.decode()
+                if hasattr(t, "matmul") and hasattr(t, "matrix_shape"):
+                    t.matmul(np.ones((2, t.matrix_shape[1]), np.float32))
             container.verify(data)
         except DnnzError:
             pass

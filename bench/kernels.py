@@ -1,0 +1,217 @@
+"""Dot products from the compressed form vs dense baselines, measured in the same run.
+
+    python bench/kernels.py [--quick] [--json] [--paths best|all] [--shapes NAME,...] [--threads 1,all]
+
+One record per (matrix, encoding, batch, threads, CPU path): encoded bytes, the order-0 entropy
+bound of the index stream (bits/weight H0, bound = H0 * n / 8 + 4 k codebook bytes) and the gap
+to it, the time of pydnnz's matmul and of numpy dense float32 (`x @ W.T`), scipy.sparse CSR and
+CSC (`W @ x.T`, single-threaded by design), torch dense (`torch.nn.functional.linear`), and
+ratios (pydnnz time / baseline time: below 1 means pydnnz is faster).
+
+Each thread setting runs in a child process whose environment fixes the BLAS/OpenMP thread
+counts before numpy and torch load (OPENBLAS/OMP/MKL_NUM_THREADS, torch.set_num_threads,
+pydnnz.set_num_threads). OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed from the children's
+environment (they can force a slower OpenBLAS kernel on this machine); the BLAS kernel in use is
+reported (threadpoolctl when installed). Timer: best of at least MIN_RUNS runs lasting at least
+MIN_TIME seconds together. Compare ratios within one run only: the machine is shared.
+
+Matrices: PyTorch layout (out, in) of the papers' layers (listed in x out as the papers do):
+VGG19 512x4096, 4096x4096, 4096x10; DeepDTA 192x1024, 1024x1024, 1024x512. Weights ~ N(0, 1)
+quantized to k levels (uniform grid over +-3 sigma, so the index stream is bell-shaped and its
+entropy is below log2 k); the pruned ones zero the 90 % / 99 % smallest-magnitude weights and
+quantize the rest to 32 non-zero levels (k = 33 with the zero).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = {  # name: (out, in)
+    "vgg19-512x4096": (4096, 512),
+    "vgg19-4096x4096": (4096, 4096),
+    "vgg19-4096x10": (10, 4096),
+    "deepdta-192x1024": (1024, 192),
+    "deepdta-1024x1024": (1024, 1024),
+    "deepdta-1024x512": (512, 1024),
+}
+VARIANTS = [("k2", 2, 0.0), ("k16", 16, 0.0), ("k32", 32, 0.0), ("k256", 256, 0.0),
+            ("p90-k32", 32, 0.9), ("p99-k32", 32, 0.99)]
+BATCHES = (1, 8, 128)
+QUICK_SHAPES = ("deepdta-1024x1024", "vgg19-4096x4096")
+QUICK_VARIANTS = ("k32", "p90-k32")
+QUICK_BATCHES = (1, 8, 128)
+
+
+def child_env(threads):
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env.pop("OPENBLAS_L2_SIZE", None)
+    n = str(threads if threads != "all" else (os.cpu_count() or 1))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DNNZ_NUM_THREADS"):
+        env[var] = n
+    env["DNNZ_BENCH_CHILD"] = n
+    return env
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--quick", action="store_true", help="a small subset (< 1 minute)")
+    ap.add_argument("--json", action="store_true", help="print the records as JSON lines")
+    ap.add_argument("--paths", default="best", help="'best' or 'all' (every CPU path this machine has)")
+    ap.add_argument("--shapes", default=None, help="comma-separated matrix names")
+    ap.add_argument("--variants", default=None, help="comma-separated variants (k2,k16,k32,k256,p90-k32,p99-k32)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
+    ap.add_argument("--threads", default="1,all", help="thread settings to run, e.g. 1,all")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return run_child(args)
+    records = []
+    for threads in args.threads.split(","):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--paths", args.paths]
+        for opt in ("shapes", "variants", "batches"):
+            if getattr(args, opt):
+                cmd += [f"--{opt}", getattr(args, opt)]
+        if args.quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.PIPE, check=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        for line in out.stdout.decode().splitlines():
+            rec = json.loads(line)
+            records.append(rec)
+            if args.json:
+                print(line, flush=True)
+            else:
+                print_record(rec, header=len(records) == 1)
+    return 0
+
+
+def print_record(r, header=False):
+    if header:
+        print(f"# BLAS: {r['blas']}")
+        print(f"{'matrix':20} {'var':8} {'enc':5} {'b':>4} {'thr':>3} {'path':6} {'bytes':>9} "
+              f"{'H0b':>5} {'gap%':>6} {'pydnnz':>9} {'numpy':>9} {'torch':>9} {'csr':>9} "
+              f"{'/np':>6} {'/torch':>6} {'/csr':>6}")
+    def t(v):
+        return f"{v * 1e3:8.3f}m" if v is not None else "        -"
+    def q(a, b):
+        return f"{a / b:6.2f}" if a is not None and b else "     -"
+    print(f"{r['matrix']:20} {r['variant']:8} {r['encoding']:5} {r['batch']:4d} {r['threads']:3d} "
+          f"{r['cpu_path']:6} {r['nbytes']:9d} {r['h0_bits']:5.2f} {r['gap_pct']:6.1f} {t(r['t_pydnnz'])} "
+          f"{t(r['t_numpy'])} {t(r['t_torch'])} {t(r['t_scipy_csr'])} {q(r['t_pydnnz'], r['t_numpy'])} "
+          f"{q(r['t_pydnnz'], r['t_torch'])} {q(r['t_pydnnz'], r['t_scipy_csr'])}", flush=True)
+
+
+def best_time(fn, quick):
+    min_runs, min_time = (3, 0.03) if quick else (5, 0.15)
+    fn()  # warm up (page faults, thread start)
+    best, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        runs += 1
+        if runs >= 200:
+            break
+    return best
+
+
+def make_matrix(rng, out, inn, k, prune):
+    import numpy as np
+    w = rng.standard_normal((out, inn)).astype(np.float32)
+    if prune:
+        thr = np.quantile(np.abs(w), prune)
+        keep = np.abs(w) > thr
+        # 32 non-zero levels on +-3 sigma of the kept weights, zero kept as its own symbol
+        levels = np.linspace(-3.0, 3.0, k).astype(np.float32)
+        idx = np.clip(np.rint((w + 3.0) / 6.0 * (k - 1)), 0, k - 1).astype(np.int64)
+        cb = np.concatenate([[0.0], levels]).astype(np.float32)
+        idx = np.where(keep, idx + 1, 0)
+    else:
+        cb = np.linspace(-3.0, 3.0, k).astype(np.float32)
+        idx = np.clip(np.rint((w + 3.0) / 6.0 * (k - 1)), 0, k - 1).astype(np.int64)
+    return cb, idx
+
+
+class QT:
+    def __init__(self, codebook, indices):
+        self.codebook, self.indices, self.shape = codebook, indices, indices.shape
+
+
+def run_child(args):
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+    try:
+        import pydnnz
+    except ImportError:  # run from a source checkout: use the in-place build
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import pydnnz
+    from pydnnz import runtime
+
+    threads = int(os.environ["DNNZ_BENCH_CHILD"])
+    torch.set_num_threads(threads)
+    pydnnz.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_info
+        blas = "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} "
+                         f"threads={i.get('num_threads')}" for i in threadpool_info() if i.get("user_api") == "blas")
+    except ImportError:
+        cfg = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
+        blas = str(cfg.get("Build Dependencies", {}).get("blas", {}).get("name", "unknown")) + \
+            f" (threadpoolctl not installed: kernel not reported; OPENBLAS_NUM_THREADS={threads})"
+    shapes = args.shapes.split(",") if args.shapes else (QUICK_SHAPES if args.quick else list(SHAPES))
+    variants = args.variants.split(",") if args.variants else \
+        (QUICK_VARIANTS if args.quick else [v[0] for v in VARIANTS])
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else \
+        (QUICK_BATCHES if args.quick else BATCHES)
+    paths = runtime.supported_cpu_paths()[::-1]
+    paths = [p for p in paths if p != "scalar"] if args.paths == "all" else paths[:1]
+    rng = np.random.default_rng(0)
+    for name in shapes:
+        out, inn = SHAPES[name]
+        for vname, k, prune in VARIANTS:
+            if vname not in variants:
+                continue
+            cb, idx = make_matrix(rng, out, inn, k, prune)
+            w = cb[idx]
+            counts = np.bincount(idx.ravel(), minlength=cb.size)
+            p = counts[counts > 0] / idx.size
+            h0 = float(-(p * np.log2(p)).sum())
+            bound = h0 * idx.size / 8 + 4 * cb.size
+            qt = QT(cb, idx)
+            wt = torch.from_numpy(w)
+            csr, csc = sp.csr_matrix(w), sp.csc_matrix(w)
+            encs = ["dense", "csc", "im"] + (["im8"] if cb.size <= 256 else []) + (["im4"] if cb.size <= 16 else [])
+            encoded = {e: pydnnz.encode(qt, e) for e in encs}
+            auto = pydnnz.encode(qt).encoding
+            for batch in batches:
+                x = rng.standard_normal((batch, inn)).astype(np.float32)
+                xt = torch.from_numpy(x)
+                xT = np.ascontiguousarray(x.T)
+                with torch.inference_mode():
+                    t_torch = best_time(lambda: torch.nn.functional.linear(xt, wt), args.quick)
+                t_np = best_time(lambda: x @ w.T, args.quick)
+                t_csr = best_time(lambda: csr @ xT, args.quick)
+                t_csc = best_time(lambda: csc @ xT, args.quick)
+                for path in paths:
+                    runtime.set_cpu_path(path)
+                    for e, m in encoded.items():
+                        t = best_time(lambda: m.matmul(x), args.quick)
+                        rec = dict(matrix=name, shape=[out, inn], variant=vname, k=int(cb.size),
+                                   prune=prune, encoding=e, auto=e == auto, batch=batch,
+                                   threads=threads, cpu_path=path, nbytes=m.nbytes,
+                                   dense_bytes=w.nbytes, h0_bits=h0, bound_bytes=bound,
+                                   gap_pct=100.0 * (m.nbytes / bound - 1.0),
+                                   t_pydnnz=t, t_numpy=t_np, t_torch=t_torch, t_scipy_csr=t_csr,
+                                   t_scipy_csc=t_csc, ratio_numpy=t / t_np, ratio_torch=t / t_torch,
+                                   ratio_scipy_csr=t / t_csr, ratio_scipy_csc=t / t_csc, blas=blas)
+                        print(json.dumps(rec), flush=True)
+                    runtime.set_cpu_path(None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""Encoding registry, input normalisation and the EncodedMatrix base class (contract 3).
+
+An encoding is a subclass of EncodedMatrix registered with @register. It declares a unique
+`name` and `id` (both permanent: a retired name or id is never given to another encoding),
+says which inputs it can represent (`applicable`), builds its params and sections from a
+normalised input (`_encode`), lists the sections a params dict implies (`_section_dtypes`), and
+calls its C validator, decoder and matmul kernel through a cffi struct (`_c_struct`).
+"""
+import math
+
+import numpy as np
+
+from .. import errors, runtime
+from .._native import ffi, lib, status_name, _STATUS_ERRORS
+
+# Permanent name <-> id assignments. Ids are never reused; `ham` and `sham` are reserved for the
+# Huffman encodings (branch `huffman`), which register themselves with these ids.
+RESERVED_IDS = {"dense": 1, "csc": 2, "im": 3, "im8": 4, "im4": 5, "ham": 6, "sham": 7}
+
+_REGISTRY = {}  # name -> class, in registration order (auto breaks ties by this order)
+
+_FIELD_NAMES = {
+    lib.DNNZ_FIELD_NONE: None,
+    lib.DNNZ_FIELD_PARAMS: "params",
+    lib.DNNZ_FIELD_VALUES: "values",
+    lib.DNNZ_FIELD_CODEBOOK: "codebook",
+    lib.DNNZ_FIELD_INDICES: "indices",
+    lib.DNNZ_FIELD_ROWPTR: "rowptr",
+    lib.DNNZ_FIELD_COLIDX: "colidx",
+    lib.DNNZ_FIELD_VINDEX: "vindex",
+}
+
+
+def register(cls):
+    """Class decorator adding an encoding to the registry (names and ids must be new)."""
+    name, ident = cls.name, cls.id
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"encoding name {name!r} is not allowed")
+    if name in _REGISTRY:
+        raise ValueError(f"encoding {name!r} is already registered")
+    if RESERVED_IDS.get(name, ident) != ident:
+        raise ValueError(f"encoding {name!r} must use its reserved id {RESERVED_IDS[name]}")
+    taken = {c.id: n for n, c in _REGISTRY.items()}
+    taken.update({i: n for n, i in RESERVED_IDS.items() if n != name})
+    if ident in taken:
+        raise ValueError(f"encoding id {ident} already belongs to {taken[ident]!r}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def encodings():
+    """Names of the registered encodings, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_encoding(name):
+    """The EncodedMatrix subclass registered as `name` (UnsupportedError if none)."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise errors.UnsupportedError(
+            f"unknown encoding {name!r} (this build has: {', '.join(_REGISTRY)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# input normalisation
+
+def _total_order_key(bits):
+    """uint32 keys that sort float32 bit patterns in IEEE totalOrder (-0.0 before +0.0)."""
+    bits = bits.astype(np.uint32, copy=False)
+    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+def _index_dtype(k):
+    return np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32
+
+
+class MatrixInput:
+    """A matrix to encode, normalised once and shared by every candidate encoding.
+
+    Rules (the same for every encoding):
+    - a float ndarray (float16/32/64) with ndim >= 2, or an object with `.codebook` and
+      `.indices` (a QuantizedTensor); ndim > 2 is the matrix (shape[0], prod(shape[1:]));
+    - float64 values must be exactly representable in float32 (else InvalidArgumentError);
+    - NaN is rejected (it has many bit patterns and no meaningful dot product); +-inf are kept;
+    - values are compared bit for bit: -0.0 and +0.0 are distinct values, and only +0.0 counts as
+      a zero (a sparse encoding stores -0.0 explicitly), so every decode is bit-exact.
+    """
+
+    def __init__(self, obj):
+        self._dense = self._codebook = self._indices = self._nzmask = None
+        if hasattr(obj, "codebook") and hasattr(obj, "indices") and not isinstance(obj, np.ndarray):
+            self._from_quantized(obj)
+        else:
+            self._from_array(obj)
+        shape = self.shape
+        if len(shape) < 2:
+            raise errors.ShapeError(f"encode: expected a matrix (ndim >= 2), got shape {shape}")
+        self.rows = int(shape[0])
+        self.cols = int(math.prod(shape[1:]))
+        if self.rows >= 2**31 or self.cols >= 2**31:
+            raise errors.ShapeError(f"encode: matrix {self.rows}x{self.cols} has a dimension >= 2**31")
+
+    def _from_array(self, obj):
+        a = np.asarray(obj)
+        if a.dtype.kind != "f":
+            raise errors.InvalidArgumentError(
+                f"encode: expected a float array or a quantized tensor, got dtype {a.dtype}")
+        if np.isnan(a).any():
+            raise errors.InvalidArgumentError("encode: the matrix contains NaN, which no encoding stores")
+        f = a.astype(np.float32)
+        if a.dtype.itemsize > 4 and not np.array_equal(f.astype(a.dtype), a):
+            raise errors.InvalidArgumentError(
+                f"encode: {a.dtype} values that float32 cannot represent exactly (encodings are "
+                "lossless float32; convert explicitly with .astype(np.float32) if rounding is intended)")
+        self.shape = tuple(int(s) for s in a.shape)
+        if len(self.shape) >= 2:
+            f = np.ascontiguousarray(f).reshape(self.shape[0], int(math.prod(self.shape[1:])))
+        self._dense = f
+
+    def _from_quantized(self, obj):
+        cb = np.asarray(obj.codebook)
+        idx = np.asarray(obj.indices)
+        if cb.ndim != 1 or cb.dtype.kind != "f":
+            raise errors.InvalidArgumentError("encode: quantized tensor's codebook must be a 1-D float array")
+        if idx.dtype.kind not in "iu":
+            raise errors.InvalidArgumentError("encode: quantized tensor's indices must be integers")
+        if np.isnan(cb).any():
+            raise errors.InvalidArgumentError("encode: quantized tensor's codebook contains NaN")
+        cb32 = cb.astype(np.float32)
+        if cb.dtype.itemsize > 4 and not np.array_equal(cb32.astype(cb.dtype), cb):
+            raise errors.InvalidArgumentError("encode: codebook values not exactly representable in float32")
+        self.shape = tuple(int(s) for s in idx.shape)
+        k = cb32.size
+        if idx.size and (idx.min() < 0 or idx.max() >= k):
+            raise errors.InvalidArgumentError(f"encode: quantized tensor's indices must lie in [0, {k})")
+        bits = cb32.view(np.uint32)
+        if np.unique(bits).size != k:
+            raise errors.InvalidArgumentError("encode: quantized tensor's codebook has repeated values")
+        order = np.argsort(_total_order_key(bits), kind="stable")
+        if len(self.shape) < 2:
+            self._codebook, self._indices = cb32, idx
+            return
+        idx2 = idx.reshape(self.shape[0], int(math.prod(self.shape[1:])))
+        if not np.array_equal(order, np.arange(k)):
+            rank = np.empty(k, np.int64)
+            rank[order] = np.arange(k)
+            cb32, idx2 = cb32[order], rank[idx2]
+        self._codebook = np.ascontiguousarray(cb32)
+        self._indices = np.ascontiguousarray(idx2.astype(_index_dtype(k), copy=False))
+
+    @property
+    def dense(self):
+        """The matrix as a C-contiguous float32 (rows, cols) array."""
+        if self._dense is None:
+            self._dense = self._codebook[self._indices] if self._indices.size else \
+                np.zeros((self.rows, self.cols), np.float32)
+        return self._dense
+
+    @property
+    def codebook(self):
+        """Distinct values (float32, IEEE totalOrder); indices() maps every entry into it."""
+        if self._codebook is None:
+            self._unique()
+        return self._codebook
+
+    @property
+    def indices(self):
+        if self._indices is None:
+            self._unique()
+        return self._indices
+
+    @property
+    def k(self):
+        return int(self.codebook.size)
+
+    def _unique(self):
+        bits = self.dense.view(np.uint32)
+        vals, inv = np.unique(bits.ravel(), return_inverse=True)  # sorted as uint32
+        order = np.argsort(_total_order_key(vals), kind="stable")
+        rank = np.empty(vals.size, np.int64)
+        rank[order] = np.arange(vals.size)
+        self._codebook = np.ascontiguousarray(vals[order].view(np.float32))
+        self._indices = rank[inv].astype(_index_dtype(vals.size)).reshape(self.rows, self.cols)
+
+    @property
+    def nonzero_mask(self):
+        """Entries whose bit pattern is not +0.0 (what sparse encodings store)."""
+        if self._nzmask is None:
+            if self._dense is None:
+                zero = np.flatnonzero(self._codebook.view(np.uint32) == 0)
+                self._nzmask = (self._indices != zero[0]) if zero.size else \
+                    np.ones(self._indices.shape, bool)
+            else:
+                self._nzmask = self._dense.view(np.uint32) != 0
+        return self._nzmask
+
+
+# ---------------------------------------------------------------------------------------------
+# the base class
+
+def _readonly(a):
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+class EncodedMatrix:
+    """A matrix in a lossless encoding, with dot products computed from the encoded form.
+
+    Attributes (contract 3): ``encoding`` (name), ``shape`` (original tensor shape),
+    ``matrix_shape`` ((out, in)), ``params`` (JSON-serializable dict), ``sections`` (dict of 1-D
+    little-endian arrays: exactly the bytes a file stores), ``nbytes`` (sum of the sections'
+    sizes). Build one with :func:`pydnnz.encode` or :func:`pydnnz.encodings.from_sections`.
+
+    >>> import numpy as np, pydnnz
+    >>> w = np.array([[0, 1.5, 0, 1.5], [2, 0, 0, 1.5], [0, 0, 2, 0]], np.float32)
+    >>> e = pydnnz.encode(w, "im")
+    >>> e.encoding, e.matrix_shape, e.nbytes
+    ('im', (3, 4), 15)
+    >>> bool((e.decode() == w).all())
+    True
+    >>> e.matmul(np.ones(4, np.float32)).tolist()
+    [3.0, 3.5, 2.0]
+    """
+
+    name = None  # registry name (str), set by each encoding
+    id = None    # permanent numeric id
+
+    def __init__(self, shape, params, sections):
+        # Internal: `params` and `sections` must already be checked (encode / from_sections).
+        self._shape = tuple(shape)
+        self._matrix_shape = (self._shape[0], int(math.prod(self._shape[1:])))
+        self._params = dict(params)
+        self._sections = {k: _readonly(v) for k, v in sections.items()}
+        self._struct = None
+
+    # --- contract 3 -----------------------------------------------------------------------
+    @property
+    def encoding(self):
+        return self.name
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def matrix_shape(self):
+        return self._matrix_shape
+
+    @property
+    def params(self):
+        return dict(self._params)
+
+    @property
+    def sections(self):
+        return dict(self._sections)
+
+    @property
+    def nbytes(self):
+        return int(sum(s.nbytes for s in self._sections.values()))
+
+    def decode(self):
+        """The exact float32 tensor, of shape ``.shape``."""
+        rows, cols = self._matrix_shape
+        out = np.empty((rows, cols), np.float32)
+        if out.size:
+            self._c_decode(out)
+        return out.reshape(self._shape)
+
+    def matmul(self, x):
+        """``x @ W.T`` for float32 `x` of shape (batch, in) or (in,), computed in C.
+
+        The dense matrix is never built; multithreaded (see pydnnz.set_num_threads) with results
+        that do not depend on the thread count.
+        """
+        rows, cols = self._matrix_shape
+        x = np.asarray(x)
+        if x.dtype == np.float16:
+            x = x.astype(np.float32)
+        if x.dtype != np.float32:
+            raise errors.InvalidArgumentError(f"{self.name}.matmul: x must be float32, got {x.dtype}")
+        one = x.ndim == 1
+        if one:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != cols:
+            raise errors.ShapeError(
+                f"{self.name}.matmul: x must have shape (batch, {cols}) or ({cols},), got {x.shape}")
+        x = np.ascontiguousarray(x)
+        y = np.empty((x.shape[0], rows), np.float32)
+        runtime._require_path()
+        if y.size:
+            from .._native import check, ptr
+            check(self._c_matmul(self._get_struct(), ptr(x), x.shape[0], ptr(y, writable=True)),
+                  f"{self.name}.matmul")
+        return y[0] if one else y
+
+    def __repr__(self):
+        return (f"<EncodedMatrix {self.name} shape={self._shape} params={self._params} "
+                f"nbytes={self.nbytes}>")
+
+    # --- what each encoding provides ----------------------------------------------------------
+    @classmethod
+    def applicable(cls, m):
+        """Whether this encoding can represent the MatrixInput `m` (auto only tries these)."""
+        return True
+
+    @classmethod
+    def limits_text(cls):
+        """What inputs the encoding accepts, for error messages."""
+        return "no limits"
+
+    @classmethod
+    def _encode(cls, m):
+        """(params, sections) for the MatrixInput `m`."""
+        raise NotImplementedError
+
+    @classmethod
+    def encoded_nbytes(cls, m):
+        """Exact `.nbytes` this encoding would give `m` (used by auto; override when cheaper)."""
+        return int(sum(s.nbytes for s in cls._encode(m)[1].values()))
+
+    @classmethod
+    def _check_params(cls, params):
+        """Validated copy of `params` (types and keys only; C checks consistency)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _section_dtypes(cls, params):
+        """{section name: dtype} that `params` implies, in file order."""
+        raise NotImplementedError
+
+    def _c_struct(self):
+        """(cffi struct pointer, keep-alive list) describing this matrix for C."""
+        raise NotImplementedError
+
+    _c_validate = _c_decode_fn = _c_matmul = None
+
+    def _c_decode(self, out):
+        from .._native import check, ptr
+        check(self._c_decode_fn(self._get_struct(), ptr(out, writable=True)), f"{self.name}.decode")
+
+    # --- shared machinery ------------------------------------------------------------------------
+    def _get_struct(self):
+        if self._struct is None:
+            self._struct = self._c_struct()
+        return self._struct[0]
+
+    def _validate(self):
+        err = ffi.new("struct dnnz_enc_err *")
+        err.field, err.where = lib.DNNZ_FIELD_NONE, -1
+        status = self._c_validate(self._get_struct(), err)
+        if status != lib.DNNZ_OK:
+            field = _FIELD_NAMES.get(err.field)
+            what = f"{self.name}: " + (f"params {self._params}" if field == "params" else
+                                       f"section {field!r}" if field else "encoded matrix")
+            if err.where >= 0 and field != "params":
+                what += f" at {'row' if status == lib.DNNZ_E_TRAILING and field == 'indices' else 'element'} {err.where}"
+            cls = _STATUS_ERRORS.get(status, errors.DnnzError)
+            if not issubclass(cls, errors.CorruptDataError) and cls is not errors.UnsupportedError:
+                cls = errors.CorruptDataError
+            raise cls(f"{what}: {status_name(status)}")
+
+
+def _check_shape(shape):
+    try:
+        shape = tuple(operator_index(s) for s in shape)
+    except TypeError:
+        raise errors.ShapeError(f"from_sections: shape must be a tuple of ints, got {shape!r}") from None
+    if len(shape) < 2 or any(s < 0 for s in shape):
+        raise errors.ShapeError(f"from_sections: shape must have ndim >= 2 and no negative size, got {shape}")
+    if shape[0] >= 2**31 or math.prod(shape[1:]) >= 2**31:
+        raise errors.ShapeError(f"from_sections: shape {shape} has a matrix dimension >= 2**31")
+    return shape
+
+
+def operator_index(v):
+    import operator
+    if isinstance(v, bool):
+        raise TypeError
+    return operator.index(v)
+
+
+def int_param(cls, params, key, lo=0, hi=2**63 - 1):
+    v = params.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+        raise errors.CorruptDataError(f"{cls.name}: params[{key!r}] must be an int in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+def check_param_keys(cls, params, keys):
+    if not isinstance(params, dict):
+        raise errors.CorruptDataError(f"{cls.name}: params must be a dict, got {type(params).__name__}")
+    if set(params) != set(keys):
+        raise errors.CorruptDataError(
+            f"{cls.name}: params must have exactly the keys {sorted(keys)}, got {sorted(params)}")
+
+
+def encode(matrix, encoding="auto"):
+    """Encode a float matrix or quantized tensor losslessly; `encoding` is a name or ``"auto"``.
+
+    ``"auto"`` picks the registered encoding with the smallest ``.nbytes`` for this matrix
+    (ties go to the one registered first: dense, csc, im, ...).
+
+    >>> import numpy as np, pydnnz
+    >>> w = np.zeros((64, 64), np.float32); w[::8, ::8] = 0.5
+    >>> e = pydnnz.encode(w)
+    >>> e.encoding, e.nbytes < w.nbytes
+    ('csc', True)
+    >>> bool((e.decode() == w).all())
+    True
+    """
+    m = matrix if isinstance(matrix, MatrixInput) else MatrixInput(matrix)
+    if encoding == "auto":
+        best = None
+        for cls in _REGISTRY.values():
+            if cls.applicable(m):
+                size = cls.encoded_nbytes(m)
+                if best is None or size < best[0]:
+                    best = (size, cls)
+        cls = best[1]
+    else:
+        cls = get_encoding(encoding)
+        if not cls.applicable(m):
+            raise errors.InvalidArgumentError(
+                f"encode: encoding {encoding!r} cannot represent this matrix ({cls.limits_text()})")
+    params, sections = cls._encode(m)
+    obj = cls(m.shape, params, sections)
+    obj._validate()  # cheap next to encoding, and the kernels rely on it
+    return obj
+
+
+def from_sections(encoding, shape, params, sections):
+    """Rebuild an EncodedMatrix from stored parts, validating every byte (in C).
+
+    Sections must be 1-D C-contiguous arrays of exactly the dtypes the spec gives. Read-only
+    arrays (a memory map) are used in place; writable ones are copied so that later writes by
+    the caller cannot invalidate what was checked. Any inconsistency raises a DnnzError subclass.
+
+    >>> import numpy as np, pydnnz
+    >>> from pydnnz.encodings import from_sections
+    >>> e = pydnnz.encode(np.eye(3, dtype=np.float32), "csc")
+    >>> f = from_sections(e.encoding, e.shape, e.params, e.sections)
+    >>> bool((f.decode() == np.eye(3)).all())
+    True
+    """
+    cls = get_encoding(encoding)
+    shape = _check_shape(shape)
+    params = cls._check_params(params)
+    expected = cls._section_dtypes(params)
+    if not isinstance(sections, dict) or set(sections) != set(expected):
+        got = sorted(sections) if isinstance(sections, dict) else type(sections).__name__
+        raise errors.CorruptDataError(
+            f"{cls.name}: sections must be exactly {sorted(expected)}, got {got}")
+    checked = {}
+    for key, dtype in expected.items():
+        a = sections[key]
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or np.dtype(a.dtype) != np.dtype(dtype) \
+                or not a.flags.c_contiguous:
+            desc = f"{a.dtype}{list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise errors.CorruptDataError(
+                f"{cls.name}: section {key!r} must be a 1-D contiguous {np.dtype(dtype).str} array, got {desc}")
+        checked[key] = a.copy() if a.flags.writeable else a
+    obj = cls(shape, params, checked)
+    obj._validate()
+    return obj
