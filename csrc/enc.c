@@ -309,6 +309,7 @@ struct panel_ctx {
     const float *x; /* batch rows of xstride floats, zero-padded to a multiple of 16 columns */
     float *y;
     float cbpad[64]; /* im codebook padded with zeros (k <= 64) */
+    const float *xperm; /* batch-1 AVX-512 im: x reordered per 64-block (see panel_run) */
 };
 
 /* Decode rows r..r+nr-1, columns k0..k0+kc-1 into wbuf (RT rows of kcp floats, zeros past nr
@@ -463,6 +464,123 @@ static T_AVX2 void micro_avx2(const float *w, int64_t ws, int64_t kcp, const flo
         micro_avx2_2(w, ws, kcp, x, xs, y, ys, nr);
 }
 
+/* AVX2 unpacking of 8 packed indices (bits <= 8: exactly `bits` bytes, starting on a byte):
+ * the 8 bytes are broadcast to both lanes, vpshufb puts the (at most two) bytes holding index j
+ * at the top of dword j, a variable shift and a mask leave the index at the bottom. */
+struct im_avx2 {
+    __m256i ctl, shr, mask;
+    __m256 cb[4];
+    int64_t k;
+    const float *codebook;
+};
+
+static T_AVX2 void im_avx2_init(struct im_avx2 *u, int bits, const float *cbpad, int64_t k, const float *codebook)
+{
+    uint8_t ctl[32];
+    uint32_t shr[8];
+    for (int j = 0; j < 8; j++) {
+        int b = (j * bits) / 8, o = (j * bits) % 8;
+        uint8_t *d = ctl + 4 * j; /* in-lane: both lanes hold the same 8 bytes */
+        d[0] = d[1] = 0x80;
+        d[2] = b + 1 < 8 ? (uint8_t)(b + 1) : 0x80;
+        d[3] = (uint8_t)b;
+        shr[j] = (uint32_t)(32 - bits - o);
+    }
+    u->ctl = _mm256_loadu_si256((const __m256i *)ctl);
+    u->shr = _mm256_loadu_si256((const __m256i *)shr);
+    u->mask = _mm256_set1_epi32((1 << bits) - 1);
+    for (int i = 0; i < 4; i++)
+        u->cb[i] = _mm256_loadu_ps(cbpad + 8 * i);
+    u->k = k;
+    u->codebook = codebook;
+}
+
+static T_AVX2 inline __m256i im_avx2_unpack8(const struct im_avx2 *u, const uint8_t *p, const uint8_t *end)
+{
+    int64_t w = 0;
+    if (DNNZ_LIKELY(end - p >= 8))
+        memcpy(&w, p, 8);
+    else if (end > p)
+        memcpy(&w, p, (size_t)(end - p));
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi64x(w), u->ctl);
+    return _mm256_and_si256(_mm256_srlv_epi32(v, u->shr), u->mask);
+}
+
+/* codebook[iv]: register permutes up to k = 32 (blends on index bits 3 and 4), gather above */
+static T_AVX2 inline __m256 im_avx2_lookup(const struct im_avx2 *u, __m256i iv)
+{
+    if (u->k <= 8)
+        return _mm256_permutevar8x32_ps(u->cb[0], iv);
+    if (u->k <= 32) {
+        __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(iv, 28));
+        __m256 lo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(u->cb[0], iv), _mm256_permutevar8x32_ps(u->cb[1], iv), b3);
+        if (u->k <= 16)
+            return lo;
+        __m256 hi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(u->cb[2], iv), _mm256_permutevar8x32_ps(u->cb[3], iv), b3);
+        return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(iv, 27)));
+    }
+    return _mm256_i32gather_ps(u->codebook, iv, 4);
+}
+
+static T_AVX2 const float *decode_im_tile_avx2_fast(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
+                                                    int64_t kc, int64_t kcp, float *wbuf)
+{
+    const struct dnnz_im *m = c->im;
+    const uint8_t *end = m->indices + m->indices_len;
+    struct im_avx2 u;
+    im_avx2_init(&u, m->bits, c->cbpad, m->k, m->codebook);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int rr = 0; rr < RT; rr++) {
+        float *dst = wbuf + rr * kcp;
+        if (rr >= nr) {
+            memset(dst, 0, (size_t)kcp * 4);
+            continue;
+        }
+        const uint8_t *row = m->indices + (r + rr) * c->im_stride + (k0 * m->bits) / 8;
+        for (int64_t j = 0; j < kcp; j += 8) {
+            __m256i iv = im_avx2_unpack8(&u, row + (j / 8) * m->bits, end);
+            if (j + 8 > kc) { /* past the row: index 0, value 0 */
+                __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(kc - j)), lane);
+                iv = _mm256_and_si256(iv, keep);
+                _mm256_storeu_ps(dst + j, _mm256_and_ps(im_avx2_lookup(&u, iv), _mm256_castsi256_ps(keep)));
+            } else {
+                _mm256_storeu_ps(dst + j, im_avx2_lookup(&u, iv));
+            }
+        }
+    }
+    return wbuf;
+}
+
+/* Batch 1, bits <= 8, AVX2: unpack, look up, multiply-add in registers (x is zero-padded). */
+static T_AVX2 void im_gemv_avx2(const struct panel_ctx *c, int64_t task)
+{
+    const struct dnnz_im *m = c->im;
+    const uint8_t *end = m->indices + m->indices_len;
+    int64_t r0 = task * TASK_ROWS, r1 = r0 + TASK_ROWS < c->rows ? r0 + TASK_ROWS : c->rows, cols = c->cols;
+    struct im_avx2 u;
+    im_avx2_init(&u, m->bits, c->cbpad, m->k, m->codebook);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const float *x = c->x;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = m->indices + r * c->im_stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 16 <= cols; j += 16) {
+            const uint8_t *p = row + (j / 8) * m->bits;
+            a0 = _mm256_fmadd_ps(im_avx2_lookup(&u, im_avx2_unpack8(&u, p, end)), _mm256_loadu_ps(x + j), a0);
+            a1 = _mm256_fmadd_ps(im_avx2_lookup(&u, im_avx2_unpack8(&u, p + m->bits, end)), _mm256_loadu_ps(x + j + 8), a1);
+        }
+        for (; j < cols; j += 8) {
+            __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(cols - j)), lane);
+            __m256i iv = _mm256_and_si256(im_avx2_unpack8(&u, row + (j / 8) * m->bits, end), keep);
+            __m256 v = _mm256_and_ps(im_avx2_lookup(&u, iv), _mm256_castsi256_ps(keep));
+            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + j), a0); /* x is padded to 16 columns */
+        }
+        v8f t = (v8f)_mm256_add_ps(a0, a1);
+        c->y[r] = HSUM8(t);
+    }
+}
+
 /* im tile, AVX2: indices unpacked by the portable reader, values by vpermps (k <= 8) or gather. */
 static T_AVX2 const float *decode_im_tile_avx2(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
                                                int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
@@ -470,6 +588,8 @@ static T_AVX2 const float *decode_im_tile_avx2(const struct panel_ctx *c, int64_
 {
     (void)cursor;
     *stride = kcp;
+    if (c->im->bits >= 1 && c->im->bits <= 8)
+        return decode_im_tile_avx2_fast(c, r, nr, k0, kc, kcp, wbuf);
     const struct dnnz_im *m = c->im;
     const uint8_t *end = m->indices + m->indices_len;
     uint32_t idx[KC];
@@ -627,6 +747,10 @@ static void panel_task_avx2(void *ctx, int64_t task, int worker)
 {
     struct panel_ctx *c = ctx;
     (void)worker;
+    if (c->kind == 1 && c->batch == 1 && c->im->bits >= 1 && c->im->bits <= 8) {
+        im_gemv_avx2(c, task);
+        return;
+    }
     panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx2 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx2, 2);
 }
 
@@ -651,7 +775,8 @@ static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
     const __m512 cb0 = _mm512_loadu_ps(c->cbpad), cb1 = _mm512_loadu_ps(c->cbpad + 16);
     const __m512 cb2 = _mm512_loadu_ps(c->cbpad + 32), cb3 = _mm512_loadu_ps(c->cbpad + 48);
     const __m512i v32 = _mm512_set1_epi32(32);
-    const float *x = c->x;
+    const float *x = c->x, *xp = c->xperm;
+    const __m512i vff = _mm512_set1_epi32(0xff);
 #define IM_LOOKUP(iv) (k <= 16 ? _mm512_permutexvar_ps(iv, cb0)                                      \
                        : k <= 32 ? _mm512_permutex2var_ps(cb0, iv, cb1)                              \
                        : k <= 64 ? _mm512_mask_blend_ps(_mm512_test_epi32_mask(iv, v32),             \
@@ -672,15 +797,20 @@ static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
                 memcpy(tmp, p, (size_t)(end - p));
                 raw = _mm512_loadu_si512(tmp);
             }
+            /* byte 4i+s of iv8 is index 4i+s; shifting dwords right by 8s brings it to the low
+             * byte of dword i, which is all the register permutes look at (x was permuted to
+             * match, see panel_run); no widening shuffles on the busy permute port */
             __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
-            __m512i i0 = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(iv8));
-            __m512i i1 = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(iv8, 1));
-            __m512i i2 = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(iv8, 2));
-            __m512i i3 = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(iv8, 3));
-            a0 = _mm512_fmadd_ps(IM_LOOKUP(i0), _mm512_loadu_ps(x + j), a0);
-            a1 = _mm512_fmadd_ps(IM_LOOKUP(i1), _mm512_loadu_ps(x + j + 16), a1);
-            a2 = _mm512_fmadd_ps(IM_LOOKUP(i2), _mm512_loadu_ps(x + j + 32), a2);
-            a3 = _mm512_fmadd_ps(IM_LOOKUP(i3), _mm512_loadu_ps(x + j + 48), a3);
+            __m512i i0 = iv8, i1 = _mm512_srli_epi32(iv8, 8), i2 = _mm512_srli_epi32(iv8, 16), i3 = _mm512_srli_epi32(iv8, 24);
+            if (k > 64) {
+                i0 = _mm512_and_si512(i0, vff);
+                i1 = _mm512_and_si512(i1, vff);
+                i2 = _mm512_and_si512(i2, vff);
+            }
+            a0 = _mm512_fmadd_ps(IM_LOOKUP(i0), _mm512_loadu_ps(xp + j), a0);
+            a1 = _mm512_fmadd_ps(IM_LOOKUP(i1), _mm512_loadu_ps(xp + j + 16), a1);
+            a2 = _mm512_fmadd_ps(IM_LOOKUP(i2), _mm512_loadu_ps(xp + j + 32), a2);
+            a3 = _mm512_fmadd_ps(IM_LOOKUP(i3), _mm512_loadu_ps(xp + j + 48), a3);
         }
         if (j < cols) { /* tail: fewer than 64 indices; lanes past the row are zeroed */
             const uint8_t *p = row + (j * bits) / 8;
@@ -749,6 +879,21 @@ static int panel_run(struct panel_ctx *c, const float *x)
         c->x = x;
         c->xstride = c->cols;
     }
+    float *xperm = NULL;
+    if (path == DNNZ_CPU_AVX512 && c->kind == 1 && c->batch == 1 && c->im->bits >= 1 && c->im->bits <= 8) {
+        /* im_gemv_avx512 produces, per 64-block, indices 4i+s in lane i of vector s: give it x
+         * in that order (blocks of 64 only; the tail reads x as is) */
+        xperm = malloc((size_t)c->cols * 4 + 64);
+        if (!xperm) {
+            free(xpad);
+            return DNNZ_E_ALLOC;
+        }
+        for (int64_t b0 = 0; b0 + 64 <= c->cols; b0 += 64)
+            for (int s = 0; s < 4; s++)
+                for (int i = 0; i < 16; i++)
+                    xperm[b0 + 16 * s + i] = x[b0 + 4 * i + s];
+        c->xperm = xperm;
+    }
     dnnz_cpu_task_fn fn = panel_task_ref;
 #if DNNZ_X86
     if (path == DNNZ_CPU_AVX512)
@@ -758,6 +903,7 @@ static int panel_run(struct panel_ctx *c, const float *x)
 #endif
     dnnz_cpu_parallel((c->rows + TASK_ROWS - 1) / TASK_ROWS, fn, c);
     free(xpad);
+    free(xperm);
     return DNNZ_OK;
 }
 
@@ -996,7 +1142,66 @@ static T_AVX512 inline void lanes_avx512(const int32_t *col, const float *val, i
     for (int v = 0; v < 4; v++)
         *(v16f *)(acc + 16 * v) = a[v];
 }
-CSC_TASK(csc_task_avx512, T_AVX512, dot1_avx512, lanes_avx512, CSC_BC_AVX512)
+CSC_TASK(csc_task_avx512_generic, T_AVX512, dot1_avx512, lanes_avx512, CSC_BC_AVX512)
+
+/* 16 little-endian indices of `width` bytes starting at element p, zero-extended (masked tail) */
+static T_AVX512 inline __m512i load_u32x16(const uint8_t *base, int width, int64_t p, __mmask16 mk)
+{
+    switch (width) {
+    case 1: return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, base + p));
+    case 2: return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, base + 2 * p));
+    default: return _mm512_maskz_loadu_epi32(mk, base + 4 * p);
+    }
+}
+
+/* Batch 1: straight from the sections, 16 entries per step: column indices widened in
+ * registers, x gathered, values loaded or looked up (codebook in registers when k <= 32). */
+static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
+{
+    struct csc_ctx *c = ctx;
+    const struct dnnz_csc *m = c->m;
+    if (c->batch != 1) {
+        csc_task_avx512_generic(ctx, task, worker);
+        return;
+    }
+    int64_t r0 = task * TASK_ROWS, r1 = r0 + TASK_ROWS < m->rows ? r0 + TASK_ROWS : m->rows;
+    float cbpad[32] = {0};
+    int vk = m->value_kind, ib = m->idx_bytes;
+    int regcb = vk != 0 && m->k <= 32;
+    if (regcb)
+        memcpy(cbpad, m->values, (size_t)m->k * 4);
+    const __m512 cb0 = _mm512_loadu_ps(cbpad), cb1 = _mm512_loadu_ps(cbpad + 16);
+    const float *x = c->x;
+    int64_t p = csc_ptr(m, r0);
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t p1 = csc_ptr(m, r + 1);
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (; p < p1; p += 32) {
+            __mmask16 m0 = p1 - p >= 16 ? 0xffff : (__mmask16)((1u << (p1 - p)) - 1);
+            __mmask16 m1 = p1 - p >= 32 ? 0xffff : p1 - p <= 16 ? 0 : (__mmask16)((1u << (p1 - p - 16)) - 1);
+            __m512i c0 = load_u32x16(m->colidx, ib, p, m0), c1 = load_u32x16(m->colidx, ib, p + 16, m1);
+            __m512 v0, v1;
+            if (vk == 0) {
+                v0 = _mm512_maskz_loadu_ps(m0, m->values + p);
+                v1 = _mm512_maskz_loadu_ps(m1, m->values + p + 16);
+            } else {
+                __m512i i0 = load_u32x16(m->vindex, vk, p, m0), i1 = load_u32x16(m->vindex, vk, p + 16, m1);
+                if (regcb) {
+                    v0 = _mm512_maskz_permutex2var_ps(m0, cb0, i0, cb1);
+                    v1 = _mm512_maskz_permutex2var_ps(m1, cb0, i1, cb1);
+                } else {
+                    v0 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, i0, m->values, 4);
+                    v1 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, i1, m->values, 4);
+                }
+            }
+            a0 = _mm512_fmadd_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, c0, x, 4), v0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, c1, x, 4), v1, a1);
+        }
+        p = p1;
+        v16f t = (v16f)_mm512_add_ps(a0, a1);
+        c->y[r] = HSUM16(t);
+    }
+}
 #endif
 
 int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch, float *y)

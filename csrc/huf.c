@@ -677,17 +677,29 @@ uint32_t dnnz_huf_decode4_u8(const dnnz_huf_dtable *t, dnnz_bit_reader r[4], uin
 uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
                                 uint64_t pos[4], uint8_t *const out[4], size_t n)
 {
+    const size_t ns[4] = {n, n, n, n};
+    return dnnz_huf_decode4_u8_at_n(t, src, size, pos, out, ns);
+}
+
+uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
+                                  uint64_t pos[4], uint8_t *const out[4], const size_t n[4])
+{
     uint32_t flags = 0;
     const uint64_t *multi = t->multi;
     uint8_t *o[4] = {out[0], out[1], out[2], out[3]};
-    if (multi && t->out_width == 1 && n >= 32 && size >= 8) {
+    if (multi && t->out_width == 1 && n[0] >= 32 && n[1] >= 32 && n[2] >= 32 && n[3] >= 32 && size >= 8) {
         const uint64_t plim = ((uint64_t)size - 8) * 8; /* a round may start at or below this bit */
         uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3];
         uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
-        uint8_t *const e0 = out[0] + n - 32, *const e1 = out[1] + n - 32;
-        uint8_t *const e2 = out[2] + n - 32, *const e3 = out[3] + n - 32;
+        uint8_t *const e0 = out[0] + n[0] - 32, *const e1 = out[1] + n[1] - 32;
+        uint8_t *const e2 = out[2] + n[2] - 32, *const e3 = out[3] + n[3] - 32;
         while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3 &&
                p0 <= plim && p1 <= plim && p2 <= plim && p3 <= plim) {
+            /* the streams are far apart (one row each): prefetch ahead of all four */
+            __builtin_prefetch(src + (p0 >> 3) + 512);
+            __builtin_prefetch(src + (p1 >> 3) + 512);
+            __builtin_prefetch(src + (p2 >> 3) + 512);
+            __builtin_prefetch(src + (p3 >> 3) + 512);
             uint64_t a0 = dnnz_bit_load_be64(src + (p0 >> 3)) << (p0 & 7);
             uint64_t a1 = dnnz_bit_load_be64(src + (p1 >> 3)) << (p1 & 7);
             uint64_t a2 = dnnz_bit_load_be64(src + (p2 >> 3)) << (p2 & 7);
@@ -729,8 +741,27 @@ uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
         if (pos[i] > (uint64_t)size * 8) {
             continue; /* already past the end: the caller sees the position */
         }
+        /* tail of one stream: multi-symbol lookups while a whole entry surely fits (at most
+         * 6 symbols), then the one-symbol decoder for the last few */
+        if (multi && t->out_width == 1 && size >= 8) {
+            const uint64_t plim = ((uint64_t)size - 8) * 8;
+            uint64_t p = pos[i];
+            uint8_t *oi = o[i], *const ei = out[i] + n[i] - 6;
+            while (oi <= ei && p <= plim) {
+                uint64_t a = dnnz_bit_load_be64(src + (p >> 3)) << (p & 7);
+                uint64_t e = multi[a >> (64 - TB)];
+                unsigned c = MULTI_COUNT(e);
+                if (!c)
+                    break;
+                memcpy(oi, &e, c); /* the entry's first c bytes are its symbols */
+                oi += c;
+                p += MULTI_BITS(e);
+            }
+            pos[i] = p;
+            o[i] = oi;
+        }
         dnnz_bit_reader_init(&r, src, size, pos[i]);
-        flags |= decode_u8(t, &r, o[i], (size_t)(out[i] + n - o[i]));
+        flags |= decode_u8(t, &r, o[i], (size_t)(out[i] + n[i] - o[i]));
         pos[i] = dnnz_bit_reader_tell(&r);
     }
     return flags;

@@ -157,6 +157,9 @@ uint32_t dnnz_huf_decode4_u8(const dnnz_huf_dtable *t, dnnz_bit_reader r[4], uin
  * after src + size; a position past 8 * size on return means the buffer was too short. */
 uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
                                 uint64_t pos[4], uint8_t *const o[4], size_t n);
+/* The same with n[i] symbols for stream i. */
+uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
+                                  uint64_t pos[4], uint8_t *const o[4], const size_t n[4]);
 
 /* Same for one stream, any width (t->out_width bytes per symbol). */
 uint32_t dnnz_huf_decode_reader(const dnnz_huf_dtable *t, dnnz_bit_reader *r, void *out, size_t n);

@@ -590,6 +590,15 @@ class LazyTensors(Mapping):
         value = self._cache[name] = self._reader.tensor(name)
         return value
 
+    def info(self, name):
+        """What the header says about tensor `name`, without reading it: dtype, shape, encoding,
+        params, nbytes (its sections' bytes) and sections (name, dtype, offset from the data area,
+        length, crc32). For tools such as ``dnnz info``."""
+        t = self._reader.header.tensors[name]
+        return {"dtype": t.dtype, "shape": t.shape, "encoding": t.encoding, "params": dict(t.params),
+                "nbytes": sum(s.length for s in t.sections),
+                "sections": [s._asdict() for s in t.sections]}
+
     def __iter__(self):
         return iter(self._reader.header.tensors)
 
@@ -614,7 +623,10 @@ def _open_reader(path):
     try:
         return _Reader(buf, len(buf), where)  # the map's size, should the file have changed since
     except BaseException:
-        buf.close()
+        try:
+            buf.close()
+        except BufferError:  # a view still alive somewhere: the map goes with it
+            pass
         raise
 
 
@@ -696,6 +708,13 @@ class safe_open:
         return tensors[name]
 
     get_tensor = get
+
+    def info(self, name):
+        """Header facts about tensor `name` without reading it (see ``LazyTensors.info``)."""
+        tensors = self._open()
+        if name not in tensors:
+            raise KeyError(f"{self._path}: no tensor named {name!r}")
+        return tensors.info(name)
 
     def __contains__(self, name):
         return name in self._open()

@@ -3,6 +3,7 @@ import doctest
 import json
 import os
 import stat
+import zlib
 
 import numpy as np
 import pytest
@@ -411,3 +412,53 @@ def test_empty_last_section_still_padded():
     hlen = int.from_bytes(data[16:24], "little")
     assert len(data) == 32 + hlen + 64
     assert load(data)["z"].shape == (0,)
+
+
+def test_info_reads_the_header_only(tmp_path):
+    p = tmp_path / "i.dnnz"
+    e = fake.FakeEncoded((2, 2), np.array([0, 1], np.float32), np.array([0, 1, 1, 0], np.uint8))
+    pydnnz.save_file({"b": np.ones(3, np.float16), "w": e}, p)
+    f = pydnnz.load_file(p)
+    assert f.info("b") == {"dtype": "float16", "shape": (3,), "encoding": "raw", "params": {}, "nbytes": 6,
+                           "sections": [{"name": "data", "dtype": "float16", "offset": 0, "length": 6,
+                                         "crc32": zlib.crc32(np.ones(3, np.float16).tobytes())}]}
+    info = f.info("w")  # no encoding registered: info still works
+    assert info["encoding"] == "fake_codebook" and info["nbytes"] == 12
+    assert [s["offset"] for s in info["sections"]] == [64, 128]
+    with pydnnz.safe_open(p) as g:
+        assert g.info("w") == info
+        with pytest.raises(KeyError):
+            g.info("nope")
+
+
+@pytest.mark.slow
+def test_offsets_beyond_4_gib(tmp_path):
+    """A 4 GiB + tensor followed by another: offsets and lengths above 2^32 in the header, a
+    sparse file on disk (zeros), the second tensor read through the map at offset > 4 GiB."""
+    big = (1 << 32) + 100
+    crc_zero = 0
+    chunk = bytes(1 << 24)
+    left = big
+    while left:
+        n = min(left, len(chunk))
+        crc_zero = zlib.crc32(chunk[:n], crc_zero)
+        left -= n
+    tail = np.arange(5, dtype=np.int32)
+    doc = {"metadata": {}, "tensors": [
+        {"name": "big", "dtype": "uint8", "shape": [big], "encoding": "raw", "params": {},
+         "sections": [{"name": "data", "dtype": "uint8", "offset": 0, "length": big, "crc32": crc_zero}]},
+        {"name": "tail", "dtype": "int32", "shape": [5], "encoding": "raw", "params": {},
+         "sections": [{"name": "data", "dtype": "int32", "offset": container._align(big), "length": 20,
+                       "crc32": zlib.crc32(tail.tobytes())}]}]}
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    import _container_edit as E
+    head = E.with_header_text(save({}), text)  # preamble + header, data area empty
+    p = tmp_path / "big.dnnz"
+    with open(p, "wb") as f:
+        f.write(head)
+        f.seek(len(head) + container._align(big))
+        f.write(tail.tobytes())
+    f = pydnnz.load_file(p)
+    assert f.info("tail")["sections"][0]["offset"] == container._align(big) > 2**32
+    assert f["tail"].tolist() == [0, 1, 2, 3, 4]
+    assert f["big"].shape == (big,) and int(f["big"][-1]) == 0

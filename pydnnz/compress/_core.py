@@ -76,29 +76,45 @@ class SortedData:
     count·(u - shift)². The shift (the sample mean) keeps the S2 differences well conditioned.
     """
 
-    __slots__ = ("xs", "u", "u64", "cnt", "W", "S1", "S2", "shift", "n")
+    __slots__ = ("xs", "u", "u64", "_cnt", "W", "S1", "S2", "shift", "n")
 
     def __init__(self, x: np.ndarray):
         xs = np.sort(np.asarray(x, dtype=np.float32).ravel())
         n = xs.size
-        if n > 1:
-            new = np.empty(n, dtype=bool)
-            new[0] = True
-            np.not_equal(xs[1:], xs[:-1], out=new[1:])
+        new = np.empty(n, dtype=bool)
+        new[:1] = True
+        np.not_equal(xs[1:], xs[:-1], out=new[1:])
+        n_u = int(np.count_nonzero(new))
+        if n_u == n:  # all distinct (typical for trained float weights): no gather, unit counts
+            u = xs
+            W = np.arange(n + 1, dtype=np.int64)
+        else:
             starts = np.flatnonzero(new)
             u = xs[starts]
-            cnt = np.diff(np.append(starts, n))
-        else:
-            u, cnt = xs.copy(), np.ones(n, dtype=np.int64)
-        shift = float(np.mean(u.astype(np.float64) * cnt) / n) if n else 0.0
-        # searchsorted with float64 keys would convert a float32 u on every call (O(n))
-        self.u64 = u.astype(np.float64)
+            W = np.empty(n_u + 1, dtype=np.int64)
+            W[:-1] = starts
+            W[-1] = n
+        self.u64 = u.astype(np.float64)  # float64 keys: searchsorted would convert u every call
+        shift = float(np.mean(xs, dtype=np.float64)) if n else 0.0
         d = self.u64 - shift
-        wd = d * cnt
-        self.xs, self.u, self.cnt, self.n, self.shift = xs, u, cnt, n, shift
-        self.W = np.concatenate(([0], np.cumsum(cnt)))
-        self.S1 = np.concatenate(([0.0], np.cumsum(wd)))
-        self.S2 = np.concatenate(([0.0], np.cumsum(wd * d)))
+        if n_u != n:
+            cnt = np.diff(W)
+            wd = d * cnt
+        else:
+            cnt, wd = None, d
+        S1 = np.empty(n_u + 1)
+        S1[0] = 0.0
+        np.cumsum(wd, out=S1[1:])
+        wd *= d  # in place: now count·(u - shift)²
+        S2 = np.empty(n_u + 1)
+        S2[0] = 0.0
+        np.cumsum(wd, out=S2[1:])
+        self.xs, self.u, self.n, self.shift = xs, u, n, shift
+        self._cnt, self.W, self.S1, self.S2 = cnt, W, S1, S2
+
+    @property
+    def cnt(self) -> np.ndarray:
+        return np.diff(self.W) if self._cnt is None else self._cnt
 
     @property
     def n_distinct(self) -> int:

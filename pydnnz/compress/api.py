@@ -69,7 +69,9 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
     - ``seed``: each group gets its own generator from (seed, crc32 of the group name), so the
       result does not depend on dict order.
 
-    Returns a dict with the same keys: QuantizedTensor (quantizers), LowRankTensor (SLR),
+    Returns a dict with the same keys: QuantizedTensor (quantizers; with ``unified`` the members
+    of a type draw their values from one codebook of at most k entries, each keeping the subset
+    it uses, and ``params["group"]`` names the group), LowRankTensor (SLR),
     float32 ndarray with exact zeros (pruning alone), or the input array untouched.
 
     >>> import numpy as np
@@ -77,8 +79,10 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
     >>> w = {"fc1.weight": rng.normal(size=(16, 8)).astype(np.float32), "fc1.bias": np.zeros(16, np.float32),
     ...      "fc2.weight": rng.normal(size=(4, 16)).astype(np.float32)}
     >>> out = compress_weights(w, "cws", k=4)
-    >>> out["fc1.weight"].codebook is out["fc2.weight"].codebook, out["fc1.bias"] is w["fc1.bias"]
-    (True, True)
+    >>> out["fc1.weight"].params["group"], out["fc1.bias"] is w["fc1.bias"]
+    ('dense', True)
+    >>> len(np.union1d(out["fc1.weight"].codebook, out["fc2.weight"].codebook))  # one shared codebook
+    4
     """
     if not isinstance(weights, dict):
         raise InvalidArgumentError(f"weights must be a dict of name -> array, got {type(weights).__name__}")
@@ -114,7 +118,8 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
             groups.setdefault(ltype, []).append(name)
 
     out = dict(weights)
-    for ltype, names in groups.items():
+    for ltype, names in sorted(groups.items()):
+        names = sorted(names)  # random draws (PWS) then do not depend on the dict's order
         arrays = {n: as_weights(weights[n], f"weights[{n!r}]") for n in names}
         p = _per_type(prune, ltype, "prune", check_p)
         if method == "slr":

@@ -91,6 +91,7 @@ class _Codebook:
     """One trainable codebook, possibly shared by several modules (a unified codebook)."""
 
     def __init__(self, values: np.ndarray, device, dtype, freeze_zero: bool):
+        self.values = np.asarray(values, dtype=np.float32)
         self.param = nn.Parameter(torch.as_tensor(values, dtype=dtype, device=device).clone())
         zero = np.flatnonzero(values == 0)
         self.zero = int(zero[0]) if freeze_zero and zero.size else None
@@ -141,14 +142,17 @@ class SharedWeights:
             freeze_zero = qt.mask is not None
         if codebook is None:
             codebook = _Codebook(qt.codebook, p.device, p.dtype, bool(freeze_zero))
-        elif codebook.param.numel() != qt.k:
-            raise ShapeError("shared codebook size differs from the QuantizedTensor's k")
+        # the tensor's own codebook is a subset of the (possibly shared) trainable one
+        shared = codebook.values
+        self._map = np.searchsorted(shared, qt.codebook)
+        if np.any(self._map >= shared.size) or not np.array_equal(shared[np.minimum(self._map, shared.size - 1)], qt.codebook):
+            raise InvalidArgumentError("the shared codebook does not hold this tensor's values")
         self.module, self.name, self.qt, self._cb = module, name, qt, codebook
         self._requires_grad = p.requires_grad
         del module._parameters[name]
         module.register_parameter(name + "_codebook", codebook.param)
         module.register_buffer(name + "_indices",
-                               torch.as_tensor(qt.indices.astype(np.int64), device=p.device),
+                               torch.as_tensor(self._map[qt.indices], device=p.device),
                                persistent=False)
         self._handle = module.register_forward_pre_hook(lambda m, a: self._recompose())
         self._recompose()
@@ -169,7 +173,7 @@ class SharedWeights:
     def export(self) -> QuantizedTensor:
         self.enforce()
         cb = self._cb.param.detach().cpu().numpy().astype(np.float32)
-        return self.qt.with_codebook(cb)
+        return self.qt.with_codebook(cb[self._map])
 
     def remove(self):
         if self._handle is None:
@@ -212,15 +216,7 @@ class CompressionHooks:
 
     def export(self) -> dict:
         """name -> updated QuantizedTensor (shared values) or float32 ndarray (masked)."""
-        out = {n: h.export() for n, h in self.hooks.items()}
-        # members of one unified codebook keep sharing one codebook array
-        groups: dict[int, np.ndarray] = {}
-        for n, h in self.hooks.items():
-            if isinstance(h, SharedWeights):
-                cb = groups.setdefault(id(h.codebook), out[n].codebook)
-                if np.array_equal(cb, out[n].codebook):
-                    out[n].codebook = cb
-        return out
+        return {n: h.export() for n, h in self.hooks.items()}
 
     def remove(self):
         for h in self.hooks.values():
@@ -243,8 +239,8 @@ def attach(model: nn.Module, compressed: dict, *, masks=None, freeze_zero=None) 
     """Load compressed weights into ``model`` and make them trainable with their structure kept.
 
     ``compressed`` maps parameter names (``"fc1.weight"``) to QuantizedTensor (shared-value
-    training; tensors that share one codebook object, as a unified codebook does, share one
-    ``nn.Parameter``), float32 arrays (pruned: masked training), or LowRankTensor (loaded dense
+    training; tensors quantized with one unified codebook, i.e. with the same
+    ``params["group"]``, share one ``nn.Parameter``), float32 arrays (pruned: masked training), or LowRankTensor (loaded dense
     and frozen: SLR has no retraining in the paper). A plain array is trained masked when
     ``masks`` (name -> bool array, True = kept) names it; with ``masks=None`` every array of
     ndim >= 2 holding an exact zero is taken as pruned with mask ``array != 0`` (biases and
@@ -262,20 +258,25 @@ def attach(model: nn.Module, compressed: dict, *, masks=None, freeze_zero=None) 
     if not isinstance(compressed, dict):
         raise InvalidArgumentError("compressed must be a dict name -> compressed weight")
     hooks = CompressionHooks()
-    shared: dict[int, _Codebook] = {}
-    groups_masked: dict[int, bool] = {}
-    for v in compressed.values():
+    # tensors quantized together (params["group"], set by compress_weights) share one
+    # trainable codebook: the union of their values
+    groups: dict = {}
+    for name, v in compressed.items():
         if isinstance(v, QuantizedTensor):
-            groups_masked[id(v.codebook)] = groups_masked.get(id(v.codebook), False) or v.mask is not None
+            groups.setdefault(v.params.get("group") or ("tensor", name), []).append(name)
+    shared: dict[str, _Codebook] = {}
+    for key, names in groups.items():
+        qts = [compressed[n] for n in names]
+        fz = any(q.mask is not None for q in qts) if freeze_zero is None else bool(freeze_zero)
+        union = np.unique(np.concatenate([q.codebook for q in qts]))
+        p = _param(*_split(model, names[0]))
+        cb = _Codebook(union, p.device, p.dtype, fz)
+        for n in names:
+            shared[n] = cb
     for name, v in compressed.items():
         if isinstance(v, QuantizedTensor):
             module, attr = _split(model, name)
-            p = _param(module, attr)
-            fz = groups_masked[id(v.codebook)] if freeze_zero is None else bool(freeze_zero)
-            cb = shared.get(id(v.codebook))
-            if cb is None:
-                cb = shared[id(v.codebook)] = _Codebook(v.codebook, p.device, p.dtype, fz)
-            hooks.hooks[name] = SharedWeights(module, v, attr, codebook=cb)
+            hooks.hooks[name] = SharedWeights(module, v, attr, codebook=shared[name])
         elif isinstance(v, LowRankTensor):
             module, attr = _split(model, name)
             p = _param(module, attr)
@@ -333,6 +334,10 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
 
     if (compressed is None) == (hooks is None):
         raise InvalidArgumentError("pass exactly one of compressed= (a dict) or hooks= (from attach)")
+    if not (isinstance(optimizer, torch.optim.Optimizer) or optimizer in ("adam", "sgd") or callable(optimizer)):
+        raise InvalidArgumentError(f"optimizer must be 'adam', 'sgd', an Optimizer or a callable, got {optimizer!r}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     own = compressed is not None
     if own:
         hooks = attach(model, compressed)
@@ -343,13 +348,9 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
         opt = torch.optim.Adam(params, lr=lr)
     elif optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    elif callable(optimizer):
-        opt = optimizer(params)
     else:
-        raise InvalidArgumentError(f"optimizer must be 'adam', 'sgd', an Optimizer or a callable, got {optimizer!r}")
+        opt = optimizer(params)
     hooks.attach_optimizer(opt)
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     show = sys.stderr.isatty() if progress is None else bool(progress)
     losses = []
     try:

@@ -321,6 +321,8 @@ def _envelope(c, a, absolute: bool):
             if da < -dd:
                 return -inf
             return (ci + cj + da) / 2
+        if cj <= ci:  # centres equal to rounding (extreme ranges): the cheaper one wins everywhere
+            return -inf if da < 0 else inf
         return (ci + cj) / 2 + da / (2 * (cj - ci))
 
     for j in range(len(c)):
@@ -388,6 +390,10 @@ def _ecsq_run(sd: SortedData, k: int, lam: float, *, n_clusters=None, max_iter=5
         # final cell edges: the last weight of each non-empty cell stays in it
         thr = sd.u[ends[:-1] - 1].astype(np.float64)
         c, p = m[keep], w[keep] / n
+        if c.size > 1 and not np.all(c[1:] > c[:-1]):  # means equal to rounding: merge them
+            thr = thr[c[1:] > c[:-1]]  # (means of ordered cells never decrease)
+            c, inv = np.unique(c, return_inverse=True)
+            p = np.bincount(inv, weights=p)
         if prev_e is not None and np.array_equal(ends, prev_e):
             break
         prev_e = ends
@@ -479,7 +485,9 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
     """Quantize one tensor, or several with ONE shared ("unified") codebook.
 
     ``weights`` is an array (returns a QuantizedTensor) or a list of arrays (returns a list of
-    QuantizedTensors sharing one codebook object). ``method`` is "cws", "pws", "uq" or
+    QuantizedTensors whose values come from ONE shared codebook of at most k entries; each
+    tensor's ``codebook`` holds the entries it uses, so it contains 0.0 exactly when the tensor
+    has a zero, and ``params["group_k"]`` is the size of the shared codebook). ``method`` is "cws", "pws", "uq" or
     "ecsq"; ``k`` the number of levels (for UQ with ``delta=`` it may be None). ``prune=p``
     first prunes each tensor at percentile p (or pass precomputed boolean ``masks``), then
     quantizes only the surviving non-zeros with k levels and keeps 0.0 as an extra exact
@@ -548,11 +556,22 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
             used |= np.bincount(i.ravel(), minlength=full.size) > 0
     remap = np.cumsum(used) - 1
     codebook = full[used] + np.float32(0.0)
-    dt = index_dtype(codebook.size)
-    params = {"method": method, "k": k, "prune": prune, "include_zeros": bool(include_zeros), **info}
+    params = {"method": method, "k": k, "prune": prune, "include_zeros": bool(include_zeros),
+              "group_k": int(codebook.size), **info}
     name = ("pr_" if pruned else "") + method
-    out = [QuantizedTensor(codebook, remap[i].astype(dt), m, method=name, params=params, validate=False)
-           for i, m in zip(idx, masks if pruned else [None] * len(idx))]
+    out = []
+    for i, m in zip(idx, masks if pruned else [None] * len(idx)):
+        i = remap[i]
+        if len(idx) > 1:
+            # each tensor keeps the entries of the shared codebook it uses (contract 2: the
+            # codebook holds 0.0 exactly when the tensor has a zero); the values stay shared
+            own = np.zeros(codebook.size, dtype=bool)
+            own[np.bincount(i.ravel(), minlength=codebook.size) > 0] = True
+            cb_t, i = codebook[own], (np.cumsum(own) - 1)[i]
+        else:
+            cb_t = codebook
+        out.append(QuantizedTensor(cb_t, i.astype(index_dtype(cb_t.size)), m, method=name,
+                                   params=dict(params), validate=False))
     return out[0] if single else out
 
 
