@@ -218,6 +218,68 @@ float dnnz_ham_gather_dot(int path, const float *w, const uint8_t *col, int col_
     return gdot_ref(w, col, col_bytes, n, x);
 }
 
+#define LN DNNZ_HAM_LANES
+
+static void lanes_ref(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
+{
+    for (int j = 0; j < n; j++) {
+        const float *xr = xt + dnnz_ham_rd(col, cb, j) * LN;
+        for (int l = 0; l < LN; l++)
+            acc[l] += w[j] * xr[l];
+    }
+}
+
+#if DNNZ_X86
+typedef float v8f_l __attribute__((vector_size(32)));
+typedef float v16f_l __attribute__((vector_size(64)));
+
+/* One kernel per column-index width so the index load is a plain load (through 1-byte-aligned
+ * types: a section may sit at any offset of a memory map). */
+typedef uint16_t u16_ua __attribute__((aligned(1)));
+typedef uint32_t u32_ua __attribute__((aligned(1)));
+#define DEFINE_LANES(NAME, TGT, V, NV, IT)                                                      \
+    static TGT void NAME(const float *w, const IT *col, int n, const float *xt, float *acc)     \
+    {                                                                                           \
+        V a[NV];                                                                                \
+        memcpy(a, acc, sizeof a);                                                               \
+        for (int j = 0; j < n; j++) {                                                           \
+            const V *xr = (const V *)(xt + (size_t)col[j] * LN); /* 64-byte aligned rows */     \
+            for (int v = 0; v < NV; v++)                                                        \
+                a[v] += w[j] * xr[v];                                                           \
+        }                                                                                       \
+        memcpy(acc, a, sizeof a);                                                               \
+    }
+DEFINE_LANES(lanes_avx2_1, T_AVX2, v8f_l, 2, uint8_t)
+DEFINE_LANES(lanes_avx2_2, T_AVX2, v8f_l, 2, u16_ua)
+DEFINE_LANES(lanes_avx2_4, T_AVX2, v8f_l, 2, u32_ua)
+DEFINE_LANES(lanes_avx512_1, T_AVX512, v16f_l, 1, uint8_t)
+DEFINE_LANES(lanes_avx512_2, T_AVX512, v16f_l, 1, u16_ua)
+DEFINE_LANES(lanes_avx512_4, T_AVX512, v16f_l, 1, u32_ua)
+#endif
+
+void dnnz_ham_lanes(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *xt, float *acc)
+{
+#if DNNZ_X86
+    /* colidx sections are little-endian; so are the x86 hosts these kernels run on */
+    if (path == DNNZ_CPU_AVX512) {
+        if (col_bytes == 1)
+            return lanes_avx512_1(w, col, n, xt, acc);
+        if (col_bytes == 2)
+            return lanes_avx512_2(w, (const u16_ua *)(const void *)col, n, xt, acc);
+        return lanes_avx512_4(w, (const u32_ua *)(const void *)col, n, xt, acc);
+    }
+    if (path == DNNZ_CPU_AVX2) {
+        if (col_bytes == 1)
+            return lanes_avx2_1(w, col, n, xt, acc);
+        if (col_bytes == 2)
+            return lanes_avx2_2(w, (const u16_ua *)(const void *)col, n, xt, acc);
+        return lanes_avx2_4(w, (const u32_ua *)(const void *)col, n, xt, acc);
+    }
+#endif
+    (void)path;
+    lanes_ref(w, col, col_bytes, n, xt, acc);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* 4-row tile times up to 4 batch rows                                                         */
 /* ------------------------------------------------------------------------------------------ */

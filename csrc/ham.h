@@ -86,4 +86,9 @@ void dnnz_ham_lookup(int path, const void *idx, int width, int n, const float *c
 /* sum_j w[j] * x[col[j]] (col of width col_bytes) on CPU path `path`. */
 float dnnz_ham_gather_dot(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *x);
 
+/* Batch lanes: acc[l] += sum_j w[j] * xt[col[j] * DNNZ_HAM_LANES + l] for l < DNNZ_HAM_LANES
+ * (xt = a chunk of x transposed, DNNZ_HAM_LANES batch rows side by side). */
+#define DNNZ_HAM_LANES 16
+void dnnz_ham_lanes(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *xt, float *acc);
+
 #endif /* DNNZ_HAM_H */

@@ -492,6 +492,7 @@ int dnnz_huf_dtable_init(dnnz_huf_dtable *t, const uint8_t *lengths, size_t n_al
     }
     if (t->multi) {
         const unsigned maxsyms = 6 / width;
+        uint32_t full = 1;
         for (uint32_t p = 0; p < tsize; p++) {
             union {
                 uint8_t b[8];
@@ -515,7 +516,9 @@ int dnnz_huf_dtable_init(dnnz_huf_dtable *t, const uint8_t *lengths, size_t n_al
             buf.b[6] = (uint8_t)c;
             buf.b[7] = (uint8_t)used_bits;
             multi[p] = buf.u;
+            full &= c != 0;
         }
+        t->multi_full = full;
     }
     return DNNZ_OK;
 }
@@ -596,6 +599,26 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
             const ptrdiff_t room = 4 * (6 / (ptrdiff_t)sizeof(T)) + 8 / (ptrdiff_t)sizeof(T); \
             RD_LOCALS(a, r);                                                                  \
             (void)alim;                                                                       \
+            /* every entry emits a symbol: whole batches of rounds with no test at all */     \
+            const ptrdiff_t per_round = 4 * (6 / (ptrdiff_t)sizeof(T));                       \
+            while (t->multi_full) {                                                           \
+                ptrdiff_t n_out = (oend - o - 8 / (ptrdiff_t)sizeof(T)) / per_round;          \
+                ptrdiff_t n_in = (r->end - ap - 8) / 7 + 1; /* a refill advances <= 7 bytes */ \
+                ptrdiff_t nr = r->end - ap < 8 ? 0 : n_out < n_in ? n_out : n_in;             \
+                if (nr < 2)                                                                   \
+                    break;                                                                    \
+                for (; nr > 0; nr--) {                                                        \
+                    RD_REFILL_FAST(a);                                                        \
+                    for (int s_ = 0; s_ < 4; s_++) {                                          \
+                        uint64_t e_ = multi[aacc >> (64 - TB)];                               \
+                        unsigned b_ = MULTI_BITS(e_);                                         \
+                        memcpy(o, &e_, 8);                                                    \
+                        o += MULTI_COUNT(e_);                                                 \
+                        aacc <<= b_;                                                          \
+                        aav -= b_;                                                            \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
             while (oend - o >= room && RD_CAN_REFILL(a, r)) {                                 \
                 RD_REFILL_FAST(a);                                                            \
                 /* 4 lookups of at most TB = 11 bits fit in the >= 56 refilled bits, and a    \
@@ -693,6 +716,48 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
         uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
         uint8_t *const e0 = out[0] + n[0] - 32, *const e1 = out[1] + n[1] - 32;
         uint8_t *const e2 = out[2] + n[2] - 32, *const e3 = out[3] + n[3] - 32;
+        /* every entry emits >= 1 symbol: run the rounds that surely stay in bounds (<= 24
+         * symbols and <= 44 bits per stream and round) with no test at all, then the checked
+         * loop below finishes */
+#define ROUNDS_LEFT(O, E, P) ((O) > (E) || (P) > plim ? 0 : (size_t)(((E) - (O)) / 24 + 1) < ((plim - (P)) / 44 + 1) ? (size_t)(((E) - (O)) / 24 + 1) : (size_t)((plim - (P)) / 44 + 1))
+        while (t->multi_full) {
+            size_t nr = ROUNDS_LEFT(o0, e0, p0), q;
+            q = ROUNDS_LEFT(o1, e1, p1);
+            nr = q < nr ? q : nr;
+            q = ROUNDS_LEFT(o2, e2, p2);
+            nr = q < nr ? q : nr;
+            q = ROUNDS_LEFT(o3, e3, p3);
+            nr = q < nr ? q : nr;
+            if (nr < 4)
+                break;
+            for (; nr; nr--) {
+                __builtin_prefetch(src + (p0 >> 3) + 512);
+                __builtin_prefetch(src + (p1 >> 3) + 512);
+                __builtin_prefetch(src + (p2 >> 3) + 512);
+                __builtin_prefetch(src + (p3 >> 3) + 512);
+                uint64_t a0 = dnnz_bit_load_be64(src + (p0 >> 3)) << (p0 & 7);
+                uint64_t a1 = dnnz_bit_load_be64(src + (p1 >> 3)) << (p1 & 7);
+                uint64_t a2 = dnnz_bit_load_be64(src + (p2 >> 3)) << (p2 & 7);
+                uint64_t a3 = dnnz_bit_load_be64(src + (p3 >> 3)) << (p3 & 7);
+#define STEP_FULL(A, P, O)                          \
+    do {                                            \
+        uint64_t e_ = multi[A >> (64 - TB)];        \
+        unsigned b_ = MULTI_BITS(e_);               \
+        memcpy(O, &e_, 8);                          \
+        O += MULTI_COUNT(e_);                       \
+        A <<= b_;                                   \
+        P += b_;                                    \
+    } while (0)
+                for (int k = 0; k < 4; k++) {
+                    STEP_FULL(a0, p0, o0);
+                    STEP_FULL(a1, p1, o1);
+                    STEP_FULL(a2, p2, o2);
+                    STEP_FULL(a3, p3, o3);
+                }
+#undef STEP_FULL
+            }
+        }
+#undef ROUNDS_LEFT
         while (o0 <= e0 && o1 <= e1 && o2 <= e2 && o3 <= e3 &&
                p0 <= plim && p1 <= plim && p2 <= plim && p3 <= plim) {
             /* the streams are far apart (one row each): prefetch ahead of all four */
@@ -746,8 +811,8 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
         if (multi && t->out_width == 1 && size >= 8) {
             const uint64_t plim = ((uint64_t)size - 8) * 8;
             uint64_t p = pos[i];
-            uint8_t *oi = o[i], *const ei = out[i] + n[i] - 6;
-            while (oi <= ei && p <= plim) {
+            uint8_t *oi = o[i], *const oend = out[i] + n[i];
+            while (oend - oi >= 6 && p <= plim) {
                 uint64_t a = dnnz_bit_load_be64(src + (p >> 3)) << (p & 7);
                 uint64_t e = multi[a >> (64 - TB)];
                 unsigned c = MULTI_COUNT(e);

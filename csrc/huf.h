@@ -128,6 +128,8 @@ typedef struct {
     uint32_t max_len;       /* longest code (0 for the empty code) */
     uint32_t out_width;     /* 1, 2 or 4 */
     uint32_t syms_per_refill; /* symbols decodable after one refill: 56 / max(max_len, 1) */
+    uint32_t multi_full;    /* 1 when every multi[] entry holds at least one symbol (no code
+                             * longer than DNNZ_HUF_TABLE_BITS, no prefix without a code) */
 } dnnz_huf_dtable;
 
 #define DNNZ_HUF_INVALID 0x40u

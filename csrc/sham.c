@@ -133,11 +133,13 @@ int dnnz_sham_validate(const struct dnnz_sham *m, struct dnnz_enc_err *err)
 struct sham_ctx {
     const struct dnnz_sham *m;
     const dnnz_huf_dtable *t;
-    const float *x;
+    const float *x;  /* batch 1: x; larger batches: xt (x transposed by chunks of LN lanes) */
     int64_t batch;
     float *y;
     int path;
 };
+
+#define LN DNNZ_HAM_LANES
 
 static void sham_matmul_task(void *vc, int64_t task, int worker)
 {
@@ -187,8 +189,18 @@ static void sham_matmul_task(void *vc, int64_t task, int worker)
                     continue;
                 dnnz_ham_lookup(c->path, ib + i * stride, width, (int)n[i], m->codebook, m->k, wb);
                 const uint8_t *col = m->colidx + p[i] * (uint64_t)xb;
-                for (int64_t b = 0; b < c->batch; b++)
-                    c->y[b * m->rows + r + i] += dnnz_ham_gather_dot(c->path, wb, col, xb, (int)n[i], c->x + b * m->cols);
+                if (c->batch == 1) {
+                    c->y[r + i] += dnnz_ham_gather_dot(c->path, wb, col, xb, (int)n[i], c->x);
+                } else {
+                    /* each non-zero: one multiply-add over LN contiguous batch lanes */
+                    for (int64_t b0 = 0; b0 < c->batch; b0 += LN) {
+                        float acc[LN] __attribute__((aligned(64))) = {0};
+                        dnnz_ham_lanes(c->path, wb, col, xb, (int)n[i], c->x + b0 * m->cols, acc);
+                        int64_t lanes = c->batch - b0 < LN ? c->batch - b0 : LN;
+                        for (int64_t l = 0; l < lanes; l++)
+                            c->y[(b0 + l) * m->rows + r + i] += acc[l];
+                    }
+                }
                 p[i] += n[i];
             }
         }
@@ -255,10 +267,32 @@ int dnnz_sham_matmul(const struct dnnz_sham *m, const float *x, int64_t batch, f
         memset(y, 0, (size_t)(batch * m->rows) * sizeof *y);
         return DNNZ_OK;
     }
+    float *xt = NULL;
+    if (batch > 1) {
+        /* chunk q of LN batch rows, transposed: xt[q * cols * LN + col * LN + lane], zero past
+         * the last lane; 64-byte aligned so a lane row is one aligned vector */
+        int64_t nq = (batch + LN - 1) / LN;
+        if ((uint64_t)nq * (uint64_t)m->cols > SIZE_MAX / (LN * sizeof(float)))
+            return DNNZ_E_LIMIT;
+        size_t bytes = (size_t)nq * (size_t)m->cols * LN * sizeof(float);
+        xt = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (!xt)
+            return DNNZ_E_ALLOC;
+        memset(xt, 0, bytes);
+        for (int64_t b = 0; b < batch; b++) {
+            float *dst = xt + (b / LN) * m->cols * LN + b % LN;
+            const float *src = x + b * m->cols;
+            for (int64_t j = 0; j < m->cols; j++)
+                dst[j * LN] = src[j];
+        }
+    }
     dnnz_huf_dtable t;
-    DNNZ_CHECK(dnnz_huf_dtable_init(&t, m->lengths, (size_t)m->k));
-    struct sham_ctx c = {m, &t, x, batch, y, path};
-    dnnz_cpu_parallel((m->rows + TR - 1) / TR, sham_matmul_task, &c);
-    dnnz_huf_dtable_free(&t);
-    return DNNZ_OK;
+    int st = dnnz_huf_dtable_init(&t, m->lengths, (size_t)m->k);
+    if (st == DNNZ_OK) {
+        struct sham_ctx c = {m, &t, xt ? xt : x, batch, y, path};
+        dnnz_cpu_parallel((m->rows + TR - 1) / TR, sham_matmul_task, &c);
+        dnnz_huf_dtable_free(&t);
+    }
+    free(xt);
+    return st;
 }

@@ -303,4 +303,21 @@ def test_lengths_are_the_huffman_module_code():
     w = laplace_matrix(np.random.default_rng(8), 20, 64, 12)
     e = encode(w, "ham")
     idx = np.searchsorted(e.sections["codebook"], w.ravel())
-    assert e.sections["lengths"].tolist() == huffman.code_lengths(np.bincount(idx, minlength=12)).tolist()
+    assert e.sections["lengths"].tolist() == huffman.code_lengths(np.bincount(idx, minlength=12), max_len=11).tolist()
+
+
+def test_writers_limit_codes_to_the_table_width():
+    # Fibonacci-like counts would give 20-bit codes; ham keeps them within 11 bits at a tiny cost
+    rng = np.random.default_rng(9)
+    fib = [1, 1]
+    while len(fib) < 21:
+        fib.append(fib[-1] + fib[-2])
+    idx = rng.permutation(np.repeat(np.arange(21), fib))[: 28 * 1000]
+    counts = np.bincount(idx, minlength=21)
+    cb = np.arange(21, dtype=np.float32) + 1
+    w = cb[idx.reshape(28, 1000)]
+    e = encode(w, "ham")
+    assert e.sections["lengths"].max() <= 11
+    free = huffman.code_lengths(counts[counts > 0])
+    assert int(e.sections["offsets"][-1]) <= 1.01 * int(np.dot(counts[counts > 0], free))
+    check(w, "ham")

@@ -20,8 +20,9 @@ EXAMPLE_TENSORS = {
 }
 EXAMPLE_METADATA = {"model": "example"}
 
-# The small matrix each encoding's example stores (3x4, two shared non-zero values).
-ENCODING_MATRIX = np.array([[0, 1.5, 0, 1.5], [2, 0, 0, 0], [0, 0, 1.5, 2]], np.float32)
+# The small matrix each encoding's example stores: the worked example of spec/encodings.md
+# (3x4, two shared non-zero values), so that its section bytes can be found in the files.
+ENCODING_MATRIX = np.array([[0, 1.5, 0, 1.5], [2, 0, 0, 1.5], [0, 0, 2, 0]], np.float32)
 ENCODINGS = ["dense", "csc", "im", "im8", "im4", "ham", "sham"]
 
 
@@ -102,3 +103,22 @@ def test_encoding_example_files(name):
     got = load(path.read_bytes())["w"]
     assert got.encoding == name and tuple(got.shape) == ENCODING_MATRIX.shape
     np.testing.assert_array_equal(got.decode(), ENCODING_MATRIX)
+
+
+# ham and sham have their own worked example (another matrix) in spec/encodings.md.
+@pytest.mark.parametrize("name", ["dense", "csc", "im", "im8", "im4"])
+def test_encoding_examples_hold_the_bytes_of_encodings_md(name):
+    """The container stores an encoding's sections unchanged: the short sections of each example
+    file appear, byte for byte, in the worked example of spec/encodings.md."""
+    doc = ROOT / "spec" / "encodings.md"
+    path = EXAMPLES / f"{name}.dnnz"
+    if not doc.exists() or not path.exists():
+        pytest.skip("spec/encodings.md or the example file is missing")
+    text = " ".join(doc.read_text(encoding="utf-8").split())
+    data = path.read_bytes()
+    hlen = int.from_bytes(data[16:24], "little")
+    import json
+    for s in json.loads(data[32:32 + hlen])["tensors"][0]["sections"]:
+        if s["length"] <= 16:
+            start = 32 + hlen + s["offset"]
+            assert data[start:start + s["length"]].hex(" ") in text, (name, s["name"])

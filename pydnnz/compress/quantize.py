@@ -199,7 +199,7 @@ def _fit_pws(sd: SortedData, k: int, rng) -> _Fit:
         return _Fit(np.array([sd.shift], dtype=np.float32), info={"requested_k": 1})
     reps = np.unique(sd.quantile(np.linspace(0.0, 1.0, k)).astype(np.float32))
     # the end points must be the exact min and max so every weight lies between two levels
-    reps[0], reps[-1] = sd.u[0], sd.u[-1]
+    reps[0], reps[-1] = sd.xs[0], sd.xs[-1]
     reps = np.unique(reps)
     return _PwsFit(reps, np.empty(0), info={"requested_k": k, "effective_k": int(reps.size)})
 
@@ -606,7 +606,9 @@ def pws(w, k=32, *, seed=0, prune=None, include_zeros=False):
     E[q(w)] = w. Drawn vectorised from ``np.random.default_rng(seed)`` (the authors' code
     uses the global numpy seed and a per-element Python loop). Duplicate quantiles (many equal
     weights) merge, so the effective k can be smaller than k, as in the paper; the codebook
-    holds only the representatives actually drawn. k = 1 gives the single level mean(w).
+    holds only the representatives actually drawn. k = 1 gives the single level mean(w); with
+    k >= the number of distinct values every value is its own representative and the tensor
+    comes back exactly.
 
     >>> import numpy as np
     >>> q = pws(np.linspace(-1, 1, 101, dtype=np.float32), 5, seed=0)

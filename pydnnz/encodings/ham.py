@@ -17,12 +17,20 @@ _FIELD_NAMES.update({lib.DNNZ_FIELD_LENGTHS: "lengths", lib.DNNZ_FIELD_OFFSETS: 
 MAX_K = huffman.MAX_SYMBOLS
 
 
+#: Writers limit codes to the decoder's table width when the alphabet allows it: every table
+#: lookup then yields at least one symbol and the decoder's inner loop has no slow path (the
+#: optimal length-limited code costs at most a few hundredths of a percent more here).
+FAST_MAX_LEN = int(lib.DNNZ_HUF_TABLE_BITS)
+
+
 def code_for(counts):
-    """(lengths uint8[k], total bits) of the optimal code for the symbol counts."""
+    """(lengths uint8[k], total bits) of the optimal code for the symbol counts, no code longer
+    than FAST_MAX_LEN bits when at most 2**FAST_MAX_LEN symbols are used."""
     counts = np.asarray(counts, np.int64)
     if counts.size == 0:
         return np.zeros(0, np.uint8), 0
-    lengths = huffman.code_lengths(counts)
+    max_len = FAST_MAX_LEN if np.count_nonzero(counts) <= 2**FAST_MAX_LEN else None
+    lengths = huffman.code_lengths(counts, max_len=max_len)
     return lengths, int(np.dot(counts, lengths.astype(np.int64)))
 
 

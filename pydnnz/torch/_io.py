@@ -1,0 +1,228 @@
+"""save_model / load_model: a PyTorch model to and from a .dnnz file (safetensors.torch's verbs)."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError, ShapeError
+from ._modules import COMPRESSED_FOR, _CompressedBase
+
+
+class ModelMismatchError(InvalidArgumentError):
+    """A .dnnz file does not fit the model it is loaded into (missing or unexpected keys, or a
+    compressed tensor stored for a layer that cannot hold one). `.missing` and `.unexpected` list
+    the keys at fault."""
+
+    def __init__(self, message, missing=(), unexpected=()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+
+
+def _is_encoded(v):
+    return hasattr(v, "encoding") and hasattr(v, "matmul") and hasattr(v, "decode")
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _compressed_modules(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, _CompressedBase)}
+
+
+def model_tensors(model: nn.Module) -> dict:
+    """What save_model writes: every state-dict entry as a numpy array, and the weight of every
+    compressed layer as its EncodedMatrix (key `<layer>.weight`)."""
+    out = {}
+    for key, t in model.state_dict().items():
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if t.dtype == torch.bfloat16:
+            from ..container import BFloat16Tensor
+
+            out[key] = BFloat16Tensor(t.contiguous().view(torch.int16).numpy().view(np.uint16).copy())
+        else:
+            out[key] = t.contiguous().numpy()
+    for name, m in _compressed_modules(model).items():
+        out[_join(name, "weight")] = m.encoded
+    return out
+
+
+def _string_metadata(metadata, what):
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or any(not isinstance(k, str) or not isinstance(v, str)
+                                             for k, v in metadata.items()):
+        raise InvalidArgumentError(f"{what}: metadata must be a dict of str to str")
+    return dict(metadata)
+
+
+def save_model(model: nn.Module, path, metadata: dict | None = None):
+    """Write every parameter and buffer of `model` to a .dnnz file.
+
+    Compressed layers (from compress_model or load_model) are stored as their EncodedMatrix, the
+    rest raw (biases, norms, uncompressed layers). The recipe and per-layer statistics that
+    compress_model recorded travel in the file metadata ("pydnnz.recipe", "pydnnz.layers",
+    "pydnnz.summary"), next to the user's `metadata` (str -> str; the user's keys win).
+
+    Example:
+        >>> import os, tempfile, torch, pydnnz.torch as pt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+        >>> small = pt.compress_model(model, {"method": "uq", "k": 4})
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.dnnz")
+        >>> pt.save_model(small, path, metadata={"note": "demo"})
+        >>> type(pt.load_model(path, torch.nn.Sequential(torch.nn.Linear(8, 4)))[0]).__name__
+        'CompressedLinear'
+    """
+    from ..container import save_file
+
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"save_model: expected an nn.Module, got {type(model).__name__}")
+    meta = dict(getattr(model, "dnnz_metadata", None) or {})
+    meta.update(_string_metadata(metadata, "save_model"))
+    save_file(model_tensors(model), str(path), metadata=meta)
+
+
+def _holder(model, modules, key):
+    """(module name, module, param name) for a state-dict key, or None when no module owns it."""
+    prefix, _, pname = key.rpartition(".")
+    m = modules.get(prefix)
+    return (prefix, m, pname) if m is not None else None
+
+
+def _to_torch(value):
+    """A writable torch tensor with the file's values (raw tensors are read-only map views)."""
+    bits = getattr(value, "bits", None)
+    if bits is not None:  # BFloat16Tensor
+        return torch.from_numpy(np.array(bits).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.array(value))
+
+
+def _set_module(model, name, new):
+    if not name:
+        raise InvalidArgumentError("load_model: the model itself is a single layer; wrap it in a container "
+                                   "(e.g. nn.Sequential) to load a compressed weight into it")
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.Module:
+    """Load a .dnnz file into `model` (the architecture) and return it.
+
+    Same contract as safetensors.torch.load_model: the weights and buffers come from the file,
+    the architecture from `model`, which is modified in place. A layer whose weight the file
+    stores compressed is replaced by the matching Compressed* module (CompressedLinear,
+    CompressedConv1d/2d, CompressedEmbedding) that computes from the memory-mapped compressed
+    bytes: the dense weight is never built. Everything is checked before the model is touched:
+
+    - keys the model has but the file lacks, and keys the file has but the model lacks, raise
+      ModelMismatchError (listing them) when strict=True (the default); with strict=False they
+      are skipped with a warning;
+    - a compressed tensor for a parameter that no Compressed* module can hold (a bias, a norm
+      layer) raises ModelMismatchError; shapes that differ raise ShapeError.
+
+    A model built on the meta device (`with torch.device("meta"): model = build()`) works too:
+    it then never allocates its dense weights at all (parameters are assigned from the file).
+
+    Example:
+        >>> import os, tempfile, torch, pydnnz.torch as pt
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.dnnz")
+        >>> pt.save_model(pt.compress_model(torch.nn.Sequential(torch.nn.Linear(8, 4)), "cws"), path)
+        >>> model = pt.load_model(path, torch.nn.Sequential(torch.nn.Linear(8, 4)))
+        >>> model(torch.ones(2, 8)).shape
+        torch.Size([2, 4])
+    """
+    from ..container import load_file
+
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"load_model: expected an nn.Module, got {type(model).__name__}")
+    if device is not None and torch.device(device).type != "cpu":
+        raise InvalidArgumentError("load_model: compressed layers run on the CPU (device='cpu' or None)")
+    tensors = load_file(str(path))
+    file_meta = dict(tensors.metadata or {})
+
+    modules = dict(model.named_modules())
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    for name, m in _compressed_modules(model).items():
+        expected[_join(name, "weight")] = tuple(m.encoded.shape)
+
+    missing = sorted(k for k in expected if k not in tensors)
+    unexpected = sorted(k for k in tensors if k not in expected)
+    if (missing or unexpected) and strict:
+        parts = []
+        if missing:
+            parts.append(f"missing from the file: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {', '.join(unexpected)}")
+        raise ModelMismatchError(f"{path}: the file does not fit the model ({'; '.join(parts)})",
+                                 missing, unexpected)
+    if missing or unexpected:
+        warnings.warn(f"load_model({path}): {len(missing)} missing key(s) {missing[:5]}, "
+                      f"{len(unexpected)} unexpected key(s) {unexpected[:5]} skipped (strict=False)",
+                      stacklevel=2)
+
+    replace = {}  # module name -> (module, EncodedMatrix)
+    raw = {}
+    for key, value in tensors.items():
+        if key not in expected:
+            continue
+        shape = tuple(value.shape)
+        if shape != expected[key]:
+            raise ShapeError(f"{path}: '{key}' has shape {shape} in the file, the model expects {expected[key]}")
+        owner = _holder(model, modules, key)
+        if _is_encoded(value):
+            if owner is None or owner[2] != "weight" or not (
+                    type(owner[1]) in COMPRESSED_FOR or isinstance(owner[1], _CompressedBase)):
+                what = "no module" if owner is None else f"a {type(owner[1]).__name__}'s {owner[2]!r}"
+                raise ModelMismatchError(
+                    f"{path}: '{key}' is stored compressed ({value.encoding}) but belongs to {what}; "
+                    "only the weight of Linear, Conv1d, Conv2d and Embedding layers can be held compressed",
+                    unexpected=[key])
+            replace[owner[0]] = (owner[1], value)
+        else:
+            if owner is not None and isinstance(owner[1], _CompressedBase) and owner[2] == "weight":
+                raise ModelMismatchError(f"{path}: '{key}' is stored dense but the model's layer is a "
+                                         f"{type(owner[1]).__name__}; load into a dense model instead")
+            raw[key] = value
+
+    # Everything checked: now build the compressed layers and copy the raw tensors.
+    for name, (module, em) in replace.items():
+        cls = type(module) if isinstance(module, _CompressedBase) else COMPRESSED_FOR[type(module)]
+        bias = None
+        if getattr(module, "bias", None) is not None:
+            bias_key = _join(name, "bias")
+            if bias_key in raw:
+                bias = raw.pop(bias_key)
+            elif not module.bias.is_meta:  # strict=False and the file lacks it: keep the model's
+                bias = module.bias
+            else:
+                bias = np.zeros(module.bias.shape, dtype=np.float32)
+        _set_module(model, name, cls.from_module(module, em, bias=bias))
+    if raw:
+        state = {k: _to_torch(v) for k, v in raw.items()}
+        meta = any(t.is_meta for t in model.state_dict(keep_vars=True).values())
+        model.load_state_dict(state, strict=False, assign=meta)
+    model.dnnz_metadata = file_meta
+    return model
+
+
+def read_metadata(path) -> dict:
+    """The string metadata of a .dnnz file, with the JSON values pydnnz wrote decoded."""
+    from ..container import safe_open
+
+    with safe_open(str(path)) as f:
+        meta = dict(f.metadata() or {})
+    for key in ("pydnnz.recipe", "pydnnz.layers", "pydnnz.summary"):
+        if key in meta:
+            try:
+                meta[key] = json.loads(meta[key])
+            except ValueError:
+                pass
+    return meta

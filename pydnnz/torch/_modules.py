@@ -1,0 +1,451 @@
+"""Compressed layers: nn.Module subclasses whose forward runs on the compressed weight.
+
+Each holds an EncodedMatrix (`.encoded`, the weight in PyTorch layout) and a float32 bias, and
+computes with `EncodedMatrix.matmul` (x @ W.T in C, decoding as it goes): the dense weight is
+never built in forward.
+
+- CompressedLinear: leading dims flattened, one matmul.
+- CompressedConv1d / CompressedConv2d: the INPUT is unfolded (im2col: Tensor.unfold gives a
+  strided view of every window, the same columns as torch.nn.functional.unfold, copied once
+  into a reused buffer) into rows of in/groups * prod(kernel) values, which the matmul turns
+  into output channels. stride, padding (ints, tuples, "same", "valid"), every
+  padding_mode (zeros, reflect, replicate, circular: applied to the input with F.pad, as
+  PyTorch itself does) and dilation are honoured. The im2col buffer holds a slice of the
+  batch (about 8 MiB, one sample at least) and is reused slice after slice, so activations stay
+  bounded.
+  Groups (grouped and depthwise convs): the file keeps ONE EncodedMatrix per weight (the
+  PyTorch tensor, so a .dnnz matches the state dict key for key); at construction the module
+  splits it into one EncodedMatrix per group (rows g*out/groups .. of the weight), each
+  re-encoded with the same encoding from the exact decoded values of its rows. That costs one
+  transient decode of that layer's weight when the module is built (grouped weights are small:
+  out * in/groups * prod(kernel)); forward then runs one matmul per group on that group's slice
+  of the im2col buffer, with no wasted products.
+- CompressedEmbedding: the looked-up rows are decoded exactly (see `_rows`).
+
+Inference only: forward works with or without autograd, but backward through a compressed
+layer raises UnsupportedError (the gradient w.r.t. the input needs W, i.e. the transposed
+product, which the encodings do not provide). Fine-tune before compressing
+(`compress_model(..., finetune=...)`). Computation is float32 on the CPU; inputs on another
+device or of another float dtype are converted and the output converted back.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
+
+_IM2COL_BYTES = 8 << 20
+
+
+class _InferenceOnly(torch.autograd.Function):
+    """Runs `op(x)` without autograd; a backward pass through it raises a clear error."""
+
+    @staticmethod
+    def forward(ctx, x, op, name):
+        ctx.layer_name = name
+        return op(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - message checked in the tests
+        raise UnsupportedError(
+            f"{ctx.layer_name} is inference-only: pydnnz computes x @ W.T from the compressed form but "
+            "not the gradient w.r.t. x. Fine-tune before compressing (compress_model(..., finetune=fn)) "
+            "or run under torch.no_grad()/torch.inference_mode().")
+
+
+def _as_f32_numpy(x):
+    """A float32, C-contiguous CPU view (or copy) of a tensor, as numpy."""
+    x = x.detach()
+    if x.device.type != "cpu":
+        x = x.cpu()
+    if x.dtype != torch.float32:
+        x = x.float()
+    return x.contiguous().numpy()
+
+
+def _matmul(em, x2d):
+    """em.matmul on a (rows, in) float32 tensor; returns a float32 tensor (rows, out)."""
+    if x2d.shape[0] == 0:
+        return torch.zeros((0, em.matrix_shape[0]), dtype=torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(em.matmul(_as_f32_numpy(x2d)), dtype=np.float32))
+
+
+def _k_of(em):
+    p = getattr(em, "params", {}) or {}
+    for key in ("k", "n_values", "codebook_size"):
+        if key in p:
+            return p[key]
+    cb = getattr(em, "sections", {}).get("codebook")
+    return None if cb is None else int(cb.size)
+
+
+def _encoded_repr(em):
+    n = int(np.prod(em.shape))
+    psi = em.nbytes / (4 * n) if n else float("nan")
+    k = _k_of(em)
+    return f"encoding={em.encoding}, " + (f"k={k}, " if k is not None else "") + f"nbytes={em.nbytes}, psi={psi:.4f}"
+
+
+def _check_encoded(em, what):
+    for attr in ("matmul", "shape", "matrix_shape", "encoding", "nbytes", "decode"):
+        if not hasattr(em, attr):
+            raise InvalidArgumentError(f"{what}: expected an EncodedMatrix (pydnnz.encode), got {type(em).__name__}")
+
+
+def _weight_shape(module):
+    """The weight shape of a dense layer or of a compressed one."""
+    em = getattr(module, "encoded", None)
+    return tuple(em.shape) if em is not None else tuple(module.weight.shape)
+
+
+def _check_fits(module, encoded):
+    if tuple(encoded.shape) != _weight_shape(module):
+        raise ShapeError(f"weight shape {tuple(encoded.shape)} does not fit {module} "
+                         f"(expects {_weight_shape(module)})")
+
+
+def _bias_param(bias, out, what):
+    if bias is None:
+        return None
+    b = bias if isinstance(bias, torch.Tensor) else torch.from_numpy(np.array(bias, dtype=np.float32))
+    b = b.detach().to(torch.float32).reshape(-1).clone()
+    if b.numel() != out:
+        raise ShapeError(f"{what}: bias has {b.numel()} values, the weight has {out} outputs")
+    return nn.Parameter(b, requires_grad=False)
+
+
+class _CompressedBase(nn.Module):
+    def _run(self, x, op):
+        out = _InferenceOnly.apply(x, op, type(self).__name__)
+        if x.dtype.is_floating_point and x.dtype != torch.float32:
+            out = out.to(x.dtype)
+        if x.device.type != "cpu":
+            out = out.to(x.device)
+        return out
+
+    @property
+    def nbytes(self):
+        """Bytes of the compressed weight (what a .dnnz file stores for it)."""
+        return self.encoded.nbytes
+
+    @property
+    def psi(self):
+        """Occupancy ratio: compressed bytes / float32 bytes of the weight."""
+        return self.encoded.nbytes / (4 * int(np.prod(self.encoded.shape)))
+
+    def decompress(self) -> nn.Module:
+        """The equivalent dense PyTorch module (materializes the exact decoded weight)."""
+        raise NotImplementedError
+
+
+class CompressedLinear(_CompressedBase):
+    """nn.Linear computed from a compressed weight.
+
+    Example:
+        >>> import numpy as np, torch, pydnnz
+        >>> from pydnnz.torch import CompressedLinear
+        >>> w = np.array([[0.5, 0.0, -1.0], [2.0, 0.5, 0.0]], dtype=np.float32)
+        >>> layer = CompressedLinear(pydnnz.encode(w), bias=np.zeros(2, np.float32))
+        >>> layer(torch.ones(1, 3))
+        tensor([[-0.5000,  2.5000]])
+    """
+
+    def __init__(self, encoded, bias=None):
+        super().__init__()
+        _check_encoded(encoded, "CompressedLinear")
+        if len(encoded.shape) != 2:
+            raise ShapeError(f"CompressedLinear: the weight must be 2-D (out, in), got shape {tuple(encoded.shape)}")
+        self.encoded = encoded
+        self.out_features, self.in_features = (int(s) for s in encoded.shape)
+        self.bias = _bias_param(bias, self.out_features, "CompressedLinear")
+
+    @classmethod
+    def from_module(cls, module: nn.Linear, encoded, bias="module"):
+        _check_fits(module, encoded)
+        return cls(encoded, module.bias if isinstance(bias, str) else bias)
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"CompressedLinear: input has {x.shape[-1]} features, expected {self.in_features}")
+        lead = x.shape[:-1]
+
+        def op(t):
+            return _matmul(self.encoded, t.reshape(-1, self.in_features)).reshape(*lead, self.out_features)
+
+        out = self._run(x, op)
+        return out + self.bias.to(out.dtype) if self.bias is not None else out
+
+    def decompress(self):
+        m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
+            if self.bias is not None:
+                m.bias.copy_(self.bias)
+        return m
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {_encoded_repr(self.encoded)}")
+
+
+def _tuple(v, n, name):
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(int(a) for a in v)
+    if len(v) == 1 and n > 1:
+        v = v * n
+    if len(v) != n:
+        raise InvalidArgumentError(f"{name} must have {n} values, got {v}")
+    return v
+
+
+class _CompressedConvNd(_CompressedBase):
+    _nd = 0
+    _dense = None
+
+    def __init__(self, encoded, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+        super().__init__()
+        name = type(self).__name__
+        _check_encoded(encoded, name)
+        nd = self._nd
+        if len(encoded.shape) != nd + 2:
+            raise ShapeError(f"{name}: the weight must be {nd + 2}-D (out, in/groups, *kernel), "
+                             f"got shape {tuple(encoded.shape)}")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise UnsupportedError(f"{name}: padding_mode {padding_mode!r} is not supported "
+                                   "(zeros, reflect, replicate, circular)")
+        self.encoded = encoded
+        self.out_channels = int(encoded.shape[0])
+        self.kernel_size = tuple(int(s) for s in encoded.shape[2:])
+        self.groups = int(groups)
+        if self.groups < 1 or self.out_channels % self.groups:
+            raise ShapeError(f"{name}: {self.out_channels} output channels do not split into {groups} groups")
+        self.in_channels = int(encoded.shape[1]) * self.groups
+        self.stride = _tuple(stride, nd, "stride")
+        self.dilation = _tuple(dilation, nd, "dilation")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise InvalidArgumentError(f"{name}: padding {padding!r} is not 'same', 'valid' or ints")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise InvalidArgumentError(f"{name}: padding='same' needs stride 1 (as in PyTorch)")
+            self.padding = padding
+            pads = []
+            for d, k in zip(self.dilation, self.kernel_size):
+                total = d * (k - 1) if padding == "same" else 0
+                pads.append((total // 2, total - total // 2))
+        else:
+            self.padding = _tuple(padding, nd, "padding")
+            pads = [(p, p) for p in self.padding]
+        # F.pad order: last dimension first.
+        self._pad = tuple(v for pair in reversed(pads) for v in pair)
+        self.bias = _bias_param(bias, self.out_channels, name)
+        self._groups = self._split_groups()
+
+    def _split_groups(self):
+        if self.groups == 1:
+            return [self.encoded]
+        from ..encodings import encode
+
+        dense = np.asarray(self.encoded.decode(), dtype=np.float32).reshape(self.out_channels, -1)
+        per = self.out_channels // self.groups
+        enc = self.encoded.encoding
+        return [encode(np.ascontiguousarray(dense[g * per:(g + 1) * per]), encoding=enc) for g in range(self.groups)]
+
+    @classmethod
+    def from_module(cls, module, encoded, bias="module"):
+        _check_fits(module, encoded)
+        return cls(encoded, module.bias if isinstance(bias, str) else bias, stride=module.stride,
+                   padding=module.padding, dilation=module.dilation, groups=module.groups,
+                   padding_mode=module.padding_mode)
+
+    def _out_size(self, size):
+        return [(s - d * (k - 1) - 1) // st + 1
+                for s, k, d, st in zip(size, self.kernel_size, self.dilation, self.stride)]
+
+    def _patches(self, x):
+        """The im2col of x as a strided VIEW (no copy): (n, C, *out_size, *kernel_size)."""
+        v = x
+        for dim, (k, d, st) in enumerate(zip(self.kernel_size, self.dilation, self.stride)):
+            v = v.unfold(2 + dim, d * (k - 1) + 1, st)  # appends the window as the last dim
+        if any(d > 1 for d in self.dilation):
+            v = v[(...,) + tuple(slice(None, None, d) for d in self.dilation)]
+        return v
+
+    def forward(self, x):
+        nd = self._nd
+        name = type(self).__name__
+        unbatched = x.dim() == nd + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.dim() != nd + 2 or x.shape[1] != self.in_channels:
+            raise ShapeError(f"{name}: expected input (batch, {self.in_channels}, <{nd} spatial dims>), "
+                             f"got {tuple(x.shape)}")
+
+        def op(t):
+            t = t.float() if t.dtype != torch.float32 else t
+            t = t.cpu() if t.device.type != "cpu" else t
+            if any(self._pad):
+                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+                t = F.pad(t, self._pad, mode=mode)
+            out_size = self._out_size(t.shape[2:])
+            if any(s <= 0 for s in out_size):
+                raise ShapeError(f"{name}: input {tuple(x.shape)} is smaller than the (dilated) kernel")
+            batch, n_pos, G = t.shape[0], math.prod(out_size), self.groups
+            per_in = self.in_channels // G * math.prod(self.kernel_size)
+            per_out = self.out_channels // G
+            step = min(batch, max(1, _IM2COL_BYTES // max(1, 4 * G * per_in * n_pos)))
+            # One im2col buffer, reused by every slice of the batch (allocation churn of big
+            # temporaries is what drives the RSS up), laid out (group, sample, position, row)
+            # so that each group's rows are one contiguous (n*positions, in/groups*K) matrix.
+            buf = torch.empty((G, step, *out_size, self.in_channels // G, *self.kernel_size))
+            result = torch.empty((batch, self.out_channels, n_pos))
+            perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+            for i in range(0, batch, step):
+                v = self._patches(t[i:i + step])  # (n, C, *out, *k), a view
+                n = v.shape[0]
+                cols = buf[:, :n]
+                cols.copy_(v.unflatten(1, (G, -1)).permute(perm))  # the only copy of the input
+                for g, em in enumerate(self._groups):
+                    y = _matmul(em, cols[g].reshape(n * n_pos, per_in))  # (n*positions, out/groups)
+                    result[i:i + n, g * per_out:(g + 1) * per_out].copy_(y.view(n, n_pos, per_out).transpose(1, 2))
+            return result.view(batch, self.out_channels, *out_size)
+
+        out = self._run(x, op)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype).reshape(-1, *([1] * nd))
+        return out.squeeze(0) if unbatched else out
+
+    def decompress(self):
+        m = self._dense(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+                        padding=self.padding, dilation=self.dilation, groups=self.groups,
+                        bias=self.bias is not None, padding_mode=self.padding_mode)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
+            if self.bias is not None:
+                m.bias.copy_(self.bias)
+        return m
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
+        if self.padding not in ((0,) * self._nd, "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self._nd:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + ", " + _encoded_repr(self.encoded)
+
+
+class CompressedConv1d(_CompressedConvNd):
+    """nn.Conv1d computed from a compressed weight (im2col of the input, then EncodedMatrix.matmul).
+
+    Example:
+        >>> import numpy as np, torch, pydnnz
+        >>> from pydnnz.torch import CompressedConv1d
+        >>> w = np.array([[[1.0, -1.0]]], dtype=np.float32)      # (out=1, in=1, kernel=2)
+        >>> conv = CompressedConv1d(pydnnz.encode(w))
+        >>> conv(torch.tensor([[[1.0, 3.0, 2.0]]]))
+        tensor([[[-2.,  1.]]])
+    """
+
+    _nd = 1
+    _dense = nn.Conv1d
+
+
+class CompressedConv2d(_CompressedConvNd):
+    """nn.Conv2d computed from a compressed weight (im2col of the input, then EncodedMatrix.matmul).
+
+    Example:
+        >>> import numpy as np, torch, pydnnz
+        >>> from pydnnz.torch import CompressedConv2d
+        >>> w = np.ones((1, 1, 2, 2), dtype=np.float32)
+        >>> conv = CompressedConv2d(pydnnz.encode(w), padding="same")
+        >>> conv(torch.ones(1, 1, 2, 2))
+        tensor([[[[4., 2.],
+                  [2., 1.]]]])
+    """
+
+    _nd = 2
+    _dense = nn.Conv2d
+
+
+class CompressedEmbedding(_CompressedBase):
+    """nn.Embedding whose table is a compressed matrix; looked-up rows are decoded exactly.
+
+    Example:
+        >>> import numpy as np, torch, pydnnz
+        >>> from pydnnz.torch import CompressedEmbedding
+        >>> table = np.array([[0.0, 0.0], [1.5, -2.0], [1.5, 0.0]], dtype=np.float32)
+        >>> emb = CompressedEmbedding(pydnnz.encode(table), padding_idx=0)
+        >>> emb(torch.tensor([[2, 1]]))
+        tensor([[[ 1.5000,  0.0000],
+                 [ 1.5000, -2.0000]]])
+    """
+
+    def __init__(self, encoded, padding_idx=None):
+        super().__init__()
+        _check_encoded(encoded, "CompressedEmbedding")
+        if len(encoded.shape) != 2:
+            raise ShapeError(f"CompressedEmbedding: the table must be 2-D, got shape {tuple(encoded.shape)}")
+        self.encoded = encoded
+        self.num_embeddings, self.embedding_dim = (int(s) for s in encoded.shape)
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += self.num_embeddings
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_module(cls, module: nn.Embedding, encoded, bias=None):
+        if getattr(module, "max_norm", None) is not None:
+            raise UnsupportedError(f"{module}: max_norm renormalizes the table in place at every lookup, "
+                                   "which a compressed table cannot do")
+        _check_fits(module, encoded)
+        return cls(encoded, padding_idx=module.padding_idx)
+
+    def _rows(self, ids):
+        """Exact rows `ids` (unique, sorted int64 ndarray) of the table, float32 (len(ids), dim)."""
+        em = self.encoded
+        for name in ("decode_rows", "rows"):
+            fn = getattr(em, name, None)
+            if callable(fn):
+                return np.asarray(fn(ids), dtype=np.float32)
+        # No row access in the encodings' API: decode the table and keep the rows. Exact, and
+        # transient (the table is dropped at once), but it costs a full decode per call.
+        return np.asarray(em.decode(), dtype=np.float32)[ids]
+
+    def forward(self, ids):
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise InvalidArgumentError(f"CompressedEmbedding: ids must be integers, got {ids.dtype}")
+        flat = ids.detach().cpu().reshape(-1).to(torch.int64).numpy()
+        if flat.size and (flat.min() < 0 or flat.max() >= self.num_embeddings):
+            raise InvalidArgumentError(f"CompressedEmbedding: ids must be in [0, {self.num_embeddings}), "
+                                       f"got values in [{flat.min()}, {flat.max()}]")
+        uniq, inv = np.unique(flat, return_inverse=True)
+        rows = torch.from_numpy(self._rows(uniq)) if uniq.size else torch.zeros((0, self.embedding_dim))
+        out = rows[torch.from_numpy(inv.reshape(-1))].reshape(*ids.shape, self.embedding_dim)
+        return out.to(ids.device) if ids.device.type != "cpu" else out
+
+    def decompress(self):
+        m = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
+        return m
+
+    def extra_repr(self):
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        return s + ", " + _encoded_repr(self.encoded)
+
+
+COMPRESSED_FOR = {nn.Linear: CompressedLinear, nn.Conv1d: CompressedConv1d, nn.Conv2d: CompressedConv2d,
+                  nn.Embedding: CompressedEmbedding}

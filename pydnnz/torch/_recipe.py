@@ -1,0 +1,241 @@
+"""Compression recipes: which layers get which lossy method, parameters and encoding.
+
+A recipe is one rule (a dict), a list of rules, or a method name as a shorthand for one rule
+with every default. For each layer the FIRST rule that matches it decides; layers that no rule
+matches keep their dense weights. Keys of a rule (every one optional):
+
+    match     glob pattern(s) on the qualified module name ("fc*", ["smi_conv.*", "prot_conv.*"]);
+              alias "layers". fnmatch syntax: `*` also crosses dots.
+    type      layer type(s): "Linear" (alias "dense"), "Conv1d", "Conv2d", "conv" (= both convs),
+              "Embedding"; case-insensitive; torch classes are accepted too.
+              A rule with neither match nor type applies to Linear, Conv1d and Conv2d layers;
+              embeddings are compressed only when a rule names them (by type or by name).
+    method    "cws" (k-means weight sharing), "pws" (probabilistic quantization), "uq" (uniform),
+              "ecsq" (entropy-constrained), "prune" (magnitude pruning alone), "pr_cws", "pr_pws",
+              "pr_uq", "pr_ecsq" (pruning, then the quantizer), or "none" (leave the layer dense;
+              useful to exclude a layer before a broader rule). Default "cws".
+              "pr-cws", "prcws" and "pruCWS" spell "pr_cws" too.
+    k         number of shared values (codebook size), an int >= 2. Default 32.
+    prune     pruning percentile p in [0, 100): the p% smallest |w| of each layer become exactly 0.
+              Giving `prune` with a plain quantizer ("cws" + prune=90) means "pr_cws".
+              Default 90 for "prune" and "pr_*" methods.
+    unified   True: one codebook shared by every layer of the same kind (dense, conv, embedding)
+              that this rule matches ("uCWS" of the 2023 paper); False (default): one per layer.
+    encoding  the lossless encoding: "auto" (default: the smallest) or a name pydnnz.encode knows
+              ("dense", "csc", "im", "ham", "sham", ...).
+    seed      random seed of the lossy method (k-means initialisation, stochastic rounding). Default 0.
+    lam       ECSQ's rate-distortion trade-off λ (alias "lambda"); only for ecsq / pr_ecsq.
+    options   a dict of further keyword arguments passed as they are to the pydnnz.compress method.
+
+Example:
+    >>> rules = parse_recipe([{"match": "out", "method": "none"},
+    ...                       {"type": "Linear", "method": "cws", "prune": 90, "k": 32, "unified": True},
+    ...                       {"type": "conv", "method": "uq", "k": 256}])
+    >>> [r.method for r in rules], rules[1].prune, rules[2].types
+    (['none', 'pr_cws', 'uq'], 90.0, ('Conv1d', 'Conv2d'))
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+
+from ..errors import InvalidArgumentError
+
+LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Embedding")
+DEFAULT_TYPES = ("Linear", "Conv1d", "Conv2d")
+# The kind decides which layers share a unified codebook (the paper: one per layer type).
+KIND = {"Linear": "dense", "Conv1d": "conv", "Conv2d": "conv", "Embedding": "embedding"}
+_TYPE_ALIASES = {
+    "linear": ("Linear",), "dense": ("Linear",), "conv1d": ("Conv1d",), "conv2d": ("Conv2d",),
+    "conv": ("Conv1d", "Conv2d"), "embedding": ("Embedding",),
+}
+QUANTIZERS = ("cws", "pws", "uq", "ecsq")
+METHODS = ("none", "prune") + QUANTIZERS + tuple(f"pr_{q}" for q in QUANTIZERS)
+KEYS = ("match", "layers", "type", "method", "k", "prune", "unified", "encoding", "seed",
+        "lam", "lambda", "options")
+DEFAULT_K = 32
+DEFAULT_PRUNE = 90.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated recipe rule (see the module docstring for the meaning of each field)."""
+
+    index: int
+    patterns: tuple = ()
+    types: tuple = ()
+    method: str = "cws"
+    k: int | None = DEFAULT_K
+    prune: float | None = None
+    unified: bool = False
+    encoding: str = "auto"
+    seed: int = 0
+    lam: float | None = None
+    options: dict = field(default_factory=dict)
+
+    def matches(self, name: str, type_name: str) -> bool:
+        types = self.types or (DEFAULT_TYPES if not self.patterns else LAYER_TYPES)
+        if type_name not in types:
+            return False
+        return not self.patterns or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def describe(self) -> str:
+        what = []
+        if self.patterns:
+            what.append("match " + ",".join(self.patterns))
+        if self.types:
+            what.append("type " + ",".join(self.types))
+        return f"rule {self.index} ({'; '.join(what) or 'default layers'})"
+
+    def to_json(self) -> dict:
+        """The rule as plain JSON values (what travels in a .dnnz file's metadata)."""
+        out = {"method": self.method}
+        if self.patterns:
+            out["match"] = list(self.patterns)
+        if self.types:
+            out["type"] = list(self.types)
+        if self.method != "none":
+            if self.k is not None:
+                out["k"] = self.k
+            if self.prune is not None:
+                out["prune"] = self.prune
+            out.update(unified=self.unified, encoding=self.encoding, seed=self.seed)
+            if self.lam is not None:
+                out["lam"] = self.lam
+            if self.options:
+                out["options"] = self.options
+        return out
+
+
+def _method_name(value, where):
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{where}: 'method' must be a string, got {type(value).__name__}")
+    m = value.strip().lower().replace("-", "_")
+    if m in ("pr", "pruning"):
+        m = "prune"
+    if m.startswith("pru") and m != "prune":  # the paper's pruCWS / pruUQ spelling
+        m = "pr_" + m[3:].lstrip("_")
+    elif m.startswith("pr") and not m.startswith("pr_") and m != "prune":
+        m = "pr_" + m[2:]
+    if m not in METHODS:
+        raise InvalidArgumentError(f"{where}: unknown method {value!r} (known: {', '.join(METHODS)})")
+    return m
+
+
+def _str_list(value, key, where):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InvalidArgumentError(f"{where}: {key!r} must be a string or a non-empty list of strings")
+    return value
+
+
+def _types(value, where):
+    out = []
+    for t in _str_list(value, "type", where) if not isinstance(value, type) else [value]:
+        if isinstance(t, type):
+            t = t.__name__
+        if not isinstance(t, str) or t.lower() not in _TYPE_ALIASES:
+            raise InvalidArgumentError(
+                f"{where}: unknown layer type {t!r} (known: Linear, dense, Conv1d, Conv2d, conv, Embedding)")
+        out.extend(x for x in _TYPE_ALIASES[t.lower()] if x not in out)
+    return tuple(out)
+
+
+def _number(value, key, where, kind=float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise InvalidArgumentError(f"{where}: {key!r} must be {'an int' if kind is int else 'a number'}, "
+                                   f"got {value!r}")
+    return kind(value)
+
+
+def _rule(raw, index, encodings):
+    where = f"recipe rule {index}"
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    if not isinstance(raw, dict):
+        raise InvalidArgumentError(f"{where}: a rule must be a dict or a method name, got {type(raw).__name__}")
+    for key in raw:
+        if key not in KEYS:
+            raise InvalidArgumentError(f"{where}: unknown key {key!r} (known: {', '.join(KEYS)})")
+    for a, b in (("match", "layers"), ("lam", "lambda")):
+        if a in raw and b in raw:
+            raise InvalidArgumentError(f"{where}: give {a!r} or its alias {b!r}, not both")
+    patterns = raw.get("match", raw.get("layers"))
+    patterns = tuple(_str_list(patterns, "match", where)) if patterns is not None else ()
+    if any(not isinstance(p, str) for p in patterns):
+        raise InvalidArgumentError(f"{where}: 'match' patterns must be strings")
+    types = _types(raw["type"], where) if raw.get("type") is not None else ()
+
+    method = _method_name(raw.get("method", "cws"), where)
+    prune = raw.get("prune")
+    if prune is not None:
+        prune = _number(prune, "prune", where)
+        if not 0.0 <= prune < 100.0:
+            raise InvalidArgumentError(f"{where}: 'prune' is a percentile in [0, 100), got {prune}")
+        if method in QUANTIZERS:
+            method = "pr_" + method
+        elif method == "none":
+            raise InvalidArgumentError(f"{where}: 'prune' given with method 'none'")
+    elif method == "prune" or method.startswith("pr_"):
+        prune = DEFAULT_PRUNE
+
+    k = raw.get("k")
+    if k is not None:
+        k = _number(k, "k", where, int)
+        if k < 2:
+            raise InvalidArgumentError(f"{where}: 'k' must be >= 2, got {k}")
+        if method in ("none", "prune"):
+            raise InvalidArgumentError(f"{where}: 'k' makes no sense with method {method!r}")
+    elif method not in ("none", "prune"):
+        k = DEFAULT_K
+
+    lam = raw.get("lam", raw.get("lambda"))
+    if lam is not None:
+        lam = _number(lam, "lam", where)
+        if not method.endswith("ecsq"):
+            raise InvalidArgumentError(f"{where}: 'lam' is ECSQ's parameter, not {method!r}'s")
+        if lam < 0:
+            raise InvalidArgumentError(f"{where}: 'lam' must be >= 0, got {lam}")
+
+    unified = raw.get("unified", False)
+    if not isinstance(unified, bool):
+        raise InvalidArgumentError(f"{where}: 'unified' must be True or False, got {unified!r}")
+    encoding = raw.get("encoding", "auto")
+    if not isinstance(encoding, str) or (encodings is not None and encoding not in encodings):
+        known = ", ".join(encodings) if encodings is not None else "auto, dense, csc, im, ham, sham"
+        raise InvalidArgumentError(f"{where}: unknown encoding {encoding!r} (known: {known})")
+    seed = _number(raw.get("seed", 0), "seed", where, int)
+    if seed < 0:
+        raise InvalidArgumentError(f"{where}: 'seed' must be >= 0, got {seed}")
+    options = raw.get("options", {})
+    if not isinstance(options, dict) or any(not isinstance(o, str) for o in options):
+        raise InvalidArgumentError(f"{where}: 'options' must be a dict of keyword arguments")
+    try:
+        json.dumps(options)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{where}: 'options' must hold JSON values (it travels in the file)") from None
+    return Rule(index, patterns, types, method, k, prune, unified, encoding, seed, lam, dict(options))
+
+
+def parse_recipe(recipe, encodings=None) -> list:
+    """Validate a recipe (dict, list of dicts, or method name) into a list of `Rule`s.
+
+    `encodings`: the encoding names to accept (None: accept any string; the encoder checks later).
+    Raises InvalidArgumentError naming the rule and the key at fault.
+    """
+    if isinstance(recipe, (dict, str)):
+        raws = [recipe]
+    elif isinstance(recipe, (list, tuple)):
+        raws = list(recipe)
+    else:
+        raise InvalidArgumentError(f"a recipe is a dict, a list of dicts or a method name, got {type(recipe).__name__}")
+    if not raws:
+        raise InvalidArgumentError("the recipe has no rule")
+    return [_rule(raw, i, encodings) for i, raw in enumerate(raws)]
+
+
+def recipe_json(rules) -> str:
+    """The normalised recipe as a JSON string (stored in the .dnnz metadata under "pydnnz.recipe")."""
+    return json.dumps([r.to_json() for r in rules], sort_keys=True)
