@@ -406,7 +406,7 @@ def encode(matrix, encoding="auto"):
     >>> w = np.zeros((64, 64), np.float32); w[::8, ::8] = 0.5
     >>> e = pydnnz.encode(w)
     >>> e.encoding, e.nbytes < w.nbytes
-    ('csc', True)
+    ('rlham', True)
     >>> bool((e.decode() == w).all())
     True
     """
