@@ -57,6 +57,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="1 M and 4 M Laplacian weights only")
     ap.add_argument("--json", action="store_true", help="print the records as JSON")
     ap.add_argument("--no-slr", action="store_true", help="skip SLR")
+    ap.add_argument("--markdown", action="store_true", help="also print a method x size table")
     args = ap.parse_args(argv)
     sizes = [1 << 20, 1 << 22] if args.quick else [1 << 20, 1 << 22, 1 << 24]
     dists = ["laplace"] if args.quick else ["laplace", "gauss"]
@@ -95,6 +96,25 @@ def main(argv=None):
         print(json.dumps({"meta": meta, "records": records}, indent=1))
     else:
         print(f"# numpy {meta['numpy']}, one thread; ratios are to np.sort of the same data, same run")
+    if args.markdown:
+        print(markdown(records, sizes))
+
+
+def markdown(records, sizes):
+    """method x size table: seconds and ratio to the baseline (np.sort; SVD for SLR)."""
+    head = "| data | method | " + " | ".join(f"{n / 2**20:.0f} M: s (x base)" for n in sizes) + " |"
+    lines = [head, "|---|---|" + "---|" * len(sizes)]
+    keys = list(dict.fromkeys((r["dist"], r["method"]) for r in records))
+    for dist, method in keys:
+        cells = []
+        for n in sizes:
+            r = next((r for r in records if (r["dist"], r["method"], r["n"]) == (dist, method, n)), None)
+            cells.append("-" if r is None else f"{r['seconds']:.3f} (x{r['ratio']:.1f})")
+        lines.append(f"| {dist} | {method} | " + " | ".join(cells) + " |")
+    base = {n: next(r["np_sort_seconds"] for r in records if r["n"] == n and "np_sort_seconds" in r)
+            for n in sizes if any(r["n"] == n and "np_sort_seconds" in r for r in records)}
+    lines.append("| | np.sort (last data set) | " + " | ".join(f"{base.get(n, float('nan')):.3f}" for n in sizes) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

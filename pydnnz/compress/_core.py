@@ -76,7 +76,7 @@ class SortedData:
     count·(u - shift)². The shift (the sample mean) keeps the S2 differences well conditioned.
     """
 
-    __slots__ = ("xs", "u", "u64", "_cnt", "W", "S1", "S2", "shift", "n")
+    __slots__ = ("xs", "_new", "_n_u", "_u", "_W", "_u64", "_cnt", "_S1", "_S2", "shift", "n")
 
     def __init__(self, x: np.ndarray):
         xs = np.sort(np.asarray(x, dtype=np.float32).ravel())
@@ -84,41 +84,77 @@ class SortedData:
         new = np.empty(n, dtype=bool)
         new[:1] = True
         np.not_equal(xs[1:], xs[:-1], out=new[1:])
-        n_u = int(np.count_nonzero(new))
-        if n_u == n:  # all distinct (typical for trained float weights): no gather, unit counts
-            u = xs
-            W = np.arange(n + 1, dtype=np.int64)
+        self._new = new
+        self._n_u = int(np.count_nonzero(new))
+        self.xs, self.n = xs, n
+        self.shift = float(np.mean(xs, dtype=np.float64)) if n else 0.0
+        self._u = self._W = self._cnt = self._u64 = self._S1 = self._S2 = None  # built on first use
+
+    def _uniq(self):
+        xs, n = self.xs, self.n
+        if self._n_u == n:  # all distinct (typical for trained float weights): unit counts
+            self._u = xs
+            self._W = np.arange(n + 1, dtype=np.int64)
         else:
-            starts = np.flatnonzero(new)
-            u = xs[starts]
-            W = np.empty(n_u + 1, dtype=np.int64)
+            starts = np.flatnonzero(self._new)
+            self._u = xs[starts]
+            W = np.empty(self._n_u + 1, dtype=np.int64)
             W[:-1] = starts
             W[-1] = n
-        self.u64 = u.astype(np.float64)  # float64 keys: searchsorted would convert u every call
-        shift = float(np.mean(xs, dtype=np.float64)) if n else 0.0
-        d = self.u64 - shift
-        if n_u != n:
-            cnt = np.diff(W)
-            wd = d * cnt
-        else:
-            cnt, wd = None, d
-        S1 = np.empty(n_u + 1)
+            self._W = W
+            self._cnt = np.diff(W)
+
+    @property
+    def u(self) -> np.ndarray:
+        if self._u is None:
+            self._uniq()
+        return self._u
+
+    @property
+    def W(self) -> np.ndarray:
+        if self._W is None:
+            self._uniq()
+        return self._W
+
+    def _prefix(self):
+        d = self.u64 - self.shift
+        wd = d if self._cnt is None else d * self._cnt  # (u64 built u, W and _cnt)
+        S1 = np.empty(d.size + 1)
         S1[0] = 0.0
         np.cumsum(wd, out=S1[1:])
-        wd *= d  # in place: now count·(u - shift)²
-        S2 = np.empty(n_u + 1)
+        wd = wd * d  # count·(u - shift)²
+        S2 = np.empty(d.size + 1)
         S2[0] = 0.0
         np.cumsum(wd, out=S2[1:])
-        self.xs, self.u, self.n, self.shift = xs, u, n, shift
-        self._cnt, self.W, self.S1, self.S2 = cnt, W, S1, S2
+        self._S1, self._S2 = S1, S2
+
+    @property
+    def u64(self) -> np.ndarray:
+        """u as float64: searchsorted with float64 keys would convert a float32 u on every call."""
+        if self._u64 is None:
+            self._u64 = self.u.astype(np.float64)
+        return self._u64
+
+    @property
+    def S1(self) -> np.ndarray:
+        if self._S1 is None:
+            self._prefix()
+        return self._S1
+
+    @property
+    def S2(self) -> np.ndarray:
+        if self._S2 is None:
+            self._prefix()
+        return self._S2
 
     @property
     def cnt(self) -> np.ndarray:
-        return np.diff(self.W) if self._cnt is None else self._cnt
+        w = self.W
+        return np.diff(w) if self._cnt is None else self._cnt
 
     @property
     def n_distinct(self) -> int:
-        return int(self.u.size)
+        return self._n_u
 
     def cells(self, bounds: np.ndarray) -> np.ndarray:
         """Unique-value positions of the cell edges: value v is in cell j iff b[j-1] < v <= b[j].

@@ -151,5 +151,7 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
                           seed=rng, **method_kwargs)
             for n, q in zip(members, qs):
                 q.params["group"] = gname
+                q.params["prune"] = p
+                q.params["prune_scope"] = prune_scope if p is not None else None
                 out[n] = q
     return out

@@ -199,7 +199,7 @@ def _fit_pws(sd: SortedData, k: int, rng) -> _Fit:
         return _Fit(np.array([sd.shift], dtype=np.float32), info={"requested_k": 1})
     reps = np.unique(sd.quantile(np.linspace(0.0, 1.0, k)).astype(np.float32))
     # the end points must be the exact min and max so every weight lies between two levels
-    reps[0], reps[-1] = sd.u[0], sd.u[-1]
+    reps[0], reps[-1] = sd.xs[0], sd.xs[-1]
     reps = np.unique(reps)
     return _PwsFit(reps, np.empty(0), info={"requested_k": k, "effective_k": int(reps.size)})
 
