@@ -170,11 +170,16 @@ def run_child(args):
     paths = runtime.supported_cpu_paths()[::-1]
     paths = [p for p in paths if p != "scalar"] if args.paths == "all" else paths[:1]
     rng = np.random.default_rng(0)
+    from tqdm import tqdm
+    todo = [(n, v) for n in shapes for v in VARIANTS if v[0] in variants]
+    progress = tqdm(total=len(todo), desc=f"kernels ({threads} thread{'s' if threads > 1 else ''})",
+                    file=sys.stderr, disable=not sys.stderr.isatty())
     for name in shapes:
         out, inn = SHAPES[name]
         for vname, k, prune in VARIANTS:
             if vname not in variants:
                 continue
+            progress.set_postfix_str(f"{name} {vname}")
             cb, idx = make_matrix(rng, out, inn, k, prune)
             w = cb[idx]
             counts = np.bincount(idx.ravel(), minlength=cb.size)
@@ -188,6 +193,8 @@ def run_child(args):
             encoded = {e: pydnnz.encode(qt, e) for e in encs}
             auto = pydnnz.encode(qt).encoding
             for batch in batches:
+                if args.quick and batch > 8 and out * inn > 2**21:
+                    continue  # --quick: batch 128 only on the smaller matrix (keeps it < 1 min)
                 x = rng.standard_normal((batch, inn)).astype(np.float32)
                 xt = torch.from_numpy(x)
                 xT = np.ascontiguousarray(x.T)
@@ -210,6 +217,8 @@ def run_child(args):
                                    ratio_scipy_csr=t / t_csr, ratio_scipy_csc=t / t_csc, blas=blas)
                         print(json.dumps(rec), flush=True)
                     runtime.set_cpu_path(None)
+            progress.update()
+    progress.close()
     return 0
 
 

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(DNNZ_NO_SIMD) /* DNNZ_NO_SIMD: portable-only build (checks the non-x86 code) */
 #define DNNZ_X86 1
 #else
 #define DNNZ_X86 0

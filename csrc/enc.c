@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(DNNZ_NO_SIMD) /* DNNZ_NO_SIMD: portable-only build (checks the non-x86 code) */
 #define DNNZ_X86 1
 #include <immintrin.h>
 #else
@@ -28,7 +28,7 @@
 #endif
 
 #define RT 4           /* rows decoded and multiplied together */
-#define KC 512         /* input columns per decoded tile (multiple of 64) */
+#define KC 512         /* input columns per decoded tile (multiple of 64): 8 KiB for RT rows */
 #define TASK_ROWS 64   /* output rows per parallel task (multiple of RT) */
 #define CSC_CHUNK 256  /* non-zeros converted at a time */
 #define CSC_TILE_DENSITY 0.3 /* above this fraction of non-zeros, csc matmul uses dense tiles */
@@ -412,6 +412,27 @@ static void micro_ref(const float *w, int64_t ws, int64_t kcp, const float *x, i
 typedef float v16f __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
 
+/* horizontal sums in a fixed order: halves added until one lane is left (8 instructions
+ * instead of 15 scalar adds with lane extractions) */
+static T_AVX512 inline float hsum_avx512(v16f v)
+{
+    __m512 z = (__m512)v;
+    __m256 s = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+static T_AVX2 inline float hsum_avx2(v8f v)
+{
+    __m256 s = (__m256)v;
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
 /* One instantiation per batch-tile width BT so the RT x BT accumulators stay in registers. */
 #define DEFINE_MICRO(NAME, TGT, V, VW, HSUM, BT)                                                 \
     static TGT void NAME(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs,  \
@@ -437,12 +458,12 @@ typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
                 y[b * ys + rr] += HSUM(acc[rr][b]);                                            \
     }
 
-DEFINE_MICRO(micro_avx512_1, T_AVX512, v16f, 16, HSUM16, 1)
-DEFINE_MICRO(micro_avx512_2, T_AVX512, v16f, 16, HSUM16, 2)
-DEFINE_MICRO(micro_avx512_3, T_AVX512, v16f, 16, HSUM16, 3)
-DEFINE_MICRO(micro_avx512_4, T_AVX512, v16f, 16, HSUM16, 4)
-DEFINE_MICRO(micro_avx2_1, T_AVX2, v8f, 8, HSUM8, 1)
-DEFINE_MICRO(micro_avx2_2, T_AVX2, v8f, 8, HSUM8, 2)
+DEFINE_MICRO(micro_avx512_1, T_AVX512, v16f, 16, hsum_avx512, 1)
+DEFINE_MICRO(micro_avx512_2, T_AVX512, v16f, 16, hsum_avx512, 2)
+DEFINE_MICRO(micro_avx512_3, T_AVX512, v16f, 16, hsum_avx512, 3)
+DEFINE_MICRO(micro_avx512_4, T_AVX512, v16f, 16, hsum_avx512, 4)
+DEFINE_MICRO(micro_avx2_1, T_AVX2, v8f, 8, hsum_avx2, 1)
+DEFINE_MICRO(micro_avx2_2, T_AVX2, v8f, 8, hsum_avx2, 2)
 
 static T_AVX512 void micro_avx512(const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs,
                                   int bt, float *y, int64_t ys, int nr)
@@ -577,7 +598,7 @@ static T_AVX2 void im_gemv_avx2(const struct panel_ctx *c, int64_t task)
             a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + j), a0); /* x is padded to 16 columns */
         }
         v8f t = (v8f)_mm256_add_ps(a0, a1);
-        c->y[r] = HSUM8(t);
+        c->y[r] = hsum_avx2(t);
     }
 }
 
@@ -754,6 +775,48 @@ static void panel_task_avx2(void *ctx, int64_t task, int worker)
     panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx2 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx2, 2);
 }
 
+static T_AVX512 inline __m512i load_u32x16(const uint8_t *base, int width, int64_t p, __mmask16 mk);
+
+/* csc rows scattered into a zeroed tile, 16 entries per step (vpscatterdd after widening the
+ * column indices and looking values up in the register codebook) */
+static T_AVX512 const float *decode_csc_tile_avx512(const struct panel_ctx *c, int64_t r, int nr, int64_t k0,
+                                                    int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
+                                                    int64_t *stride)
+{
+    const struct dnnz_csc *m = c->csc;
+    int vk = m->value_kind, ib = m->idx_bytes;
+    int regcb = vk != 0 && m->k <= 32;
+    const __m512 cb0 = _mm512_loadu_ps(c->cbpad), cb1 = _mm512_loadu_ps(c->cbpad + 16);
+    const __m512i lim = _mm512_set1_epi32((int)(k0 + kc)), base = _mm512_set1_epi32((int)k0);
+    for (int64_t i = 0; i < RT * kcp; i += 16)
+        _mm512_store_ps(wbuf + i, _mm512_setzero_ps());
+    for (int rr = 0; rr < nr; rr++) {
+        int64_t p = cursor[rr], p1 = csc_ptr(m, r + rr + 1);
+        float *dst = wbuf + rr * kcp;
+        while (p < p1) {
+            __mmask16 mk = p1 - p >= 16 ? 0xffff : (__mmask16)((1u << (p1 - p)) - 1);
+            __m512i col = load_u32x16(m->colidx, ib, p, mk);
+            mk = _mm512_mask_cmplt_epi32_mask(mk, col, lim); /* columns ascend: a prefix */
+            __m512 v;
+            if (vk == 0) {
+                v = _mm512_maskz_loadu_ps(mk, m->values + p);
+            } else {
+                __m512i vi = load_u32x16(m->vindex, vk, p, mk);
+                v = regcb ? _mm512_permutex2var_ps(cb0, vi, cb1)
+                          : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, vi, m->values, 4);
+            }
+            _mm512_mask_i32scatter_ps(dst, mk, _mm512_sub_epi32(col, base), v, 4);
+            int n = __builtin_popcount((unsigned)mk);
+            p += n;
+            if (n < 16)
+                break;
+        }
+        cursor[rr] = p;
+    }
+    *stride = kcp;
+    return wbuf;
+}
+
 /* Batch 1, im with bits <= 8: unpack, look up and multiply-add in registers, never storing the
  * decoded row (the VBMI unpack and register codebook of decode_im_tile_avx512, fused). Two rows
  * at a time share the x loads. */
@@ -800,7 +863,8 @@ static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
             /* byte 4i+s of iv8 is index 4i+s; shifting dwords right by 8s brings it to the low
              * byte of dword i, which is all the register permutes look at (x was permuted to
              * match, see panel_run); no widening shuffles on the busy permute port */
-            __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            __m512i iv8 = bits == 8 ? raw /* im8: bytes are the indices */
+                        : _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
             __m512i i0 = iv8, i1 = _mm512_srli_epi32(iv8, 8), i2 = _mm512_srli_epi32(iv8, 16), i3 = _mm512_srli_epi32(iv8, 24);
             if (k > 64) {
                 i0 = _mm512_and_si512(i0, vff);
@@ -833,7 +897,7 @@ static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
             }
         }
         v16f t = (v16f)_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-        c->y[r] = HSUM16(t);
+        c->y[r] = hsum_avx512(t);
     }
 #undef IM_LOOKUP
 }
@@ -846,7 +910,7 @@ static void panel_task_avx512(void *ctx, int64_t task, int worker)
         im_gemv_avx512(c, task);
         return;
     }
-    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx512 : c->kind == 2 ? decode_csc_tile : decode_dense_tile, micro_avx512, 4);
+    panel_task_generic(c, task, c->kind == 1 ? decode_im_tile_avx512 : c->kind == 2 ? decode_csc_tile_avx512 : decode_dense_tile, micro_avx512, 4);
 }
 #endif
 
@@ -957,6 +1021,7 @@ struct csc_ctx {
     const float *x;  /* batch 1: x itself; else x transposed per lane chunk (see csc_run) */
     int64_t chunk;   /* lanes per chunk */
     float *y;
+    int gather;      /* batch > 1 done as `batch` batch-1 products (few non-zeros, see csc_matmul) */
 };
 
 /* non-zeros p0..p0+n of a row, as int32 columns and float values */
@@ -991,17 +1056,18 @@ static inline int64_t csc_ptr(const struct dnnz_csc *m, int64_t r)
         int32_t col[CSC_CHUNK] __attribute__((aligned(64)));                                      \
         float val[CSC_CHUNK] __attribute__((aligned(64)));                                        \
         (void)worker;                                                                             \
-        if (c->batch == 1) {                                                                      \
-            for (int64_t r = r0; r < r1; r++) {                                                   \
-                int64_t p1 = csc_ptr(m, r + 1);                                                   \
-                float s = 0.0f;                                                                   \
-                for (int64_t p = csc_ptr(m, r); p < p1; p += CSC_CHUNK) {                         \
-                    int n = p1 - p < CSC_CHUNK ? (int)(p1 - p) : CSC_CHUNK;                       \
-                    csc_convert(m, p, n, col, val);                                               \
-                    s += DOT1(col, val, n, c->x);                                                 \
+        if (c->batch == 1 || c->gather) {                                                         \
+            for (int64_t b = 0; b < c->batch; b++)                                                \
+                for (int64_t r = r0; r < r1; r++) {                                               \
+                    int64_t p1 = csc_ptr(m, r + 1);                                               \
+                    float s = 0.0f;                                                               \
+                    for (int64_t p = csc_ptr(m, r); p < p1; p += CSC_CHUNK) {                     \
+                        int n = p1 - p < CSC_CHUNK ? (int)(p1 - p) : CSC_CHUNK;                   \
+                        csc_convert(m, p, n, col, val);                                           \
+                        s += DOT1(col, val, n, c->x + b * m->cols);                               \
+                    }                                                                             \
+                    c->y[b * m->rows + r] = s;                                                    \
                 }                                                                                 \
-                c->y[r] = s;                                                                      \
-            }                                                                                     \
             return;                                                                               \
         }                                                                                         \
         for (int64_t b0 = 0; b0 < c->batch; b0 += BC) {                                           \
@@ -1057,7 +1123,7 @@ static T_AVX2 inline float dot1_avx2(const int32_t *col, const float *val, int n
         a1 = _mm256_fmadd_ps(g1, _mm256_load_ps(val + i + 8), a1);
     }
     v8f t = (v8f)_mm256_add_ps(a0, a1);
-    float s = HSUM8(t);
+    float s = hsum_avx2(t);
     for (; i < n; i++)
         s += val[i] * x[col[i]];
     return s;
@@ -1111,7 +1177,7 @@ static T_AVX512 inline float dot1_avx512(const int32_t *col, const float *val, i
         a0 = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(mk, val + i), a0);
     }
     v16f t = (v16f)_mm512_add_ps(a0, a1);
-    return HSUM16(t);
+    return hsum_avx512(t);
 }
 
 static T_AVX512 inline void lanes_avx512(const int32_t *col, const float *val, int n, const float *xt, int lanes, float *acc)
@@ -1160,7 +1226,7 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
 {
     struct csc_ctx *c = ctx;
     const struct dnnz_csc *m = c->m;
-    if (c->batch != 1) {
+    if (c->batch != 1 && !c->gather) {
         csc_task_avx512_generic(ctx, task, worker);
         return;
     }
@@ -1171,7 +1237,9 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
     if (regcb)
         memcpy(cbpad, m->values, (size_t)m->k * 4);
     const __m512 cb0 = _mm512_loadu_ps(cbpad), cb1 = _mm512_loadu_ps(cbpad + 16);
-    const float *x = c->x;
+    for (int64_t b = 0; b < c->batch; b++) {
+    const float *x = c->x + b * m->cols;
+    float *y = c->y + b * m->rows;
     int64_t p = csc_ptr(m, r0);
     for (int64_t r = r0; r < r1; r++) {
         int64_t p1 = csc_ptr(m, r + 1);
@@ -1199,7 +1267,8 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
         }
         p = p1;
         v16f t = (v16f)_mm512_add_ps(a0, a1);
-        c->y[r] = HSUM16(t);
+        y[r] = hsum_avx512(t);
+    }
     }
 }
 #endif
@@ -1219,6 +1288,8 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
         memset(&pc, 0, sizeof pc);
         pc.kind = 2;
         pc.csc = m;
+        for (int64_t i = 0; m->value_kind && i < m->k && i < 32; i++)
+            pc.cbpad[i] = m->values[i];
         pc.rows = m->rows;
         pc.cols = m->cols;
         pc.batch = batch;
@@ -1236,9 +1307,12 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
         fn = csc_task_avx2;
     }
 #endif
-    struct csc_ctx c = {m, batch, x, bc, y};
+    struct csc_ctx c = {m, batch, x, bc, y, 0};
     float *xt = NULL;
-    if (batch > 1 && m->cols > 0) {
+    /* Transposing x costs batch * cols; with fewer non-zeros than about two per column the
+     * gathers of the batch-1 kernel, repeated per batch row, are cheaper. */
+    c.gather = batch > 1 && (double)m->nnz < 2.0 * (double)m->cols;
+    if (batch > 1 && m->cols > 0 && !c.gather) {
         /* x transposed in chunks of bc batch lanes: chunk q holds xt[col][lane], rows of bc
          * floats (zero past the last lane), so a non-zero at `col` reads one contiguous run */
         int64_t nchunks = (batch + bc - 1) / bc, n;

@@ -184,6 +184,15 @@ def test_matmul_larger(batch, sparsity, cpu_path):
         check_matmul(encode(w, enc), w, x)
 
 
+def test_matmul_batch_1024(cpu_path):
+    rng = np.random.default_rng(11)
+    w = random_matrix(rng, 37, 75, 9, 0.6)
+    x = rng.standard_normal((1024, 75)).astype(np.float32)
+    for enc in ENCODINGS:
+        check_matmul(encode(w, enc), w, x)
+        check_matmul(encode(w, enc), w, np.asfortranarray(x[:, ::1]))
+
+
 def test_threads_do_not_change_results(cpu_path):
     rng = np.random.default_rng(7)
     w = random_matrix(rng, 300, 700, 15, 0.5)
@@ -322,3 +331,11 @@ def test_env_forces_path_and_threads():
     if "avx512" not in PATHS:
         r = _run({"DNNZ_CPU_PATH": "avx512"}, code)
         assert r.returncode != 0 and "UnsupportedError" in r.stderr
+
+
+def test_docstring_examples_run():
+    import doctest
+    from pydnnz.encodings import _base
+    for mod in (_base, runtime):
+        result = doctest.testmod(mod)
+        assert result.failed == 0 and result.attempted > 0
