@@ -3,6 +3,14 @@
 Lossy, structure-preserving compression (pruning, weight sharing, quantization, low rank),
 lossless compact encodings of each layer with dot products computed straight from the
 compressed form (C kernels), and the .dnnz container that stores them.
+
+    >>> import numpy as np, pydnnz
+    >>> w = np.repeat(np.array([[0.5, -0.25, 0.0, 0.5]], dtype=np.float32), 3, axis=0)
+    >>> em = pydnnz.encode(w)                      # the smallest lossless encoding
+    >>> bool((em.decode() == w).all())
+    True
+    >>> em.matmul(np.ones((1, 4), np.float32)).tolist()
+    [[0.75, 0.75, 0.75]]
 """
 from ._version import __version__
 from . import compress
@@ -10,37 +18,42 @@ from .errors import (
     ChecksumError,
     CodeLengthError,
     CorruptDataError,
+    CorruptFileError,
     DnnzError,
     DnnzMemoryError,
     InvalidArgumentError,
     ShapeError,
     TruncatedError,
     UnsupportedError,
+    UnsupportedVersionError,
 )
-from .errors import CorruptFileError, UnsupportedVersionError
-from .container import load_file, safe_open, save_file
-from .encodings import EncodedMatrix, encode
+from . import huffman
 from .runtime import cpu_path, get_num_threads, set_num_threads
+from .encodings import EncodedMatrix, encode
+from .container import load_file, safe_open, save_file
+from . import compress
 
 __all__ = [
     "__version__",
+    "huffman",
+    "compress",
+    "encode",
+    "EncodedMatrix",
+    "save_file",
+    "load_file",
+    "safe_open",
+    "cpu_path",
+    "get_num_threads",
+    "set_num_threads",
     "DnnzError",
     "InvalidArgumentError",
     "ShapeError",
     "CorruptDataError",
+    "CorruptFileError",
     "TruncatedError",
     "CodeLengthError",
     "ChecksumError",
     "UnsupportedError",
-    "DnnzMemoryError",
-    "CorruptFileError",
     "UnsupportedVersionError",
-    "save_file",
-    "load_file",
-    "safe_open",
-    "encode",
-    "EncodedMatrix",
-    "cpu_path",
-    "get_num_threads",
-    "set_num_threads",
+    "DnnzMemoryError",
 ]

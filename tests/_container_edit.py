@@ -4,8 +4,10 @@ Each helper changes one thing and, unless told otherwise, keeps everything else 
 (header length, padding, header CRC), so that a test hits exactly the check it names.
 """
 import json
+import signal
 import struct
 import zlib
+from contextlib import contextmanager
 
 PREAMBLE = 32
 
@@ -88,3 +90,17 @@ def edit_section_bytes(data, tensor, name, index, value, fix_crc=True):
 
 def sections_of(doc):
     return [s for t in doc["tensors"] for s in t["sections"]]
+
+
+@contextmanager
+def deadline(seconds):
+    """Fail instead of hanging (SIGALRM; the tests run in the main thread)."""
+    def boom(signum, frame):
+        raise TimeoutError(f"reader took more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -1,7 +1,9 @@
 """The .dnnz writer and reader: round trips, laziness, lifetimes, atomic writes, argument errors."""
 import doctest
+import json
 import os
 import stat
+import zlib
 
 import numpy as np
 import pytest
@@ -341,3 +343,122 @@ def test_public_names():
 def test_docstring_examples():
     result = doctest.testmod(container, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
+
+
+@st.composite
+def fake_matrices(draw):
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=4, min_side=0, max_side=6))
+    values = draw(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=5, unique=True))
+    codebook = np.array(sorted(values), np.float32)
+    n = int(np.prod(shape))
+    indices = np.array(draw(st.lists(st.integers(0, len(values) - 1), min_size=n, max_size=n)), np.uint8)
+    return fake.FakeEncoded(shape, codebook, indices, note=draw(st.text(max_size=5).filter(
+        lambda s: all(not 0xD800 <= ord(c) <= 0xDFFF for c in s))))
+
+
+@given(st.lists(st.one_of(fake_matrices(), tensors()), max_size=5))
+def test_round_trip_mixed_encoded_and_raw(values):
+    items = {f"t{i}": v for i, v in enumerate(values)}
+    with fake.registered():
+        loaded = load(save(items))
+        for name, v in items.items():
+            got = loaded[name]
+            if isinstance(v, fake.FakeEncoded):
+                assert got.shape == v.shape and got.params == v.params
+                assert got.decode().tobytes() == v.decode().tobytes()
+            elif isinstance(v, np.ndarray):
+                assert same(got, v.astype(v.dtype.newbyteorder("<")))
+            else:
+                assert same(got, v)
+
+
+def test_open_reads_no_section_until_asked(tmp_path, monkeypatch):
+    p = tmp_path / "lazy.dnnz"
+    pydnnz.save_file({f"l{i}": np.full((256, 256), i, np.float32) for i in range(8)}, p)
+    calls = []
+    real = container._crc32
+    monkeypatch.setattr(container, "_crc32", lambda data: calls.append(len(data)) or real(data))
+    f = pydnnz.load_file(p)
+    assert calls == [] and len(f) == 8
+    f["l3"]
+    f["l3"]
+    assert calls == [256 * 256 * 4]
+
+
+def test_argument_errors_of_an_encoding_become_corrupt_file_errors(monkeypatch):
+    from pydnnz.errors import CorruptFileError, ShapeError
+
+    def picky(encoding, shape, params, sections):
+        raise ShapeError("from_sections: shape must have ndim >= 2")
+
+    data = save({"w": fake.FakeEncoded((4,), np.array([1], np.float32), np.zeros(4, np.uint8))})
+    monkeypatch.setattr(container, "_from_sections", picky)
+    with pytest.raises(CorruptFileError, match=r"<bytes>: tensor 'w': field 'encoding': ShapeError: from_sections"):
+        load(data)["w"]
+
+
+def test_writer_normalises_bool_bytes_and_numpy_params():
+    odd = np.array([0, 1, 2, 255], np.uint8).view(np.bool_)
+    assert load(save({"m": odd}))["m"].tolist() == [False, True, True, True]
+    e = fake.FakeEncoded((1, 2), np.array([1], np.float32), np.array([0, 0], np.uint8))
+    e.params = {"k": np.int64(1), "scale": np.float32(0.5), "flag": np.bool_(True)}
+    entry = json.loads(save({"w": e})[32:].split(b"\x00")[0].rstrip(b" ").decode())["tensors"][0]
+    assert entry["params"] == {"k": 1, "scale": 0.5, "flag": True}
+    assert entry["sections"][-1]["offset"] == 64
+
+
+def test_empty_last_section_still_padded():
+    data = save({"c": np.ones(1, np.uint8), "z": np.zeros(0, np.int64)})
+    hlen = int.from_bytes(data[16:24], "little")
+    assert len(data) == 32 + hlen + 64
+    assert load(data)["z"].shape == (0,)
+
+
+def test_info_reads_the_header_only(tmp_path):
+    p = tmp_path / "i.dnnz"
+    e = fake.FakeEncoded((2, 2), np.array([0, 1], np.float32), np.array([0, 1, 1, 0], np.uint8))
+    pydnnz.save_file({"b": np.ones(3, np.float16), "w": e}, p)
+    f = pydnnz.load_file(p)
+    assert f.info("b") == {"dtype": "float16", "shape": (3,), "encoding": "raw", "params": {}, "nbytes": 6,
+                           "sections": [{"name": "data", "dtype": "float16", "offset": 0, "length": 6,
+                                         "crc32": zlib.crc32(np.ones(3, np.float16).tobytes())}]}
+    info = f.info("w")  # no encoding registered: info still works
+    assert info["encoding"] == "fake_codebook" and info["nbytes"] == 12
+    assert [s["offset"] for s in info["sections"]] == [64, 128]
+    with pydnnz.safe_open(p) as g:
+        assert g.info("w") == info
+        with pytest.raises(KeyError):
+            g.info("nope")
+
+
+@pytest.mark.slow
+def test_offsets_beyond_4_gib(tmp_path):
+    """A 4 GiB + tensor followed by another: offsets and lengths above 2^32 in the header, a
+    sparse file on disk (zeros), the second tensor read through the map at offset > 4 GiB."""
+    big = (1 << 32) + 100
+    crc_zero = 0
+    chunk = bytes(1 << 24)
+    left = big
+    while left:
+        n = min(left, len(chunk))
+        crc_zero = zlib.crc32(chunk[:n], crc_zero)
+        left -= n
+    tail = np.arange(5, dtype=np.int32)
+    doc = {"metadata": {}, "tensors": [
+        {"name": "big", "dtype": "uint8", "shape": [big], "encoding": "raw", "params": {},
+         "sections": [{"name": "data", "dtype": "uint8", "offset": 0, "length": big, "crc32": crc_zero}]},
+        {"name": "tail", "dtype": "int32", "shape": [5], "encoding": "raw", "params": {},
+         "sections": [{"name": "data", "dtype": "int32", "offset": container._align(big), "length": 20,
+                       "crc32": zlib.crc32(tail.tobytes())}]}]}
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    import _container_edit as E
+    head = E.with_header_text(save({}), text)  # preamble + header, data area empty
+    p = tmp_path / "big.dnnz"
+    with open(p, "wb") as f:
+        f.write(head)
+        f.seek(len(head) + container._align(big))
+        f.write(tail.tobytes())
+    f = pydnnz.load_file(p)
+    assert f.info("tail")["sections"][0]["offset"] == container._align(big) > 2**32
+    assert f["tail"].tolist() == [0, 1, 2, 3, 4]
+    assert f["big"].shape == (big,) and int(f["big"][-1]) == 0

@@ -18,6 +18,8 @@ from ._base import (
 from . import dense as _dense  # noqa: F401  (registration order = auto's tie-break order)
 from . import csc as _csc  # noqa: F401
 from . import im as _im  # noqa: F401
+from . import ham as _ham  # noqa: F401
+from . import sham as _sham  # noqa: F401
 
 __all__ = ["EncodedMatrix", "MatrixInput", "encode", "encodings", "from_sections", "get_encoding",
            "register", "RESERVED_IDS"]

@@ -1,0 +1,264 @@
+/* sham.c: the `sham` encoding (see sham.h).
+ *
+ * matmul: a task is a block of output rows; four rows at a time their value streams are decoded
+ * together (dnnz_huf_decode4_u8_at_n, one chunk of at most DNNZ_HAM_KC non-zeros per row), the
+ * symbols become weights by a codebook lookup in registers, and each row's weights meet x at the
+ * row's column positions (a gather per vector). Each output is summed by one task in a fixed
+ * order, so results do not depend on the thread count.
+ */
+#include "sham.h"
+
+#include "cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define KC DNNZ_HAM_KC
+#define TR DNNZ_HAM_TASK_ROWS
+#define RD dnnz_ham_rd
+
+static int fail(struct dnnz_enc_err *err, int field, int64_t where, int status)
+{
+    if (err) {
+        err->field = field;
+        err->where = where;
+    }
+    return status;
+}
+
+int dnnz_sham_encode(const uint8_t *lengths, int64_t k, const void *vindex, int32_t v_bytes,
+                     const uint8_t *rowptr, int32_t ptr_bytes, int64_t rows, uint8_t *offsets,
+                     int32_t off_bytes, uint8_t *payload, int64_t payload_cap)
+{
+    if (rows < 0 || k < 0 || payload_cap < 0 || (off_bytes != 4 && off_bytes != 8) ||
+        (v_bytes != 1 && v_bytes != 2 && v_bytes != 4) ||
+        (ptr_bytes != 1 && ptr_bytes != 2 && ptr_bytes != 4 && ptr_bytes != 8))
+        return DNNZ_E_ARGUMENT;
+    const uint64_t lim = off_bytes == 4 ? UINT32_MAX : UINT64_MAX;
+    uint64_t nnz = RD(rowptr, ptr_bytes, rows);
+    if (nnz == 0 || k == 0) {
+        if (nnz != 0)
+            return DNNZ_E_ARGUMENT;
+        memset(offsets, 0, (size_t)(rows + 1) * (size_t)off_bytes);
+        return DNNZ_OK;
+    }
+    dnnz_huf_ctable ct;
+    dnnz_bit_writer w;
+    DNNZ_CHECK(dnnz_huf_ctable_init(&ct, lengths, (size_t)k));
+    int st = dnnz_bit_writer_init(&w, payload, (size_t)payload_cap, 0);
+    for (int64_t r = 0; r <= rows && st == DNNZ_OK; r++) {
+        uint64_t pos;
+        if (r < rows) {
+            pos = dnnz_bit_writer_tell(&w);
+        } else {
+            st = dnnz_bit_writer_finish(&w, &pos);
+            if (st != DNNZ_OK)
+                break;
+        }
+        if (pos > lim) {
+            st = DNNZ_E_LIMIT;
+            break;
+        }
+        for (int b = 0; b < off_bytes; b++)
+            offsets[r * off_bytes + b] = (uint8_t)(pos >> (8 * b));
+        if (r == rows)
+            break;
+        uint64_t p0 = RD(rowptr, ptr_bytes, r), p1 = RD(rowptr, ptr_bytes, r + 1);
+        if (p1 < p0 || p1 > nnz) {
+            st = DNNZ_E_ARGUMENT;
+            break;
+        }
+        st = dnnz_huf_encode(&ct, &w, (const uint8_t *)vindex + p0 * (uint64_t)v_bytes, (unsigned)v_bytes,
+                             (size_t)(p1 - p0), NULL);
+    }
+    dnnz_huf_ctable_free(&ct);
+    return st;
+}
+
+int dnnz_sham_validate(const struct dnnz_sham *m, struct dnnz_enc_err *err)
+{
+    if (!m)
+        return DNNZ_E_ARGUMENT;
+    if (m->rows < 0 || m->cols < 0 || m->k < 0 || m->nnz < 0)
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+    if (m->rows > DNNZ_ENC_MAX_DIM || m->cols > DNNZ_ENC_MAX_DIM || m->k > DNNZ_HUF_MAX_SYMBOLS)
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+    int pb = m->ptr_bytes, ib = m->idx_bytes;
+    if (!(pb == 1 || pb == 2 || pb == 4 || pb == 8) || !(ib == 1 || ib == 2 || ib == 4) ||
+        (m->off_bytes != 4 && m->off_bytes != 8))
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+    if (m->nnz > m->rows * m->cols || (pb < 8 && (uint64_t)m->nnz >> (8 * pb)) ||
+        (ib < 4 && m->cols > ((int64_t)1 << (8 * ib))) || (m->nnz > 0 && m->k < 1))
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+    if (m->rowptr_len != m->rows + 1 || !m->rowptr)
+        return fail(err, DNNZ_FIELD_ROWPTR, -1, m->rowptr_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    if (m->colidx_len != m->nnz || (m->nnz && !m->colidx))
+        return fail(err, DNNZ_FIELD_COLIDX, -1, m->colidx_len < m->nnz ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    if (m->codebook_len != m->k || (m->k && !m->codebook))
+        return fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    for (int64_t i = 0; i < m->k; i++) {
+        uint32_t u;
+        memcpy(&u, &m->codebook[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u || u == 0) /* NaN, or +0.0 (zeros are left out) */
+            return fail(err, DNNZ_FIELD_CODEBOOK, i, DNNZ_E_CORRUPT);
+    }
+    if (m->lengths_len != m->k || (m->k && !m->lengths))
+        return fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    if (m->offsets_len != m->rows + 1 || !m->offsets)
+        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    if (m->payload_len < 0 || (m->payload_len && !m->payload))
+        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
+    if (RD(m->rowptr, pb, 0) != 0)
+        return fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
+    uint64_t prev = 0;
+    for (int64_t r = 0; r < m->rows; r++) {
+        uint64_t next = RD(m->rowptr, pb, r + 1);
+        if (next < prev || next > (uint64_t)m->nnz || next - prev > (uint64_t)m->cols)
+            return fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
+        int64_t last = -1;
+        for (uint64_t p = prev; p < next; p++) {
+            int64_t c = (int64_t)RD(m->colidx, ib, (int64_t)p);
+            if (c <= last || c >= m->cols)
+                return fail(err, DNNZ_FIELD_COLIDX, (int64_t)p, DNNZ_E_CORRUPT);
+            last = c;
+        }
+        prev = next;
+    }
+    if (prev != (uint64_t)m->nnz)
+        return fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
+    struct dnnz_ham_streams s = {m->rows, 0, m->rowptr, pb, m->offsets, m->off_bytes, m->payload, m->payload_len};
+    return dnnz_ham_check_streams(m->lengths, m->k, &s, err);
+}
+
+struct sham_ctx {
+    const struct dnnz_sham *m;
+    const dnnz_huf_dtable *t;
+    const float *x;
+    int64_t batch;
+    float *y;
+    int path;
+};
+
+static void sham_matmul_task(void *vc, int64_t task, int worker)
+{
+    const struct sham_ctx *c = vc;
+    const struct dnnz_sham *m = c->m;
+    const int width = (int)c->t->out_width;
+    const size_t stride = (size_t)(KC + 64) * width;
+    uint8_t ib[4 * (KC + 64) * 4] __attribute__((aligned(64)));
+    float wb[KC] __attribute__((aligned(64)));
+    const int pb = m->ptr_bytes, xb = m->idx_bytes;
+    (void)worker;
+    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+        uint64_t pos[4], p[4], pend[4];
+        dnnz_bit_reader rd[4];
+        for (int i = 0; i < 4; i++) {
+            int64_t rr = r + (i < nr ? i : 0); /* missing rows of the last group: a discarded copy */
+            pos[i] = RD(m->offsets, m->off_bytes, rr);
+            p[i] = RD(m->rowptr, pb, rr);
+            pend[i] = i < nr ? RD(m->rowptr, pb, rr + 1) : p[i];
+            if (width > 1 && i < nr)
+                dnnz_bit_reader_init(&rd[i], m->payload, (size_t)m->payload_len, pos[i]);
+        }
+        for (int64_t b = 0; b < c->batch; b++)
+            for (int i = 0; i < nr; i++)
+                c->y[b * m->rows + r + i] = 0.0f;
+        for (;;) {
+            size_t n[4];
+            int any = 0;
+            for (int i = 0; i < 4; i++) {
+                uint64_t left = pend[i] - p[i];
+                n[i] = left < KC ? (size_t)left : KC;
+                any |= n[i] != 0;
+            }
+            if (!any)
+                break;
+            if (width == 1) {
+                uint8_t *const o[4] = {ib, ib + stride, ib + 2 * stride, ib + 3 * stride};
+                dnnz_huf_decode4_u8_at_n(c->t, m->payload, (size_t)m->payload_len, pos, o, n);
+            } else {
+                for (int i = 0; i < nr; i++)
+                    dnnz_huf_decode_reader(c->t, &rd[i], ib + i * stride, n[i]);
+            }
+            for (int i = 0; i < nr; i++) {
+                if (!n[i])
+                    continue;
+                dnnz_ham_lookup(c->path, ib + i * stride, width, (int)n[i], m->codebook, m->k, wb);
+                const uint8_t *col = m->colidx + p[i] * (uint64_t)xb;
+                for (int64_t b = 0; b < c->batch; b++)
+                    c->y[b * m->rows + r + i] += dnnz_ham_gather_dot(c->path, wb, col, xb, (int)n[i], c->x + b * m->cols);
+                p[i] += n[i];
+            }
+        }
+    }
+}
+
+static void sham_decode_task(void *vc, int64_t task, int worker)
+{
+    const struct sham_ctx *c = vc;
+    const struct dnnz_sham *m = c->m;
+    const int width = (int)c->t->out_width;
+    uint8_t ib[(KC + 64) * 4] __attribute__((aligned(64)));
+    float wb[KC];
+    (void)worker;
+    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
+    for (int64_t r = r0; r < r1; r++) {
+        float *row = c->y + r * m->cols;
+        memset(row, 0, (size_t)m->cols * sizeof *row);
+        uint64_t p = RD(m->rowptr, m->ptr_bytes, r), pe = RD(m->rowptr, m->ptr_bytes, r + 1);
+        dnnz_bit_reader rd;
+        dnnz_bit_reader_init(&rd, m->payload, (size_t)m->payload_len, RD(m->offsets, m->off_bytes, r));
+        while (p < pe) {
+            int n = pe - p < KC ? (int)(pe - p) : KC;
+            dnnz_huf_decode_reader(c->t, &rd, ib, (size_t)n);
+            dnnz_ham_lookup(c->path, ib, width, n, m->codebook, m->k, wb);
+            for (int j = 0; j < n; j++)
+                row[RD(m->colidx, m->idx_bytes, (int64_t)p + j)] = wb[j];
+            p += (uint64_t)n;
+        }
+    }
+}
+
+int dnnz_sham_decode(const struct dnnz_sham *m, float *dst)
+{
+    if (!m || !dst)
+        return DNNZ_E_ARGUMENT;
+    int path = dnnz_cpu_get_path();
+    if (path < 0)
+        return DNNZ_E_UNSUPPORTED;
+    if (m->rows * m->cols == 0)
+        return DNNZ_OK;
+    if (m->nnz == 0) {
+        memset(dst, 0, (size_t)(m->rows * m->cols) * sizeof *dst);
+        return DNNZ_OK;
+    }
+    dnnz_huf_dtable t;
+    DNNZ_CHECK(dnnz_huf_dtable_init(&t, m->lengths, (size_t)m->k));
+    struct sham_ctx c = {m, &t, NULL, 0, dst, path};
+    dnnz_cpu_parallel((m->rows + TR - 1) / TR, sham_decode_task, &c);
+    dnnz_huf_dtable_free(&t);
+    return DNNZ_OK;
+}
+
+int dnnz_sham_matmul(const struct dnnz_sham *m, const float *x, int64_t batch, float *y)
+{
+    if (!m || !y || (!x && batch > 0 && m->cols > 0) || batch < 0)
+        return DNNZ_E_ARGUMENT;
+    int path = dnnz_cpu_get_path();
+    if (path < 0)
+        return DNNZ_E_UNSUPPORTED;
+    if (m->rows == 0 || batch == 0)
+        return DNNZ_OK;
+    if (m->nnz == 0) {
+        memset(y, 0, (size_t)(batch * m->rows) * sizeof *y);
+        return DNNZ_OK;
+    }
+    dnnz_huf_dtable t;
+    DNNZ_CHECK(dnnz_huf_dtable_init(&t, m->lengths, (size_t)m->k));
+    struct sham_ctx c = {m, &t, x, batch, y, path};
+    dnnz_cpu_parallel((m->rows + TR - 1) / TR, sham_matmul_task, &c);
+    dnnz_huf_dtable_free(&t);
+    return DNNZ_OK;
+}
