@@ -142,3 +142,99 @@ def test_verify_fails_with_exit_1_on_a_corrupt_file(tmp_path, weights):
     (tmp_path / "trunc.dnnz").write_bytes(bytes(data[:40]))
     one_line_error(run("verify", tmp_path / "trunc.dnnz", check_rc=1), "trunc.dnnz")
     one_line_error(run("info", tmp_path / "trunc.dnnz", check_rc=1), "trunc.dnnz")
+
+
+FORMATS = [".npz", ".safetensors", ".pt", ".dnnz"]
+
+
+@pytest.mark.parametrize("src_ext", FORMATS)
+@pytest.mark.parametrize("dst_ext", FORMATS)
+def test_conversion_matrix_round_trips(tmp_path, src_ext, dst_ext):
+    """Every source format to every target and back, in-process (the subprocess path is tested above)."""
+    from pydnnz.convert import convert, read_tensors, write_tensors
+
+    rng = np.random.default_rng(3)
+    tensors = {"a.weight": rng.standard_normal((5, 7)).astype(np.float32),
+               "a.bias": rng.standard_normal(5).astype(np.float64),
+               "count": np.array([3], dtype=np.int32), "flags": np.array([True, False])}
+    src = tmp_path / f"src{src_ext}"
+    write_tensors(tensors, src, {"origin": "test"})
+    mid = tmp_path / f"mid{dst_ext}"
+    convert(src, mid)
+    back = tmp_path / f"back{src_ext}"
+    convert(mid, back)
+    got, meta = read_tensors(back)
+    assert sorted(got) == sorted(tensors)
+    for k, v in tensors.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape and got[k].tobytes() == v.tobytes(), k
+    if {src_ext, dst_ext} <= {".safetensors", ".dnnz"}:
+        assert meta.get("origin") == "test"
+
+
+def test_compress_command_end_to_end(tmp_path, weights):
+    src, tensors = weights
+    out = tmp_path / "small.dnnz"
+    proc = run("compress", src, "-o", out, "--prune", 50, "--quantize", "cws", "--k", 8, check_rc=0)
+    assert "fc1.weight" in proc.stdout and "conv.weight" in proc.stdout
+    run("verify", out, check_rc=0)
+    info = {t["name"]: t for t in json.loads(run("info", out, "--json", check_rc=0).stdout)["tensors"]}
+    assert info["fc1.bias"]["encoding"] == "raw" and info["steps"]["encoding"] == "raw"
+    assert info["fc1.weight"]["encoding"] != "raw" and info["fc1.weight"]["psi"] < 0.5
+    back = tmp_path / "back.npz"
+    run("convert", out, back, check_rc=0)
+    with np.load(back, allow_pickle=False) as z:
+        w = z["fc1.weight"]
+        assert (w == 0).mean() >= 0.49 and len(np.unique(w[w != 0])) <= 8
+        assert z["fc1.bias"].tobytes() == tensors["fc1.bias"].tobytes()
+    # refusing to overwrite, bad options, layers that match nothing
+    one_line_error(run("compress", src, "-o", out, check_rc=2), "small.dnnz", "--force")
+    one_line_error(run("compress", src, "-o", tmp_path / "x.dnnz", "--prune", 150, check_rc=2), "--prune")
+    one_line_error(run("compress", src, "-o", tmp_path / "x.dnnz", "--layers", "nope*", check_rc=2), "nope*")
+    one_line_error(run("compress", src, "-o", tmp_path / "x.dnnz", "--encoding", "zip", check_rc=2), "zip")
+    one_line_error(run("compress", src, "-o", tmp_path / "x.npz", check_rc=2), "x.npz")
+    assert not (tmp_path / "x.dnnz").exists()
+
+
+def test_bench_command(tmp_path, weights):
+    src, _ = weights
+    out = tmp_path / "small.dnnz"
+    run("compress", src, "-o", out, "--quantize", "uq", "--k", 16, check_rc=0)
+    records = json.loads(run("bench", out, "--json", "--batch", 1, "--batch", 4, check_rc=0).stdout)
+    assert {r["batch"] for r in records} == {1, 4}
+    assert all(r["pydnnz_s"] > 0 and r["numpy_s"] > 0 and r["cpu_path"] for r in records)
+    one_line_error(run("bench", check_rc=2), "FILE")
+    plain = tmp_path / "plain.dnnz"
+    run("convert", src, plain, check_rc=0)
+    one_line_error(run("bench", plain, check_rc=2), "no compressed tensor")
+
+
+def test_interrupted_write_leaves_no_partial_output(tmp_path, weights, monkeypatch):
+    """A failure in the middle of writing: the old file stays byte for byte, no temp file remains."""
+    import safetensors.numpy
+
+    from pydnnz import cli
+
+    src, _ = weights
+    dst = tmp_path / "out.safetensors"
+    dst.write_bytes(b"old contents")
+
+    def half_write(arrays, path, metadata=None):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_write)
+    assert cli.main(["convert", str(src), str(dst), "--force"]) == 130
+    assert dst.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "out.safetensors"]
+
+
+def test_demo_runs_and_prints_the_table():
+    pytest.importorskip("torch")
+    proc = run("demo", "--json", check_rc=0)
+    rows = json.loads(proc.stdout)
+    assert rows[0]["method"].startswith("float32") and len(rows) >= 3
+    base = rows[0]
+    assert base["mse"] == pytest.approx(0.2327, abs=5e-4)
+    for r in rows[1:]:
+        assert r["ratio"] > 5 and r["ci"] > 0.85 and r["mse"] < 0.35
