@@ -190,7 +190,7 @@ def run_child(args):
             wt = torch.from_numpy(w)
             csr, csc = sp.csr_matrix(w), sp.csc_matrix(w)
             encs = ["dense", "csc", "im"] + (["im8"] if cb.size <= 256 else []) + (["im4"] if cb.size <= 16 else [])
-            encs += [e for e in ("ham", "sham") if e in pydnnz.encodings.encodings()]
+            encs += [e for e in ("ham", "sham", "rlham") if e in pydnnz.encodings.encodings()]
             encoded = {e: pydnnz.encode(qt, e) for e in encs}
             auto = pydnnz.encode(qt).encoding
             for batch in batches:

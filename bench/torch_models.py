@@ -10,7 +10,8 @@ test fold. Printed per recipe, all measured in the same run:
   over the distinct drugs/proteins, then the head, as deepdta.predict does) and for the dense
   head alone (features precomputed), with the ratio pydnnz / torch;
 - RSS in separate fresh subprocesses (import, load, predict): the memory held after loading and
-  the peak after inference, above the same process's RSS right after `import torch, pydnnz`.
+  the peak after inference, above the same process's RSS right after `import torch, pydnnz`
+  (and the peak again with glibc's mmap threshold pinned at 1 MiB, see rss_child).
 
 Usage: python bench/torch_models.py [--quick] [--json] [--threads N]
 (--quick: 1,000 test pairs, fewer repeats; the machine is shared: compare ratios, not times.)
@@ -75,10 +76,16 @@ print(json.dumps({{"base_kb": base, "loaded_kb": loaded, "peak_kb": resource.get
 """
 
 
-def rss_child(path, compressed, n_pairs, threads):
+def rss_child(path, compressed, n_pairs, threads, mmap_threshold=None):
+    """RSS figures of a fresh interpreter that loads `path` and predicts. `mmap_threshold` pins
+    glibc's mmap threshold (MALLOC_MMAP_THRESHOLD_): by default glibc raises it after freeing
+    big blocks, so freed activations stay in the heap and the peak depends on allocation order."""
     code = _RSS_CHILD.format(root=str(ROOT), path=str(path), compressed=compressed, n_pairs=n_pairs,
                              threads=threads)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -130,6 +137,7 @@ def main(argv=None):
     with torch.inference_mode():
         t_head_dense = best_time(lambda: baseline.head(fd, fp), repeats * 4)
     rss_dense = rss_child(st_path, False, n_pairs, threads)
+    rss_dense_1m = rss_child(st_path, False, n_pairs, threads, 1 << 20)
 
     records = []
     tmp = Path(tempfile.mkdtemp(prefix="dnnz-bench-"))
@@ -147,6 +155,7 @@ def main(argv=None):
         with torch.inference_mode():
             t_head_comp = best_time(lambda: model.head(fd, fp), repeats * 4)
         rss = rss_child(path, True, n_pairs, threads)
+        rss_1m = rss_child(path, True, n_pairs, threads, 1 << 20)
         summary = json.loads(compressed.dnnz_metadata["pydnnz.summary"])
         encodings = sorted({row["encoding"] for row in json.loads(compressed.dnnz_metadata["pydnnz.layers"])})
         rec = {
@@ -166,6 +175,8 @@ def main(argv=None):
             "rss_loaded_mb_pydnnz": (rss["loaded_kb"] - rss["base_kb"]) / 1024,
             "rss_peak_mb_dense": (rss_dense["peak_kb"] - rss_dense["base_kb"]) / 1024,
             "rss_peak_mb_pydnnz": (rss["peak_kb"] - rss["base_kb"]) / 1024,
+            "rss_peak_mb_dense_mmap1m": (rss_dense_1m["peak_kb"] - rss_dense_1m["base_kb"]) / 1024,
+            "rss_peak_mb_pydnnz_mmap1m": (rss_1m["peak_kb"] - rss_1m["base_kb"]) / 1024,
             "compress_s": t_compress,
         }
         records.append(rec)
@@ -175,7 +186,7 @@ def main(argv=None):
         print(f"DeepDTA DAVIS, {n_pairs} test pairs, {threads} thread(s), torch {torch.__version__}; "
               f"float32 safetensors: {st_bytes:,} B; RSS in MB above the imports, separate processes")
         cols = ("recipe", "file B", "ratio", "MSE before→after", "CI before→after", "ms/1k pairs torch|pydnnz",
-                "head ms/1k torch|pydnnz", "RSS loaded torch|pydnnz", "RSS peak torch|pydnnz")
+                "head ms/1k torch|pydnnz", "RSS loaded torch|pydnnz", "RSS peak torch|pydnnz", "peak, mmap threshold 1 MiB")
         print(" | ".join(cols))
         for r in records:
             print(f"{r['recipe']} | {r['file_bytes']:,} | {r['ratio']:.4f} | {r['mse_before']:.4f}→{r['mse_after']:.4f}"
@@ -183,7 +194,8 @@ def main(argv=None):
                   f" | {r['ms_per_1000_dense']:.1f}|{r['ms_per_1000_pydnnz']:.1f} ({r['time_ratio']:.2f}×)"
                   f" | {r['head_ms_per_1000_dense']:.2f}|{r['head_ms_per_1000_pydnnz']:.2f} ({r['head_time_ratio']:.2f}×)"
                   f" | {r['rss_loaded_mb_dense']:.1f}|{r['rss_loaded_mb_pydnnz']:.1f}"
-                  f" | {r['rss_peak_mb_dense']:.1f}|{r['rss_peak_mb_pydnnz']:.1f}")
+                  f" | {r['rss_peak_mb_dense']:.1f}|{r['rss_peak_mb_pydnnz']:.1f}"
+                  f" | {r['rss_peak_mb_dense_mmap1m']:.1f}|{r['rss_peak_mb_pydnnz_mmap1m']:.1f}")
     return records
 
 

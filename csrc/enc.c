@@ -598,7 +598,7 @@ static T_AVX2 void im_gemv_avx2(const struct panel_ctx *c, int64_t task)
             a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + j), a0); /* x is padded to 16 columns */
         }
         v8f t = (v8f)_mm256_add_ps(a0, a1);
-        c->y[r] = HSUM8(t);
+        c->y[r] = hsum_avx2(t);
     }
 }
 
@@ -897,7 +897,7 @@ static T_AVX512 void im_gemv_avx512(const struct panel_ctx *c, int64_t task)
             }
         }
         v16f t = (v16f)_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-        c->y[r] = HSUM16(t);
+        c->y[r] = hsum_avx512(t);
     }
 #undef IM_LOOKUP
 }
@@ -1021,6 +1021,7 @@ struct csc_ctx {
     const float *x;  /* batch 1: x itself; else x transposed per lane chunk (see csc_run) */
     int64_t chunk;   /* lanes per chunk */
     float *y;
+    int gather;      /* batch > 1 done as `batch` batch-1 products (few non-zeros, see csc_matmul) */
 };
 
 /* non-zeros p0..p0+n of a row, as int32 columns and float values */
@@ -1055,17 +1056,18 @@ static inline int64_t csc_ptr(const struct dnnz_csc *m, int64_t r)
         int32_t col[CSC_CHUNK] __attribute__((aligned(64)));                                      \
         float val[CSC_CHUNK] __attribute__((aligned(64)));                                        \
         (void)worker;                                                                             \
-        if (c->batch == 1) {                                                                      \
-            for (int64_t r = r0; r < r1; r++) {                                                   \
-                int64_t p1 = csc_ptr(m, r + 1);                                                   \
-                float s = 0.0f;                                                                   \
-                for (int64_t p = csc_ptr(m, r); p < p1; p += CSC_CHUNK) {                         \
-                    int n = p1 - p < CSC_CHUNK ? (int)(p1 - p) : CSC_CHUNK;                       \
-                    csc_convert(m, p, n, col, val);                                               \
-                    s += DOT1(col, val, n, c->x);                                                 \
+        if (c->batch == 1 || c->gather) {                                                         \
+            for (int64_t b = 0; b < c->batch; b++)                                                \
+                for (int64_t r = r0; r < r1; r++) {                                               \
+                    int64_t p1 = csc_ptr(m, r + 1);                                               \
+                    float s = 0.0f;                                                               \
+                    for (int64_t p = csc_ptr(m, r); p < p1; p += CSC_CHUNK) {                     \
+                        int n = p1 - p < CSC_CHUNK ? (int)(p1 - p) : CSC_CHUNK;                   \
+                        csc_convert(m, p, n, col, val);                                           \
+                        s += DOT1(col, val, n, c->x + b * m->cols);                               \
+                    }                                                                             \
+                    c->y[b * m->rows + r] = s;                                                    \
                 }                                                                                 \
-                c->y[r] = s;                                                                      \
-            }                                                                                     \
             return;                                                                               \
         }                                                                                         \
         for (int64_t b0 = 0; b0 < c->batch; b0 += BC) {                                           \
@@ -1121,7 +1123,7 @@ static T_AVX2 inline float dot1_avx2(const int32_t *col, const float *val, int n
         a1 = _mm256_fmadd_ps(g1, _mm256_load_ps(val + i + 8), a1);
     }
     v8f t = (v8f)_mm256_add_ps(a0, a1);
-    float s = HSUM8(t);
+    float s = hsum_avx2(t);
     for (; i < n; i++)
         s += val[i] * x[col[i]];
     return s;
@@ -1175,7 +1177,7 @@ static T_AVX512 inline float dot1_avx512(const int32_t *col, const float *val, i
         a0 = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(mk, val + i), a0);
     }
     v16f t = (v16f)_mm512_add_ps(a0, a1);
-    return HSUM16(t);
+    return hsum_avx512(t);
 }
 
 static T_AVX512 inline void lanes_avx512(const int32_t *col, const float *val, int n, const float *xt, int lanes, float *acc)
@@ -1224,7 +1226,7 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
 {
     struct csc_ctx *c = ctx;
     const struct dnnz_csc *m = c->m;
-    if (c->batch != 1) {
+    if (c->batch != 1 && !c->gather) {
         csc_task_avx512_generic(ctx, task, worker);
         return;
     }
@@ -1235,7 +1237,9 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
     if (regcb)
         memcpy(cbpad, m->values, (size_t)m->k * 4);
     const __m512 cb0 = _mm512_loadu_ps(cbpad), cb1 = _mm512_loadu_ps(cbpad + 16);
-    const float *x = c->x;
+    for (int64_t b = 0; b < c->batch; b++) {
+    const float *x = c->x + b * m->cols;
+    float *y = c->y + b * m->rows;
     int64_t p = csc_ptr(m, r0);
     for (int64_t r = r0; r < r1; r++) {
         int64_t p1 = csc_ptr(m, r + 1);
@@ -1263,7 +1267,8 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
         }
         p = p1;
         v16f t = (v16f)_mm512_add_ps(a0, a1);
-        c->y[r] = HSUM16(t);
+        y[r] = hsum_avx512(t);
+    }
     }
 }
 #endif
@@ -1302,9 +1307,12 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
         fn = csc_task_avx2;
     }
 #endif
-    struct csc_ctx c = {m, batch, x, bc, y};
+    struct csc_ctx c = {m, batch, x, bc, y, 0};
     float *xt = NULL;
-    if (batch > 1 && m->cols > 0) {
+    /* Transposing x costs batch * cols; with fewer non-zeros than about two per column the
+     * gathers of the batch-1 kernel, repeated per batch row, are cheaper. */
+    c.gather = batch > 1 && (double)m->nnz < 2.0 * (double)m->cols;
+    if (batch > 1 && m->cols > 0 && !c.gather) {
         /* x transposed in chunks of bc batch lanes: chunk q holds xt[col][lane], rows of bc
          * floats (zero past the last lane), so a non-zero at `col` reads one contiguous run */
         int64_t nchunks = (batch + bc - 1) / bc, n;

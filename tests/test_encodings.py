@@ -17,7 +17,7 @@ import pydnnz
 from pydnnz import errors, runtime
 from pydnnz.encodings import encode, encodings, from_sections, get_encoding, register, EncodedMatrix
 
-ENCODINGS = ("dense", "csc", "im", "im8", "im4", "ham", "sham")
+ENCODINGS = ("dense", "csc", "im", "im8", "im4", "ham", "sham", "rlham")
 PATHS = runtime.supported_cpu_paths()
 U32 = 2.0 ** -24
 

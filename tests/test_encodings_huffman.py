@@ -284,7 +284,10 @@ def test_mutated_sections_decode_or_raise(data):
     x = np.ones((2, d.shape[1]), np.float32)
     y = e.matmul(x)
     ref = x.astype(np.float64) @ d.T.astype(np.float64)
-    assert np.allclose(y, ref, rtol=1e-4, atol=1e-3, equal_nan=True) or not np.isfinite(ref).all()
+    # a flipped exponent bit can make a value huge: float32 sums may then overflow (or round
+    # far from the float64 result), which is IEEE behaviour, not a decoding error
+    huge = np.abs(d).max(initial=0) > 1e30
+    assert huge or np.allclose(y, ref, rtol=1e-4, atol=1e-3, equal_nan=True)
 
 
 def test_read_only_sections_used_in_place():

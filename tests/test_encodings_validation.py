@@ -163,7 +163,7 @@ def test_writable_sections_are_copied_readonly_used_in_place():
     assert np.shares_memory(e.sections["indices"], ro["indices"])
 
 
-@pytest.mark.parametrize("enc", ["dense", "csc", "im", "im8", "im4", "ham", "sham"])
+@pytest.mark.parametrize("enc", ["dense", "csc", "im", "im8", "im4", "ham", "sham", "rlham"])
 @given(data=st.data())
 def test_random_mutations_never_crash(enc, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))

@@ -462,3 +462,21 @@ def test_pydnnz_does_not_import_torch_and_says_when_it_is_missing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pydnnz.torch needs PyTorch" in out.stdout
+
+
+@pytest.mark.parametrize("encoding", pydnnz.encodings.encodings())
+def test_every_encoding_runs_the_layers(encoding):
+    """Linear, grouped Conv2d and Embedding from each encoding equal the dense modules."""
+    torch.manual_seed(4)
+    lin, conv, emb = nn.Linear(40, 6), nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Embedding(12, 5)
+    for m in (lin, conv, emb):
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(quantized(tuple(m.weight.shape), k=8, zeros=0.7)))
+    enc = {m: pydnnz.encode(m.weight.detach().numpy(), encoding=encoding) for m in (lin, conv, emb)}
+    x, img, ids = torch.randn(3, 40), torch.randn(2, 4, 5, 6), torch.tensor([[0, 11, 3]])
+    with torch.no_grad():
+        assert_close(CompressedLinear.from_module(lin, enc[lin])(x), lin(x))
+        comp = CompressedConv2d.from_module(conv, enc[conv])
+        assert all(g.encoding == encoding for g in comp._groups)
+        assert_close(comp(img), conv(img))
+        assert torch.equal(CompressedEmbedding.from_module(emb, enc[emb])(ids), emb(ids))

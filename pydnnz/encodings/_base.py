@@ -13,9 +13,9 @@ import numpy as np
 from .. import errors, runtime
 from .._native import ffi, lib, status_name, _STATUS_ERRORS
 
-# Permanent name <-> id assignments. Ids are never reused; `ham` and `sham` are reserved for the
-# Huffman encodings (branch `huffman`), which register themselves with these ids.
-RESERVED_IDS = {"dense": 1, "csc": 2, "im": 3, "im8": 4, "im4": 5, "ham": 6, "sham": 7}
+# Permanent name <-> id assignments. Ids are never reused; `ham`, `sham` and `rlham` are reserved for the
+# Huffman encodings (branches `huffman`, `rlham`), which register themselves with these ids.
+RESERVED_IDS = {"dense": 1, "csc": 2, "im": 3, "im8": 4, "im4": 5, "ham": 6, "sham": 7, "rlham": 8}
 
 _REGISTRY = {}  # name -> class, in registration order (auto breaks ties by this order)
 
@@ -406,7 +406,7 @@ def encode(matrix, encoding="auto"):
     >>> w = np.zeros((64, 64), np.float32); w[::8, ::8] = 0.5
     >>> e = pydnnz.encode(w)
     >>> e.encoding, e.nbytes < w.nbytes
-    ('csc', True)
+    ('rlham', True)
     >>> bool((e.decode() == w).all())
     True
     """

@@ -1,0 +1,629 @@
+/* rlham.c: the `rlham` encoding (see rlham.h).
+ *
+ * Every kernel walks a row the same way (rl_chunk): refill, decode one joint symbol with the
+ * shared table decoder (dnnz_huf_decode_symbol), map it to (run class, value index) through a
+ * per-call table, read the class's extra bits, and emit (column, weight) pairs into a small
+ * L1 chunk. The walk itself checks that no run passes the row end, so even a stream that was
+ * not validated cannot make it write outside a row; validation adds the end-of-row and
+ * exact-end checks.
+ *
+ * matmul: a task is a block of DNNZ_HAM_TASK_ROWS output rows, each summed by one task in a
+ * fixed order (results do not depend on the thread count). Batch < 4: each chunk of pairs is a
+ * gather dot product per batch row (dnnz_ham_gather_dot: vgatherdps on AVX2/AVX-512). Batch >=
+ * 4: x is transposed once into xt (cols, bp) with the batch padded to 16 lanes, so a stored
+ * entry is one broadcast multiply-add over contiguous lanes; lanes go in tiles of 64 held in
+ * registers while a chunk of pairs streams past.
+ */
+#include "rlham.h"
+
+#include "cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DNNZ_X86 1
+#else
+#define DNNZ_X86 0
+#endif
+
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx2")))
+
+#define KC DNNZ_HAM_KC
+#define TR DNNZ_HAM_TASK_ROWS
+#define RD dnnz_ham_rd
+#define LANES 16   /* batch padding of the transposed x */
+#define TILE 64    /* batch lanes per register tile */
+#define MAX_EXTRA 30 /* extra bits of the largest bucket: runs stay below 2^31 */
+
+static int fail(struct dnnz_enc_err *err, int field, int64_t where, int status)
+{
+    if (err) {
+        err->field = field;
+        err->where = where;
+    }
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the code: decode table + symbol map                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Symbol map entry: everything a symbol means in one load (it sits on the bit reader's
+ * dependency chain): bits 0..20 the value index, 21..52 the smallest run of its class, 55 the
+ * end-of-row flag, 56..61 the number of extra bits. */
+#define MAP_V(e) ((uint32_t)(e) & 0x1FFFFFu)
+#define MAP_BASE(e) ((uint32_t)((e) >> 21))
+#define MAP_EOR ((uint64_t)1 << 55)
+#define MAP_EXTRA(e) ((unsigned)((e) >> 56))
+
+struct rl_code {
+    dnnz_huf_dtable t;
+    uint64_t *map;      /* symbol -> MAP_* entry */
+    int refill2;        /* a code and its extra bits may need more than one refill's 56 bits */
+};
+
+static void rl_code_free(struct rl_code *c)
+{
+    dnnz_huf_dtable_free(&c->t);
+    free(c->map);
+    c->map = NULL;
+}
+
+static void rl_classes(int32_t d, int32_t n_classes, uint32_t *base, uint8_t *extra)
+{
+    for (int32_t c = 0; c < n_classes; c++) {
+        if (c < d) {
+            base[c] = (uint32_t)c;
+            extra[c] = 0;
+        } else {
+            base[c] = (uint32_t)d - 1 + (1u << (c - d));
+            extra[c] = (uint8_t)(c - d);
+        }
+    }
+}
+
+/* Params already checked (k <= 2^20, 1 <= D <= C <= D + 31, C * k + 1 <= DNNZ_HUF_MAX_SYMBOLS). */
+static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
+{
+    memset(c, 0, sizeof *c);
+    size_t n = (size_t)(m->run_classes * m->k + 1);
+    DNNZ_CHECK(dnnz_huf_dtable_init(&c->t, m->lengths, n));
+    c->map = malloc(n * sizeof *c->map);
+    if (!c->map) {
+        rl_code_free(c);
+        return DNNZ_E_ALLOC;
+    }
+    uint32_t base[64];
+    uint8_t extra[64];
+    rl_classes(m->direct_runs, m->run_classes, base, extra);
+    for (int64_t cl = 0, s = 0; cl < m->run_classes; cl++)
+        for (int64_t v = 0; v < m->k; v++, s++)
+            c->map[s] = (uint64_t)extra[cl] << 56 | (uint64_t)base[cl] << 21 | (uint64_t)v;
+    c->map[n - 1] = MAP_EOR;
+    c->refill2 = c->t.max_len + (uint32_t)extra[m->run_classes - 1] > 56;
+    return DNNZ_OK;
+}
+
+/* A row being walked. */
+struct rl_row {
+    dnnz_bit_reader r;
+    uint64_t pos;    /* next column */
+    uint32_t flags;  /* OR of decode flags: DNNZ_HUF_INVALID = a code that decodes to nothing */
+    int state;       /* 0 going, 1 end-of-row read, -1 a run passed the row end */
+};
+
+/* One pair of row s into *col / *w (w = codebook value); 0 when the row ended (state set). */
+DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
+                        float *w)
+{
+    dnnz_bit_reader *r = &s->r;
+    dnnz_bit_refill(r);
+    uint64_t e = c->map[dnnz_huf_decode_symbol(&c->t, r, &s->flags)];
+    if (e & MAP_EOR) {
+        s->state = 1;
+        return 0;
+    }
+    unsigned nb = MAP_EXTRA(e);
+    if (DNNZ_UNLIKELY(c->refill2) && r->avail < nb)
+        dnnz_bit_refill(r);
+    /* branch-free extra bits (whether a run has them is data, not a predictable pattern):
+     * (acc >> 1) >> (63 - nb) is the top nb bits, and 0 for nb = 0 */
+    uint64_t p = s->pos + MAP_BASE(e) + ((r->acc >> 1) >> (63 - nb));
+    dnnz_bit_skip(r, nb);
+    if (DNNZ_UNLIKELY(p >= cols)) {
+        s->state = -1;
+        return 0;
+    }
+    *col = (uint32_t)p;
+    *w = cb[MAP_V(e)];
+    s->pos = p + 1;
+    return 1;
+}
+
+/* Up to KC pairs of row s into col[] / w[]; returns how many. */
+static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col, float *w)
+{
+    int n = 0;
+    while (n < KC && rl_pair(c, cb, cols, s, col + n, w + n))
+        n++;
+    return n;
+}
+
+/* Four rows at once, round robin (four independent bit-reader dependency chains for the
+ * out-of-order core to overlap): pairs of row i go to col[i * KC ..] / w[i * KC ..], n[i] of
+ * them. Returns when a row's buffer is full or every row has ended. */
+static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row s[4], uint32_t *col,
+                      float *w, int n[4])
+{
+    n[0] = n[1] = n[2] = n[3] = 0;
+    /* all four going: no per-row state tests (a row's state changes only in its own rl_pair) */
+    while (!(s[0].state | s[1].state | s[2].state | s[3].state) && (n[0] | n[1] | n[2] | n[3]) < KC) {
+        n[0] += rl_pair(c, cb, cols, &s[0], col + n[0], w + n[0]);
+        n[1] += rl_pair(c, cb, cols, &s[1], col + KC + n[1], w + KC + n[1]);
+        n[2] += rl_pair(c, cb, cols, &s[2], col + 2 * KC + n[2], w + 2 * KC + n[2]);
+        n[3] += rl_pair(c, cb, cols, &s[3], col + 3 * KC + n[3], w + 3 * KC + n[3]);
+    }
+    if ((n[0] | n[1] | n[2] | n[3]) >= KC)
+        return;
+    for (;;) {
+        int going = 0;
+        for (int i = 0; i < 4; i++) {
+            if (s[i].state == 0) {
+                n[i] += rl_pair(c, cb, cols, &s[i], col + i * KC + n[i], w + i * KC + n[i]);
+                going = 1;
+            }
+        }
+        if (!going || (n[0] | n[1] | n[2] | n[3]) >= KC)
+            break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* encode                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static void wr_le(uint8_t *p, int width, int64_t i, uint64_t v)
+{
+    for (int b = 0; b < width; b++)
+        p[i * width + b] = (uint8_t)(v >> (8 * b));
+}
+
+static int rl_class_of(uint64_t run, int32_t d, unsigned *extra_bits, uint32_t *extra)
+{
+    if (run < (uint64_t)d) {
+        *extra_bits = 0;
+        *extra = 0;
+        return (int)run;
+    }
+    uint64_t t = run - (uint64_t)d + 1; /* >= 1 */
+    unsigned j = 63u - (unsigned)__builtin_clzll(t);
+    *extra_bits = j;
+    *extra = (uint32_t)(t - ((uint64_t)1 << j));
+    return d + (int)j;
+}
+
+int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, int32_t run_classes,
+                      const int64_t *rowptr, const uint32_t *colidx, const uint32_t *vindex,
+                      int64_t rows, int64_t cols, uint8_t *offsets, int32_t off_bytes,
+                      uint8_t *payload, int64_t payload_cap)
+{
+    if (rows < 0 || cols < 0 || k < 0 || payload_cap < 0 || off_bytes < 1 || off_bytes > 8 ||
+        direct_runs < 1 || run_classes < direct_runs || run_classes - direct_runs > MAX_EXTRA + 1 ||
+        run_classes * k + 1 > DNNZ_HUF_MAX_SYMBOLS)
+        return DNNZ_E_ARGUMENT;
+    if (rows == 0) {
+        wr_le(offsets, off_bytes, 0, 0);
+        return DNNZ_OK;
+    }
+    const uint32_t eob = (uint32_t)(run_classes * k);
+    const uint64_t lim = off_bytes == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * off_bytes)) - 1;
+    dnnz_huf_ctable ct;
+    dnnz_bit_writer w;
+    DNNZ_CHECK(dnnz_huf_ctable_init(&ct, lengths, (size_t)eob + 1));
+    int st = dnnz_bit_writer_init(&w, payload, (size_t)payload_cap, 0);
+    for (int64_t r = 0; r < rows && st == DNNZ_OK; r++) {
+        uint64_t at = dnnz_bit_writer_tell(&w);
+        if (at > lim) {
+            st = DNNZ_E_LIMIT;
+            break;
+        }
+        wr_le(offsets, off_bytes, r, at);
+        int64_t p0 = rowptr[r], p1 = rowptr[r + 1];
+        if (p0 < 0 || p1 < p0 || p1 - p0 > cols) {
+            st = DNNZ_E_ARGUMENT;
+            break;
+        }
+        int64_t next = 0;
+        for (int64_t p = p0; p <= p1; p++) {
+            uint32_t sym;
+            unsigned nb = 0;
+            uint32_t ex = 0;
+            if (p < p1) {
+                if ((int64_t)colidx[p] < next || (int64_t)colidx[p] >= cols || (int64_t)vindex[p] >= k) {
+                    st = DNNZ_E_ARGUMENT;
+                    break;
+                }
+                int cl = rl_class_of((uint64_t)colidx[p] - (uint64_t)next, direct_runs, &nb, &ex);
+                if (cl >= run_classes) {
+                    st = DNNZ_E_ARGUMENT;
+                    break;
+                }
+                sym = (uint32_t)cl * (uint32_t)k + vindex[p];
+                next = (int64_t)colidx[p] + 1;
+            } else {
+                sym = eob;
+            }
+            uint64_t e = ct.entry[sym];
+            if (!(e & 0xFF)) {
+                st = DNNZ_E_ARGUMENT;
+                break;
+            }
+            dnnz_bit_add(&w, e >> 8, (unsigned)(e & 0xFF));
+            dnnz_bit_flush(&w);
+            if (nb) {
+                dnnz_bit_add(&w, ex, nb);
+                dnnz_bit_flush(&w);
+            }
+            if (w.overflow) {
+                st = DNNZ_E_DST_TOO_SMALL;
+                break;
+            }
+        }
+    }
+    uint64_t end = 0;
+    if (st == DNNZ_OK)
+        st = dnnz_bit_writer_finish(&w, &end);
+    if (st == DNNZ_OK && end > lim)
+        st = DNNZ_E_LIMIT;
+    if (st == DNNZ_OK)
+        wr_le(offsets, off_bytes, rows, end);
+    dnnz_huf_ctable_free(&ct);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* validate                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+struct check_ctx {
+    const struct dnnz_rlham *m;
+    const struct rl_code *c;
+    int32_t *status; /* per task */
+    int64_t *where;  /* per task: first bad row */
+};
+
+static void check_task(void *vc, int64_t task, int worker)
+{
+    struct check_ctx *x = vc;
+    const struct dnnz_rlham *m = x->m;
+    uint32_t col[KC];
+    float w[KC];
+    (void)worker;
+    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
+    x->status[task] = DNNZ_OK;
+    for (int64_t r = r0; r < r1; r++) {
+        uint64_t start = RD(m->offsets, m->off_bytes, r), end = RD(m->offsets, m->off_bytes, r + 1);
+        struct rl_row s = {.pos = 0, .flags = 0, .state = 0};
+        /* the reader stops at the row's last byte: a row never reads its neighbour's bits */
+        dnnz_bit_reader_init(&s.r, m->payload, (size_t)dnnz_bit_bytes(end), start);
+        while (s.state == 0)
+            rl_chunk(x->c, m->codebook, (uint64_t)m->cols, &s, col, w);
+        if (s.state != 1 || (s.flags & DNNZ_HUF_INVALID) || dnnz_bit_reader_tell(&s.r) != end) {
+            x->status[task] = DNNZ_E_CORRUPT;
+            x->where[task] = r;
+            return;
+        }
+    }
+}
+
+int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
+{
+    if (!m)
+        return DNNZ_E_ARGUMENT;
+    if (m->rows < 0 || m->cols < 0 || m->k < 0)
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+    if (m->rows > DNNZ_ENC_MAX_DIM || m->cols > DNNZ_ENC_MAX_DIM || m->k > DNNZ_HUF_MAX_SYMBOLS)
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+    if (m->off_bytes < 1 || m->off_bytes > 8 || m->direct_runs < 1 || m->run_classes < m->direct_runs ||
+        m->run_classes - m->direct_runs > MAX_EXTRA + 1)
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+    if ((int64_t)m->run_classes * m->k + 1 > DNNZ_HUF_MAX_SYMBOLS)
+        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+    const int64_t n_alpha = (int64_t)m->run_classes * m->k + 1;
+    if (m->codebook_len != m->k || (m->k && !m->codebook))
+        return fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    for (int64_t i = 0; i < m->k; i++) {
+        uint32_t u;
+        memcpy(&u, &m->codebook[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u || u == 0) /* NaN, or +0.0 (zeros are the runs) */
+            return fail(err, DNNZ_FIELD_CODEBOOK, i, DNNZ_E_CORRUPT);
+    }
+    if (m->lengths_len != n_alpha || !m->lengths)
+        return fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < n_alpha ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    uint32_t n_used = 0;
+    int st = dnnz_huf_check_lengths(m->lengths, (size_t)n_alpha, &n_used, NULL);
+    if (st != DNNZ_OK)
+        return fail(err, DNNZ_FIELD_LENGTHS, -1, st);
+    if (m->rows > 0 && m->lengths[n_alpha - 1] == 0) /* every row ends with the end-of-row code */
+        return fail(err, DNNZ_FIELD_LENGTHS, n_alpha - 1, DNNZ_E_CORRUPT);
+    const int64_t off_len = (m->rows + 1) * m->off_bytes;
+    if (m->offsets_len != off_len || !m->offsets)
+        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < off_len ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    if (m->payload_len < 0 || (m->payload_len && !m->payload))
+        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
+    if (RD(m->offsets, m->off_bytes, 0) != 0)
+        return fail(err, DNNZ_FIELD_OFFSETS, 0, DNNZ_E_CORRUPT);
+    for (int64_t r = 0; r < m->rows; r++) /* each row holds at least its end-of-row code */
+        if (RD(m->offsets, m->off_bytes, r + 1) <= RD(m->offsets, m->off_bytes, r))
+            return fail(err, DNNZ_FIELD_OFFSETS, r + 1, DNNZ_E_CORRUPT);
+    uint64_t end = RD(m->offsets, m->off_bytes, m->rows);
+    if (end > (uint64_t)m->payload_len * 8)
+        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRUNCATED);
+    if (dnnz_bit_bytes(end) != (uint64_t)m->payload_len)
+        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
+    if ((end & 7) && (m->payload[m->payload_len - 1] & (0xFFu >> (end & 7))))
+        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
+    if (m->rows == 0)
+        return DNNZ_OK;
+
+    struct rl_code c;
+    DNNZ_CHECK(rl_code_init(&c, m));
+    int64_t n_tasks = (m->rows + TR - 1) / TR;
+    int32_t *status = malloc((size_t)n_tasks * sizeof *status);
+    int64_t *where = malloc((size_t)n_tasks * sizeof *where);
+    if (!status || !where) {
+        st = DNNZ_E_ALLOC;
+    } else {
+        struct check_ctx x = {m, &c, status, where};
+        dnnz_cpu_parallel(n_tasks, check_task, &x);
+        for (int64_t i = 0; i < n_tasks; i++)
+            if (status[i] != DNNZ_OK) {
+                st = fail(err, DNNZ_FIELD_PAYLOAD, where[i], status[i]);
+                break;
+            }
+    }
+    free(status);
+    free(where);
+    rl_code_free(&c);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* batch tiles: acc[0..tw) += sum_j w[j] * xt[col[j] * bp + (0..tw)]                            */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef void (*axpy_fn)(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp, float *acc);
+
+static void axpy_ref(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp, float *acc, int tw)
+{
+    for (int j = 0; j < n; j++) {
+        const float *xr = xt + (int64_t)col[j] * bp;
+        for (int b = 0; b < tw; b++)
+            acc[b] += w[j] * xr[b];
+    }
+}
+
+#define DEFINE_AXPY_REF(TW)                                                                             \
+    static void axpy_ref_##TW(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp, \
+                              float *acc)                                                              \
+    {                                                                                                  \
+        axpy_ref(w, col, n, xt, bp, acc, TW);                                                          \
+    }
+DEFINE_AXPY_REF(16)
+DEFINE_AXPY_REF(32)
+DEFINE_AXPY_REF(48)
+DEFINE_AXPY_REF(64)
+
+#if DNNZ_X86
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v16fu __attribute__((vector_size(64), aligned(4)));
+
+#define DEFINE_AXPY_VEC(NAME, ATTR, VT, VTU, VW, NV)                                                   \
+    static ATTR void NAME(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp,     \
+                          float *acc)                                                                  \
+    {                                                                                                  \
+        VT a[NV];                                                                                      \
+        for (int v = 0; v < NV; v++)                                                                   \
+            a[v] = *(const VTU *)(acc + v * VW);                                                       \
+        for (int j = 0; j < n; j++) {                                                                  \
+            const float *xr = xt + (int64_t)col[j] * bp;                                               \
+            const float wj = w[j];                                                                     \
+            for (int v = 0; v < NV; v++)                                                               \
+                a[v] += wj * *(const VTU *)(xr + v * VW);                                              \
+        }                                                                                              \
+        for (int v = 0; v < NV; v++)                                                                   \
+            *(VTU *)(acc + v * VW) = a[v];                                                             \
+    }
+DEFINE_AXPY_VEC(axpy_avx2_16, T_AVX2, v8f, v8fu, 8, 2)
+DEFINE_AXPY_VEC(axpy_avx2_32, T_AVX2, v8f, v8fu, 8, 4)
+DEFINE_AXPY_VEC(axpy_avx2_48, T_AVX2, v8f, v8fu, 8, 6)
+DEFINE_AXPY_VEC(axpy_avx2_64, T_AVX2, v8f, v8fu, 8, 8)
+DEFINE_AXPY_VEC(axpy_avx512_16, T_AVX512, v16f, v16fu, 16, 1)
+DEFINE_AXPY_VEC(axpy_avx512_32, T_AVX512, v16f, v16fu, 16, 2)
+DEFINE_AXPY_VEC(axpy_avx512_48, T_AVX512, v16f, v16fu, 16, 3)
+DEFINE_AXPY_VEC(axpy_avx512_64, T_AVX512, v16f, v16fu, 16, 4)
+#endif
+
+/* The kernel for a tile of tw lanes (16, 32, 48 or 64). */
+static axpy_fn pick_axpy(int path, int tw)
+{
+    int i = tw / LANES - 1;
+#if DNNZ_X86
+    if (path == DNNZ_CPU_AVX512) {
+        static const axpy_fn f[4] = {axpy_avx512_16, axpy_avx512_32, axpy_avx512_48, axpy_avx512_64};
+        return f[i];
+    }
+    if (path == DNNZ_CPU_AVX2) {
+        static const axpy_fn f[4] = {axpy_avx2_16, axpy_avx2_32, axpy_avx2_48, axpy_avx2_64};
+        return f[i];
+    }
+#endif
+    (void)path;
+    static const axpy_fn f[4] = {axpy_ref_16, axpy_ref_32, axpy_ref_48, axpy_ref_64};
+    return f[i];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* decode and matmul                                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+#define GATHER_MAX_BATCH 3 /* batches up to this use gathers from x; above, the transposed x */
+
+struct rl_ctx {
+    const struct dnnz_rlham *m;
+    const struct rl_code *c;
+    const float *x;   /* (batch, cols) */
+    const float *xt;  /* (cols, bp), batch > GATHER_MAX_BATCH */
+    int64_t batch, bp;
+    float *y;         /* matmul: (batch, rows); decode: (rows, cols) */
+    float *acc;       /* per task: 4 rows x bp floats */
+    int path;
+};
+
+static void rl_row_start(const struct dnnz_rlham *m, int64_t r, struct rl_row *s)
+{
+    s->pos = 0;
+    s->flags = 0;
+    s->state = 0;
+    dnnz_bit_reader_init(&s->r, m->payload, (size_t)m->payload_len, RD(m->offsets, m->off_bytes, r));
+}
+
+static void rl_matmul_task(void *vc, int64_t task, int worker)
+{
+    const struct rl_ctx *x = vc;
+    const struct dnnz_rlham *m = x->m;
+    uint32_t col[4 * KC] __attribute__((aligned(64)));
+    float w[4 * KC] __attribute__((aligned(64)));
+    const int64_t batch = x->batch, bp = x->bp;
+    (void)worker;
+    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, n[4];
+        struct rl_row s[4];
+        for (int i = 0; i < 4; i++) {
+            if (i < nr) {
+                rl_row_start(m, r + i, &s[i]);
+            } else {
+                memset(&s[i], 0, sizeof s[i]);
+                s[i].state = 1; /* missing rows of the last group: already ended */
+            }
+        }
+        if (batch <= GATHER_MAX_BATCH) {
+            float sum[4][GATHER_MAX_BATCH] = {{0}};
+            do {
+                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
+                for (int i = 0; i < nr; i++)
+                    for (int64_t b = 0; b < batch; b++)
+                        sum[i][b] += dnnz_ham_gather_dot(x->path, w + i * KC, (const uint8_t *)(col + i * KC), 4,
+                                                         n[i], x->x + b * m->cols);
+            } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
+            for (int i = 0; i < nr; i++)
+                for (int64_t b = 0; b < batch; b++)
+                    x->y[b * m->rows + r + i] = sum[i][b];
+        } else {
+            float *acc = x->acc + (size_t)(task * 4) * (size_t)bp;
+            memset(acc, 0, (size_t)(4 * bp) * sizeof *acc);
+            do {
+                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
+                for (int i = 0; i < nr; i++) {
+                    if (!n[i])
+                        continue;
+                    for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
+                        int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
+                        pick_axpy(x->path, tw)(w + i * KC, col + i * KC, n[i], x->xt + b0, bp, acc + i * bp + b0);
+                    }
+                }
+            } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
+            for (int i = 0; i < nr; i++)
+                for (int64_t b = 0; b < batch; b++)
+                    x->y[b * m->rows + r + i] = acc[i * bp + b];
+        }
+    }
+}
+
+static void rl_decode_task(void *vc, int64_t task, int worker)
+{
+    const struct rl_ctx *x = vc;
+    const struct dnnz_rlham *m = x->m;
+    uint32_t col[KC];
+    float w[KC];
+    (void)worker;
+    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
+    for (int64_t r = r0; r < r1; r++) {
+        float *row = x->y + r * m->cols;
+        memset(row, 0, (size_t)m->cols * sizeof *row);
+        struct rl_row s;
+        rl_row_start(m, r, &s);
+        while (s.state == 0) {
+            int n = rl_chunk(x->c, m->codebook, (uint64_t)m->cols, &s, col, w);
+            for (int j = 0; j < n; j++)
+                row[col[j]] = w[j];
+        }
+    }
+}
+
+int dnnz_rlham_decode(const struct dnnz_rlham *m, float *dst)
+{
+    if (!m || !dst)
+        return DNNZ_E_ARGUMENT;
+    int path = dnnz_cpu_get_path();
+    if (path < 0)
+        return DNNZ_E_UNSUPPORTED;
+    if (m->rows * m->cols == 0)
+        return DNNZ_OK;
+    struct rl_code c;
+    DNNZ_CHECK(rl_code_init(&c, m));
+    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path};
+    dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_decode_task, &x);
+    rl_code_free(&c);
+    return DNNZ_OK;
+}
+
+int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch, float *y)
+{
+    if (!m || !y || (!x && batch > 0 && m->cols > 0) || batch < 0)
+        return DNNZ_E_ARGUMENT;
+    int path = dnnz_cpu_get_path();
+    if (path < 0)
+        return DNNZ_E_UNSUPPORTED;
+    if (m->rows == 0 || batch == 0)
+        return DNNZ_OK;
+    if (m->cols == 0) {
+        memset(y, 0, (size_t)(batch * m->rows) * sizeof *y);
+        return DNNZ_OK;
+    }
+    struct rl_code c;
+    DNNZ_CHECK(rl_code_init(&c, m));
+    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path};
+    float *xt = NULL, *acc = NULL;
+    int st = DNNZ_OK;
+    if (batch > GATHER_MAX_BATCH) {
+        int64_t bp = (batch + LANES - 1) / LANES * LANES;
+        xt = malloc((size_t)(m->cols * bp) * sizeof *xt);
+        acc = malloc((size_t)((m->rows + TR - 1) / TR) * 4 * (size_t)bp * sizeof *acc);
+        if (!xt || !acc) {
+            st = DNNZ_E_ALLOC;
+            goto done;
+        }
+        /* transpose in blocks of 64 columns: both sides stay in cache */
+        for (int64_t j0 = 0; j0 < m->cols; j0 += 64) {
+            int64_t j1 = j0 + 64 < m->cols ? j0 + 64 : m->cols;
+            for (int64_t b = 0; b < bp; b++)
+                for (int64_t j = j0; j < j1; j++)
+                    xt[j * bp + b] = b < batch ? x[b * m->cols + j] : 0.0f;
+        }
+        ctx.xt = xt;
+        ctx.bp = bp;
+        ctx.acc = acc;
+    }
+    dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_matmul_task, &ctx);
+done:
+    free(xt);
+    free(acc);
+    rl_code_free(&c);
+    return st;
+}

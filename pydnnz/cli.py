@@ -1,0 +1,378 @@
+"""The `dnnz` command line: compress, info, verify, convert, bench, demo.
+
+Exit codes: 0 success, 1 a failed check (a corrupt or inconsistent file, a failed verification),
+2 a usage error (bad option, missing or unsupported file, refusing to overwrite). Errors are one
+line on stderr that names the file and what is wrong. Outputs are written atomically: a failed
+run leaves no partial output file, and nothing is overwritten without --force.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import CorruptDataError, DnnzError, InvalidArgumentError, UnsupportedError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line mistake: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr, exit 2 (argparse prints usage too; keep it short)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# --------------------------------------------------------------------------- helpers
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"  # pragma: no cover
+
+
+def _table(rows, headers) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    def line(r):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _entropy_bits(values: np.ndarray) -> float:
+    """Order-0 empirical entropy of the entries, in bits per entry."""
+    if values.size == 0:
+        return 0.0
+    _, counts = np.unique(values.ravel(), return_counts=True)
+    p = counts / values.size
+    return float(-(p * np.log2(p)).sum())
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists (use --force to overwrite)")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory")
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a regular file")
+
+
+# --------------------------------------------------------------------------- compress
+EMBEDDING_OR_NORM = ("*embed*", "*norm*", "*bn*", "*.ln*", "*layernorm*")
+
+
+def default_layer_selection(name: str, array: np.ndarray) -> bool:
+    """Compress by default: float tensors with 2+ dimensions that are not embeddings or norms."""
+    return (array.ndim >= 2 and array.dtype.kind == "f"
+            and not any(fnmatch.fnmatch(name.lower(), pat) for pat in EMBEDDING_OR_NORM))
+
+
+def cmd_compress(args) -> int:
+    from .compress import compress_weights
+    from .container import save_file
+    from .convert import format_of, read_tensors
+    from .encodings import encode
+
+    src, dst = Path(args.input), Path(args.output)
+    _check_input(src)
+    format_of(src)
+    if format_of(dst) != "dnnz":
+        raise UsageError(f"{dst}: the output of compress must be a .dnnz file")
+    _check_output(dst, args.force)
+    if args.prune is not None and not 0 <= args.prune <= 100:
+        raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100]")
+    if args.k < 1:
+        raise UsageError(f"--k {args.k}: must be at least 1")
+    from .encodings import encodings
+
+    if args.encoding != "auto" and args.encoding not in encodings():
+        raise UsageError(f"--encoding {args.encoding}: unknown (choose auto, {', '.join(encodings())})")
+    t0 = time.perf_counter()
+    tensors, metadata = read_tensors(src)
+    if args.layers:
+        chosen = [k for k in tensors if any(fnmatch.fnmatchcase(k, g) for g in args.layers)]
+        if not chosen:
+            raise UsageError(f"--layers {' '.join(args.layers)}: matches no tensor of {src}")
+        bad = [k for k in chosen if tensors[k].dtype.kind != "f" or tensors[k].ndim < 2]
+        if bad:
+            raise UsageError(f"--layers selects {bad[0]!r}, which is not a float tensor with 2+ dimensions")
+    else:
+        chosen = [k for k, v in tensors.items() if default_layer_selection(k, v)]
+    lossy = {}
+    if args.quantize or args.prune:
+        lossy = compress_weights({k: tensors[k] for k in chosen}, method=args.quantize,
+                                 k=args.k, prune=args.prune, unified=args.unified, seed=args.seed)
+    out = dict(tensors)
+    rows = []
+    for name in chosen:
+        encoded = encode(lossy.get(name, tensors[name]), encoding=args.encoding)
+        out[name] = encoded
+        rows.append([name, "x".join(map(str, tensors[name].shape)), encoded.encoding, encoded.nbytes,
+                     f"{encoded.nbytes / tensors[name].nbytes:.4f}"])
+    recipe = {"prune": args.prune, "quantize": args.quantize, "k": args.k if args.quantize else None,
+              "encoding": args.encoding, "unified": args.unified, "seed": args.seed, "layers": chosen}
+    metadata = dict(metadata)
+    metadata.update({"pydnnz.recipe": json.dumps(recipe), "pydnnz.source": src.name})
+    save_file(out, dst, metadata=metadata)
+    print(_table(rows, ["tensor", "shape", "encoding", "bytes", "psi"]))
+    print(f"\n{src} ({_human(src.stat().st_size)}) -> {dst} ({_human(dst.stat().st_size)}), "
+          f"{len(chosen)} tensors compressed in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- info
+def tensor_report(name, t) -> dict:
+    """Per-tensor facts for `dnnz info`: shape, encoding, bytes, bits/weight, entropy bound, psi."""
+    if isinstance(t, np.ndarray):
+        values, encoding, nbytes, dtype = t, "raw", int(t.nbytes), str(t.dtype)
+    else:
+        values, encoding, nbytes, dtype = t.decode(), t.encoding, int(t.nbytes), "float32"
+    n = int(values.size)
+    h = _entropy_bits(values)
+    bound = n * h / 8
+    dense = n * values.dtype.itemsize
+    return {
+        "name": name,
+        "shape": list(values.shape),
+        "dtype": dtype,
+        "encoding": encoding,
+        "bytes": nbytes,
+        "bits_per_weight": (8 * nbytes / n) if n else 0.0,
+        "entropy_bits_per_weight": h,
+        "entropy_bound_bytes": bound,
+        "psi": nbytes / dense if dense else 0.0,
+    }
+
+
+def cmd_info(args) -> int:
+    from .container import safe_open
+
+    path = Path(args.file)
+    _check_input(path)
+    with safe_open(path) as f:
+        reports = [tensor_report(k, f.get(k)) for k in f.keys()]
+        metadata = dict(f.metadata() or {})
+    total = sum(r["bytes"] for r in reports)
+    dense = sum(np.prod(r["shape"], dtype=np.int64) * (4 if r["encoding"] != "raw" else np.dtype(r["dtype"]).itemsize)
+                for r in reports)
+    summary = {"file": str(path), "file_bytes": path.stat().st_size, "payload_bytes": int(total),
+               "dense_bytes": int(dense), "psi": float(total / dense) if dense else 0.0}
+    if args.json:
+        print(json.dumps({"summary": summary, "metadata": metadata, "tensors": reports}, indent=2))
+        return EXIT_OK
+    rows = [[r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["encoding"], r["bytes"],
+             f"{r['bits_per_weight']:.3f}", f"{r['entropy_bound_bytes']:.0f}", f"{r['psi']:.4f}"] for r in reports]
+    print(_table(rows, ["tensor", "shape", "dtype", "encoding", "bytes", "bits/w", "entropy B", "psi"]))
+    print(f"\n{path}: {len(reports)} tensors, file {_human(summary['file_bytes'])}, "
+          f"payload {_human(total)} vs dense {_human(dense)} (psi {summary['psi']:.4f})")
+    for k, v in metadata.items():
+        print(f"  {k}: {v if len(v) < 120 else v[:117] + '...'}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- verify
+def cmd_verify(args) -> int:
+    from .container import verify
+
+    path = Path(args.file)
+    _check_input(path)
+    verify(path)
+    print(f"{path}: OK")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- convert
+def cmd_convert(args) -> int:
+    from .convert import convert, format_of
+
+    src, dst = Path(args.input), Path(args.output)
+    _check_input(src)
+    format_of(src)
+    format_of(dst)
+    _check_output(dst, args.force)
+    summary = convert(src, dst, force=True)
+    print(f"{src} -> {dst}: {summary['tensors']} tensors, {_human(summary['bytes_in'])} -> {_human(summary['bytes_out'])}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- bench
+def _quick_matrices(seed=0):
+    """Synthetic layers for `dnnz bench --quick`: 1024x1024, k=32 Laplacian codebook; 90% pruned variant."""
+    from .encodings import encode, encodings
+
+    rng = np.random.default_rng(seed)
+    codebook = np.sort(rng.laplace(0, 0.05, 32).astype(np.float32))
+    idx = np.clip(np.round(rng.laplace(16, 4, (1024, 1024))), 0, 31).astype(np.int64)
+    w = codebook[idx]
+    pruned = w.copy()
+    pruned[rng.random(w.shape) < 0.9] = 0.0
+    out = {}
+    for label, m in (("1024x1024 k=32", w), ("1024x1024 p=90% k=32", pruned)):
+        for name in encodings():
+            try:
+                out[f"{label} [{name}]"] = encode(m, encoding=name)
+            except DnnzError:  # an encoding that cannot hold this matrix (e.g. im4 with k > 16)
+                continue
+    return out
+
+
+def cmd_bench(args) -> int:
+    from ._timing import best_time
+
+    if args.quick == bool(args.file):
+        raise UsageError("give either FILE or --quick")
+    if args.quick:
+        layers = _quick_matrices()
+    else:
+        from .container import safe_open
+
+        path = Path(args.file)
+        _check_input(path)
+        with safe_open(path) as f:
+            layers = {k: f.get(k) for k in f.keys()}
+        layers = {k: v for k, v in layers.items() if not isinstance(v, np.ndarray)}
+        if not layers:
+            raise UsageError(f"{path}: holds no compressed tensor to benchmark")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        torch = None
+    from . import cpu_path
+
+    batches = args.batch or [1, 8, 128]
+    records = []
+    rng = np.random.default_rng(1)
+    for name, em in layers.items():
+        dense = em.decode().reshape(em.matrix_shape)
+        n_in = dense.shape[1]
+        for b in batches:
+            x = rng.standard_normal((b, n_in), dtype=np.float32)
+            t_dnnz = best_time(lambda: em.matmul(x))
+            t_np = best_time(lambda: x @ dense.T)
+            rec = {"tensor": name, "encoding": em.encoding, "shape": list(em.matrix_shape), "batch": b,
+                   "bytes": int(em.nbytes), "dense_bytes": int(dense.nbytes), "cpu_path": cpu_path(),
+                   "pydnnz_s": t_dnnz, "numpy_s": t_np, "ratio_numpy": t_dnnz / t_np}
+            if torch is not None:
+                wt, xt = torch.from_numpy(dense), torch.from_numpy(x)
+                with torch.inference_mode():
+                    rec["torch_s"] = best_time(lambda: torch.nn.functional.linear(xt, wt))
+                rec["ratio_torch"] = t_dnnz / rec["torch_s"]
+            records.append(rec)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return EXIT_OK
+    rows = [[r["tensor"], r["encoding"], r["batch"], r["bytes"], f"{r['pydnnz_s'] * 1e6:.1f}",
+             f"{r['numpy_s'] * 1e6:.1f}", f"{r['ratio_numpy']:.2f}x",
+             f"{r['ratio_torch']:.2f}x" if "ratio_torch" in r else "-"] for r in records]
+    print(_table(rows, ["tensor", "encoding", "batch", "bytes", "pydnnz us", "numpy us", "vs numpy", "vs torch"]))
+    print(f"\ncpu path: {cpu_path()}; times are best-of-N in this run; ratio < 1 means pydnnz is faster")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(as_json=args.json, keep=args.keep)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dnnz", description="Compress, inspect, verify and convert neural-network weight files.")
+    p.add_argument("--version", action="version", version=f"pydnnz {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    c = sub.add_parser("compress", help="compress a weight file into a .dnnz file")
+    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin) or .npz")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the .dnnz file to write")
+    c.add_argument("--prune", type=float, metavar="P", help="prune the P%% smallest-magnitude weights of each layer")
+    c.add_argument("--quantize", choices=["cws", "pws", "uq", "ecsq"], help="weight sharing / quantization method")
+    c.add_argument("--k", type=int, default=32, help="codebook size for --quantize (default 32)")
+    c.add_argument("--encoding", default="auto", help="lossless encoding of each layer (default auto: the smallest)")
+    c.add_argument("--layers", metavar="GLOB", action="append",
+                   help="compress only tensors whose name matches (repeatable); default: every float "
+                        "tensor with 2+ dimensions except embeddings and norms")
+    c.add_argument("--unified", action="store_true", help="one codebook per layer type instead of per layer")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    c.set_defaults(func=cmd_compress)
+
+    i = sub.add_parser("info", help="per-tensor shape, encoding, bytes, bits/weight, entropy bound, psi")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("verify", help="check every checksum and structure; exit 0 when all pass, 1 otherwise")
+    v.add_argument("file", metavar="FILE")
+    v.set_defaults(func=cmd_verify)
+
+    cv = sub.add_parser("convert", help="convert between .dnnz, .safetensors, .pt/.pth and .npz")
+    cv.add_argument("input", metavar="IN")
+    cv.add_argument("output", metavar="OUT")
+    cv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    cv.set_defaults(func=cmd_convert)
+
+    b = sub.add_parser("bench", help="dot-product speed from the compressed form vs dense, same run")
+    b.add_argument("file", metavar="FILE", nargs="?")
+    b.add_argument("--quick", action="store_true", help="synthetic matrices instead of a file")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--batch", type=int, action="append", help="batch sizes (default 1, 8, 128)")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="compress the bundled DeepDTA/DAVIS model and print the table")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--keep", metavar="DIR", help="keep the .dnnz files in DIR")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code or 0)
+    prefix = f"dnnz {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, IsADirectoryError, PermissionError, FileExistsError) as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidArgumentError as exc:  # bad option values, unsupported file types
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DnnzError as exc:  # corrupt files, unsupported versions or contents, failed checks
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in pydnnz: still one line, the traceback on request
+        if os.environ.get("DNNZ_DEBUG"):
+            raise
+        print(f"{prefix}: internal error ({type(exc).__name__}: {exc}); "
+              "rerun with DNNZ_DEBUG=1 for the traceback and please report it", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
