@@ -140,6 +140,17 @@ def grid(name: str, models) -> list[Run]:
     return runs
 
 
+def extra_ft_runs(models) -> list[Run]:
+    """Retraining for every dense configuration of the grid (run after the main grid when time is
+    left; keys already in the CSV are skipped): quantizers first, then Pr-X, then pruning alone."""
+    runs = []
+    for m in models:
+        dense = [r for r in grid("full", [m]) if r.scope == "dense" and not r.ft and r.method != "SLR"]
+        dense.sort(key=lambda r: (r.method == "Pr", r.method.startswith("Pr-"), r.dense_p))
+        runs += [Run(**{**asdict(r), "ft": 1}) for r in dense]
+    return runs
+
+
 def target_runs(models, methods=("Pr-UQ",), p=97, k=16, mult=5) -> list[Run]:
     """Longer retraining at the ψ target's operating point (p = 97: ψ ≈ 0.015 in real bytes)."""
     return [Run(m, meth, dense_p=p, dense_k=k, ft=mult) for m in models for meth in methods]
@@ -414,6 +425,7 @@ def main(argv=None):
                          "when running models in parallel processes")
     ap.add_argument("--ft-only", action="store_true", help="only the fine-tuned runs")
     ap.add_argument("--no-ft", action="store_true", help="only the runs without fine-tuning")
+    ap.add_argument("--extra-ft", action="store_true", help="retraining for every dense configuration")
     ap.add_argument("--target", default="", help="only the long-retraining target runs: METHOD[,METHOD..]@P-K "
                     "(e.g. Pr-UQ,Pr-CWS@97-16), on the DeepDTA models among --models")
     args = ap.parse_args(argv)
@@ -425,6 +437,8 @@ def main(argv=None):
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if args.smoke else RESULTS)
     csv_path = out / "study.csv"
     runs = grid("smoke" if args.smoke else "full", models)
+    if args.extra_ft:
+        runs = extra_ft_runs(models)
     if args.target:
         meths, pk = args.target.split("@")
         p, k = pk.split("-")
