@@ -238,22 +238,34 @@ def plot_model(out: Path, model: str, rows: list[dict]) -> Path | None:
         srows = [r for r in rows if r["scope"] == scope]
         methods = sorted({r["method"] for r in srows}, key=lambda m: (METHOD_ORDER.index(m.split("/")[-1])
                                                                       if m.split("/")[-1] in METHOD_ORDER else 99, m))
+        base = y(rows[0]["baseline"])
+        lo = min(min(y(r["perf"]) for r in srows), base) / 1.15
+        top = max(lo * 10, base * 8)   # collapsed runs are drawn at the top edge, as x
         for i, m in enumerate(methods):
             mr = [r for r in srows if r["method"] == m]
+            label = m   # on the first marker drawn for the method
             for ft, marker in ((False, "o"), (True, "^")):
-                pts = [(r["psi"], y(r["perf"])) for r in mr if bool(r["ft"]) == ft and r["psi"] > 0]
+                sel = [r for r in mr if bool(r["ft"]) == ft and r["psi"] > 0]
+                pts = [(r["psi"], y(r["perf"])) for r in sel if y(r["perf"]) <= top]
                 if pts:
-                    ax.scatter(*zip(*pts), color=cmap(i % 10), marker=marker, s=24, alpha=0.8,
-                               label=m if not ft or all(r["ft"] for r in mr) else None)
-            front = pareto_front([(r["psi"], y(r["perf"])) for r in mr if r["psi"] > 0], False)
+                    ax.scatter(*zip(*pts), color=cmap(i % 10), marker=marker, s=24, alpha=0.8, label=label)
+                    label = None
+                off = [r["psi"] for r in sel if y(r["perf"]) > top]
+                if off:
+                    ax.scatter(off, [top / 1.05] * len(off), color=cmap(i % 10), marker="x", s=18, alpha=0.6,
+                               label=label)
+                    label = None
+            front = [(a, b) for a, b in pareto_front([(r["psi"], y(r["perf"])) for r in mr if r["psi"] > 0], False)
+                     if b <= top]
             if len(front) > 1:
                 ax.step(*zip(*front), where="post", color=cmap(i % 10), lw=1)
+        ax.set_ylim(lo, top)
         ax.axhline(y(rows[0]["baseline"]), color="k", ls="--", lw=1, label="baseline")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("ψ (real .dnnz payload bytes / float32 bytes of the compressed kernels)")
         ax.set_ylabel("test error rate (1 − accuracy)" if hib else "test MSE")
-        ax.set_title(f"{model}: {scope} layers (o plain, ^ retrained)", fontsize=10)
+        ax.set_title(f"{model}: {scope} layers (o plain, ^ retrained, x off the scale)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
