@@ -82,7 +82,9 @@ PROTOCOL = """## Protocol
   16, 32, 256}; Pr-X p ∈ {60, 90, 97, 99} × k ∈ {2, 16, 32}; SLR q ∈ {8, 32, 128}; conv CWS/PWS/UQ/ECSQ
   k ∈ {32, 256} and Pr p ∈ {50, 90}; whole network conv X k = 256 with dense Pr-X p ∈ {90, 97},
   k = 32, and conv CWS/UQ 256 with dense SLR q = 32. Every configuration runs without
-  retraining; a subset (the papers' usual operating points) also with retraining.
+  retraining; every dense configuration but SLR (and, on MNIST, conv k = 32) also with one
+  retraining budget (×1), a few whole-network ones too, and a handful near the ψ targets with
+  5, 10 or 30 budgets. Two processes ran the models in parallel, one thread each.
 - **Retraining** ("ft" = multiple of one budget): the paper's masked training for pruned
   weights and cumulative shared-value gradient for quantized weights (W = c[I]; the gradient of
   a shared value is the sum over its positions in every layer sharing it; updates accumulate;
@@ -324,6 +326,17 @@ def recommendations(rows_by_model: dict) -> list[str]:
     return lines
 
 
+def _pass_machines(lines) -> list:
+    """The distinct machine descriptions recorded by the grid passes (threads included)."""
+    seen = []
+    for w in lines:
+        if "machine=" in w:
+            m = w.split("machine=", 1)[1].strip()
+            if m not in seen:
+                seen.append(m)
+    return seen
+
+
 def _ft_txt(r) -> str:
     return f", retrained ×{r['ft']}" if r["ft"] else ""
 
@@ -376,7 +389,7 @@ def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
              "",
              f"- runs: {len(rows)} ({sum(r['ft'] for r in rows)} fine-tuned)",
              f"- grid wall time: {total_wall / 60:.1f} min in {len(wall)} pass(es)",
-             f"- machine: {machine}", ""]
+             *([f"- machine (grid passes): {m}" for m in _pass_machines(wall)] or [f"- machine: {machine}"]), ""]
     lines += PROTOCOL
     if by_model:
         lines += ["## Baselines", "", "| model | metric | ours | paper's baseline |", "|---|---|---|---|"]
