@@ -57,8 +57,8 @@ if not (SHARED / "data").is_dir() and Path("/work/shared/data").is_dir():
 FINETUNED = ("dense: pr90+cws k=32 + fine-tune", [{"type": "Linear", "method": "cws", "k": 32, "prune": 90}])
 
 
-def head_trainer(baseline, epochs, seed=0):
-    """A fine-tuning callable for compress_model: Adam on the head, MSE, DAVIS training folds."""
+def head_trainer(baseline, epochs, seed=0, lr=1e-3):
+    """A fine-tuning callable for compress_model: Adam (lr 1e-3) on the head, MSE, DAVIS training folds."""
     train = deepdta.load_dataset(SHARED / "data" / "deepdta" / "davis", "train")
     used_p, inv_p = np.unique(train.protein_index, return_inverse=True)
     with torch.inference_mode():
@@ -72,7 +72,7 @@ def head_trainer(baseline, epochs, seed=0):
     def train_head(model):
         gen = torch.Generator().manual_seed(seed)
         head = [p for n, p in model.named_parameters() if n.startswith(("fc", "out"))]
-        opt = torch.optim.Adam(head, lr=1e-4)
+        opt = torch.optim.Adam(head, lr=lr)
         model.train()
         for _ in range(epochs):
             order = torch.randperm(len(y), generator=gen)
