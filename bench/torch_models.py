@@ -88,15 +88,18 @@ def head_trainer(baseline, epochs, seed=0, lr=1e-3):
 
 
 # Run in a fresh interpreter: RSS after imports, after loading, and peak after inference (kB).
+# The peak is VmHWM (this process's own high-water mark), not ru_maxrss: Linux carries the
+# parent's RSS into the child's ru_maxrss when the child is spawned with vfork (as subprocess
+# does), which made every child "peak" at least the size of this (growing) parent.
 _RSS_CHILD = r"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {root!r})
 import numpy as np, torch, pydnnz, pydnnz.torch as pt
 from pydnnz.examples import deepdta
 torch.set_num_threads({threads})
-def rss():
+def rss(field="VmRSS:"):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
 data = deepdta.load_bundled_davis().subset(np.arange({n_pairs}))
 with torch.device("meta"):  # first use of the meta device and of nn's lazy imports: not the model's cost
@@ -110,7 +113,7 @@ else:
     model = deepdta.load_model({path!r})
 loaded = rss()
 pred = deepdta.predict(model, data)
-print(json.dumps({{"base_kb": base, "loaded_kb": loaded, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+print(json.dumps({{"base_kb": base, "loaded_kb": loaded, "peak_kb": rss("VmHWM:"),
                   "sum": float(np.sum(pred))}}))
 """
 
