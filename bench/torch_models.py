@@ -48,16 +48,58 @@ RECIPES = {
                                               {"type": "conv", "method": "cws", "k": 256}],
 }
 
+SHARED = Path(os.environ.get("DNNZ_SHARED", ROOT.parent / "shared"))
+if not (SHARED / "data").is_dir() and Path("/work/shared/data").is_dir():
+    SHARED = Path("/work/shared")
+# Pr 90% without retraining ruins DeepDTA (the papers retrain): the same recipe again with the
+# fine-tuning hook, training the dense head on the DAVIS training folds (features of the frozen
+# conv branches precomputed), when the shared data is there.
+FINETUNED = ("dense: pr90+cws k=32 + fine-tune", [{"type": "Linear", "method": "cws", "k": 32, "prune": 90}])
+
+
+def head_trainer(baseline, epochs, seed=0, lr=1e-3):
+    """A fine-tuning callable for compress_model: Adam (lr 1e-3) on the head, MSE, DAVIS training folds."""
+    train = deepdta.load_dataset(SHARED / "data" / "deepdta" / "davis", "train")
+    used_p, inv_p = np.unique(train.protein_index, return_inverse=True)
+    with torch.inference_mode():
+        fd = baseline.encode_drug(torch.from_numpy(train.drugs))
+        fp = torch.cat([baseline.encode_protein(torch.from_numpy(train.proteins[used_p[i:i + 64]]))
+                        for i in range(0, len(used_p), 64)])
+    fd, fp = fd.clone(), fp.clone()
+    di, pi = torch.from_numpy(train.drug_index.astype(np.int64)), torch.from_numpy(inv_p.astype(np.int64))
+    y = torch.from_numpy(train.y)
+
+    def train_head(model):
+        gen = torch.Generator().manual_seed(seed)
+        head = [p for n, p in model.named_parameters() if n.startswith(("fc", "out"))]
+        opt = torch.optim.Adam(head, lr=lr)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(y), generator=gen)
+            for i in range(0, len(y), 256):
+                b = order[i:i + 256]
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model.head(fd[di[b]], fp[pi[b]]), y[b])
+                loss.backward()
+                opt.step()
+        model.eval()
+
+    return train_head
+
+
 # Run in a fresh interpreter: RSS after imports, after loading, and peak after inference (kB).
+# The peak is VmHWM (this process's own high-water mark), not ru_maxrss: Linux carries the
+# parent's RSS into the child's ru_maxrss when the child is spawned with vfork (as subprocess
+# does), which made every child "peak" at least the size of this (growing) parent.
 _RSS_CHILD = r"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {root!r})
 import numpy as np, torch, pydnnz, pydnnz.torch as pt
 from pydnnz.examples import deepdta
 torch.set_num_threads({threads})
-def rss():
+def rss(field="VmRSS:"):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
 data = deepdta.load_bundled_davis().subset(np.arange({n_pairs}))
 with torch.device("meta"):  # first use of the meta device and of nn's lazy imports: not the model's cost
@@ -71,7 +113,7 @@ else:
     model = deepdta.load_model({path!r})
 loaded = rss()
 pred = deepdta.predict(model, data)
-print(json.dumps({{"base_kb": base, "loaded_kb": loaded, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+print(json.dumps({{"base_kb": base, "loaded_kb": loaded, "peak_kb": rss("VmHWM:"),
                   "sum": float(np.sum(pred))}}))
 """
 
@@ -115,6 +157,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="1,000 test pairs, fewer repeats")
     ap.add_argument("--json", action="store_true", help="print one JSON record per recipe")
     ap.add_argument("--threads", type=int, default=None, help="threads for torch and pydnnz (default: all)")
+    ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 3, --quick 1)")
     args = ap.parse_args(argv)
 
     threads = args.threads or os.cpu_count()
@@ -141,9 +184,14 @@ def main(argv=None):
 
     records = []
     tmp = Path(tempfile.mkdtemp(prefix="dnnz-bench-"))
-    for name, recipe in RECIPES.items():
+    runs = [(name, recipe, None) for name, recipe in RECIPES.items()]
+    if (SHARED / "data" / "deepdta" / "davis").is_dir():
+        epochs = args.epochs or (1 if args.quick else 3)
+        runs.append((f"{FINETUNED[0]} ({epochs} epoch{'s' * (epochs > 1)})", FINETUNED[1],
+                     head_trainer(baseline, epochs)))
+    for name, recipe, finetune in runs:
         t0 = time.perf_counter()
-        compressed = pt.compress_model(baseline, recipe)
+        compressed = pt.compress_model(baseline, recipe, finetune=finetune)
         t_compress = time.perf_counter() - t0
         path = tmp / "model.dnnz"
         pt.save_model(compressed, path)

@@ -71,17 +71,17 @@ static void rl_code_free(struct rl_code *c)
     c->map = NULL;
 }
 
-static void rl_classes(int32_t d, int32_t n_classes, uint32_t *base, uint8_t *extra)
+/* Run class c: the smallest run it codes and its number of extra bits (spec: rlham, run classes).
+ * direct_runs (D) may be large (up to the alphabet limit), so nothing here is sized by the class
+ * count. */
+static uint32_t rl_class_base(int64_t d, int64_t c)
 {
-    for (int32_t c = 0; c < n_classes; c++) {
-        if (c < d) {
-            base[c] = (uint32_t)c;
-            extra[c] = 0;
-        } else {
-            base[c] = (uint32_t)d - 1 + (1u << (c - d));
-            extra[c] = (uint8_t)(c - d);
-        }
-    }
+    return c < d ? (uint32_t)c : (uint32_t)(d - 1) + (1u << (c - d));
+}
+
+static unsigned rl_class_extra(int64_t d, int64_t c)
+{
+    return c < d ? 0u : (unsigned)(c - d);
 }
 
 /* Params already checked (k <= 2^20, 1 <= D <= C <= D + 31, C * k + 1 <= DNNZ_HUF_MAX_SYMBOLS). */
@@ -95,14 +95,14 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
         rl_code_free(c);
         return DNNZ_E_ALLOC;
     }
-    uint32_t base[64];
-    uint8_t extra[64];
-    rl_classes(m->direct_runs, m->run_classes, base, extra);
-    for (int64_t cl = 0, s = 0; cl < m->run_classes; cl++)
+    for (int64_t cl = 0, s = 0; cl < m->run_classes; cl++) {
+        uint64_t head = (uint64_t)rl_class_extra(m->direct_runs, cl) << 56 |
+                        (uint64_t)rl_class_base(m->direct_runs, cl) << 21;
         for (int64_t v = 0; v < m->k; v++, s++)
-            c->map[s] = (uint64_t)extra[cl] << 56 | (uint64_t)base[cl] << 21 | (uint64_t)v;
+            c->map[s] = head | (uint64_t)v;
+    }
     c->map[n - 1] = MAP_EOR;
-    c->refill2 = c->t.max_len + (uint32_t)extra[m->run_classes - 1] > 56;
+    c->refill2 = c->t.max_len + rl_class_extra(m->direct_runs, m->run_classes - 1) > 56;
     return DNNZ_OK;
 }
 

@@ -339,3 +339,21 @@ def test_docstring_examples_run():
     for mod in (_base, runtime):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0
+
+
+def test_encoded_matrices_copy_after_matmul():
+    """copy/deepcopy/pickle drop the cached C struct (it points into the original's sections)."""
+    import copy
+    import pickle
+
+    w = np.repeat(np.array([[0.5, -0.25, 0.0, 0.5]], np.float32), 3, axis=0)
+    x = np.ones((2, 4), np.float32)
+    for name in pydnnz.encodings.encodings():
+        try:
+            e = pydnnz.encode(w, name)
+        except pydnnz.DnnzError:
+            continue
+        y = e.matmul(x)
+        for twin in (copy.copy(e), copy.deepcopy(e), pickle.loads(pickle.dumps(e))):
+            assert twin.encoding == name and (twin.decode() == w).all()
+            np.testing.assert_array_equal(twin.matmul(x), y)

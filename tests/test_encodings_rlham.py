@@ -365,3 +365,42 @@ def test_read_only_sections_used_in_place():
         ro[k] = v
     e = from_sections("rlham", shape, params, ro)
     assert np.shares_memory(e.sections["payload"], ro["payload"])
+
+
+def test_more_than_64_run_classes_round_trip():
+    """Regression: the run-class tables were sized for 64 classes, but direct_runs (up to 64 from
+    the writer, any value from a file) plus up to 31 buckets can exceed that (DeepDTA DAVIS fc3
+    after Pr-CWS p=99 k=2 wrote past a stack array)."""
+    rng = np.random.default_rng(7)
+    w = np.zeros((64, 4096), np.float32)
+    for row in w[:-1]:  # runs spread evenly over 0..63: the writer codes them all directly (D = 64)
+        pos = np.cumsum(rng.integers(0, 64, 200) + 1) - 1
+        row[pos[pos < 4096]] = rng.choice(np.array([-0.25, 0.25], np.float32), (pos < 4096).sum())
+    w[-1, -1] = 0.25  # and one run of 4095 zeros needs bucket classes on top of them
+    e = encode(w, "rlham")
+    again = from_sections("rlham", e.shape, e.params, e.sections)
+    assert (again.decode() == w).all()
+    x = rng.standard_normal((3, 4096)).astype(np.float32)
+    np.testing.assert_allclose(again.matmul(x), x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    # More than 64 classes (the old table size): a file may announce them; decode consistently or
+    # raise, never write past a table (this part is what ASan caught).
+    for direct in (65, 100, 5000):
+        params = dict(e.params, direct_runs=direct, run_classes=direct + 3)
+        try:
+            from_sections("rlham", e.shape, params, e.sections).decode()
+        except errors.DnnzError:
+            pass
+
+
+def test_deepdta_fc3_pruned_99_k2_regression(shared_dir):
+    """The matrix that found the 64-entry run-class tables (direct_runs 64 + 10 bucket classes)."""
+    from safetensors.numpy import load_file
+
+    from pydnnz.compress import compress_weights
+
+    w = load_file(str(shared_dir / "models" / "deepdta_davis.safetensors"))
+    dense = {k: w[k] for k in ("fc1.weight", "fc2.weight", "fc3.weight", "out.weight")}
+    q = compress_weights(dense, "cws", k=2, prune=99, unified=True)["fc3.weight"]
+    e = encode(q, "rlham")
+    again = from_sections("rlham", e.shape, e.params, e.sections)
+    assert (again.decode() == q.to_dense()).all()

@@ -480,3 +480,15 @@ def test_every_encoding_runs_the_layers(encoding):
         assert all(g.encoding == encoding for g in comp._groups)
         assert_close(comp(img), conv(img))
         assert torch.equal(CompressedEmbedding.from_module(emb, enc[emb])(ids), emb(ids))
+
+
+def test_models_with_used_compressed_layers_can_be_copied(small):
+    """EncodedMatrix objects cannot be deep-copied once used (they cache a cffi struct): the
+    copies made by compress_model / decompress_model share them instead."""
+    comp = pt.compress_model(small, {"type": "conv", "method": "uq", "k": 8})
+    img, ids = small_inputs()
+    with torch.no_grad():
+        ref = comp(img, ids)
+        again = pt.compress_model(comp, {"type": "Linear", "method": "cws", "k": 4})  # copies comp
+        assert again.conv_a.encoded is comp.conv_a.encoded and isinstance(again.fc, CompressedLinear)
+        assert_close(pt.decompress_model(comp)(img, ids), ref)

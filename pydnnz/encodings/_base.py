@@ -235,6 +235,12 @@ class EncodedMatrix:
         self._sections = {k: _readonly(v) for k, v in sections.items()}
         self._struct = None
 
+    def __getstate__(self):
+        # The cached C struct points into this object's sections: never copy it, rebuild it.
+        state = dict(self.__dict__)
+        state["_struct"] = None
+        return state
+
     # --- contract 3 -----------------------------------------------------------------------
     @property
     def encoding(self):
