@@ -103,7 +103,8 @@ PROTOCOL = """## Protocol
   Each kernel is stored with its own codebook in the file, so the unified codebook saves no
   bytes there (the papers count one shared dictionary). Encoding: the smallest of dense, csc,
   im/im8/im4, ham and sham for each kernel (what `encoding="auto"` does), leaving out `rlham`,
-  whose C validation crashed (segfault) on a DAVIS kernel pruned at p = 99 (reported).
+  whose C validation crashed (segfault) on a DAVIS kernel pruned at p = 99 while the grid ran
+  (fixed on main since; its effect is measured in the recommendations).
 - **Time.** Σ over the compressed kernels of the best of 7 `EncodedMatrix.matmul` (from the
   compressed form, loaded from the file) over Σ of torch `linear` with the dense weight, on the
   same batch: 256 activations for dense layers, 1,024 im2col rows for conv layers.
