@@ -36,7 +36,7 @@ setup(
         # torch is optional: pydnnz.torch needs it. Install the build you want first
         # (e.g. `pip install torch==2.13.0` for the CPU wheel).
         "torch": ["torch>=2.0"],
-        "test": ["pytest>=7", "hypothesis>=6.80", "scipy>=1.10", "bitarray>=2.8", "jsonschema>=4"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "scipy>=1.10", "bitarray>=2.8", "jsonschema>=4", "matplotlib>=3.6"],
         "bench": ["scipy>=1.10", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["dnnz=pydnnz.cli:main"]},
