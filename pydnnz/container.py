@@ -23,7 +23,6 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._atomic import atomic_path
 from ._native import bytes_ptr, lib
 from .errors import (
     ChecksumError,
@@ -931,12 +931,6 @@ def save(tensors, metadata=None):
     return out.getvalue()
 
 
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_file(tensors, path, metadata=None):
     """Write `tensors` (name -> ndarray, BFloat16Tensor or EncodedMatrix) and string `metadata`
     to `path` atomically.
@@ -954,33 +948,5 @@ def save_file(tensors, path, metadata=None):
     (2, 3)
     """
     head, chunks = _plan(tensors, metadata)  # validate everything before touching the disk
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            _write_chunks(f, head, chunks)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder):
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. a platform without directory handles
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        _write_chunks(f, head, chunks)
