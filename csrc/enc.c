@@ -971,7 +971,8 @@ static int panel_run(struct panel_ctx *c, const float *x)
     return DNNZ_OK;
 }
 
-static int check_mm_args(const void *m, const float *x, int64_t batch, float *y, int64_t rows, int64_t cols)
+int dnnz_enc_check_matmul_args(const void *m, const float *x, int64_t batch, const float *y, int64_t rows,
+                                int64_t cols)
 {
     int64_t n;
     if (!m || batch < 0 || !mul_ok(batch, rows, &n) || !mul_ok(batch, cols, &n))
@@ -983,7 +984,7 @@ static int check_mm_args(const void *m, const float *x, int64_t batch, float *y,
 
 int dnnz_enc_dense_matmul(const struct dnnz_dense *m, const float *x, int64_t batch, float *y)
 {
-    DNNZ_CHECK(check_mm_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
+    DNNZ_CHECK(dnnz_enc_check_matmul_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
     struct panel_ctx c;
     memset(&c, 0, sizeof c);
     c.kind = 0;
@@ -997,7 +998,7 @@ int dnnz_enc_dense_matmul(const struct dnnz_dense *m, const float *x, int64_t ba
 
 int dnnz_enc_im_matmul(const struct dnnz_im *m, const float *x, int64_t batch, float *y)
 {
-    DNNZ_CHECK(check_mm_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
+    DNNZ_CHECK(dnnz_enc_check_matmul_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
     struct panel_ctx c;
     memset(&c, 0, sizeof c);
     c.kind = 1;
@@ -1275,7 +1276,7 @@ static T_AVX512 void csc_task_avx512(void *ctx, int64_t task, int worker)
 
 int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch, float *y)
 {
-    DNNZ_CHECK(check_mm_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
+    DNNZ_CHECK(dnnz_enc_check_matmul_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
     int path = dnnz_cpu_get_path();
     if (path < 0)
         return DNNZ_E_UNSUPPORTED;

@@ -76,4 +76,10 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
 #define DNNZ_ENC_MAX_K (1LL << 24)
 #define DNNZ_ENC_MAX_BITS 24
 
+/* The arguments every encoding's matmul shares (internal, not for Python): a matrix, batch >= 0,
+ * batch * rows and batch * cols without overflow, and x / y present whenever they are read or
+ * written. DNNZ_OK or DNNZ_E_ARGUMENT. */
+int dnnz_enc_check_matmul_args(const void *m, const float *x, int64_t batch, const float *y, int64_t rows,
+                               int64_t cols);
+
 #endif /* DNNZ_ENC_H */

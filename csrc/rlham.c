@@ -585,8 +585,7 @@ int dnnz_rlham_decode(const struct dnnz_rlham *m, float *dst)
 
 int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch, float *y)
 {
-    if (!m || !y || (!x && batch > 0 && m->cols > 0) || batch < 0)
-        return DNNZ_E_ARGUMENT;
+    DNNZ_CHECK(dnnz_enc_check_matmul_args(m, x, batch, y, m ? m->rows : 0, m ? m->cols : 0));
     int path = dnnz_cpu_get_path();
     if (path < 0)
         return DNNZ_E_UNSUPPORTED;
