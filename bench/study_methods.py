@@ -100,13 +100,15 @@ def _quantized_states(names, weights, qts, group):
     return out
 
 
-def compress_type(method: str, weights: dict, p=None, k=None, q=None, seed: int = 0, group: str = "") -> dict:
+def compress_type(method: str, weights: dict, p=None, k=None, q=None, seed: int = 0, group: str = "",
+                  prune_scope: str = "layer") -> dict:
     """Compress all kernels of one layer type (name → float32 array) with `method`, through
     `pydnnz.compress.compress_weights` (unified codebook: one for all the given kernels)."""
     prune, quant, lowrank = METHODS[method]
     names = list(weights)
     types = {n: group or ("conv" if weights[n].ndim > 2 else "dense") for n in names}
-    common = dict(unified=True, layer_types=types, types=tuple(set(types.values())), seed=seed)
+    common = dict(unified=True, layer_types=types, types=tuple(set(types.values())), seed=seed,
+                  prune_scope=prune_scope)
     if lowrank:
         result = pc.compress_weights(weights, "slr", rank=int(q), **common)
         return {n: LayerState(n, weights[n].shape, "lowrank", lowrank=result[n], group=group) for n in names}
