@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str
 import numpy as np, torch
 import pydnnz
 from study_families import FAMILIES
-from study_methods import compress_type, finetune, LayerState
+from study_methods import compress_type, finetune
 torch.set_num_threads(1)
 model, method, p, k, gsteps, qsteps = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 lr = float(os.environ.get("LR", "1e-3"))
@@ -39,9 +39,10 @@ rng = np.random.default_rng(0)
 masks = {n: torch.ones_like(named["m." + n]) for n in names}
 S = gsteps; ramp = int(0.7 * S); every = max(1, ramp // 30)
 t = time.time()
-cache = os.environ.get("DNNZ_GRADUAL_CACHE", "/tmp") + f"/stage1-{model}-{p:g}-{S}-{int(GLOBAL)}-{lr:g}.npz"
-if os.path.exists(cache):
-    z = np.load(cache); S0 = S; S = 0
+cache = os.environ.get("DNNZ_GRADUAL_CACHE", "/tmp") + f"/stage1-{model}-{p:g}-{S}-{int(GLOBAL)}-{lr:g}-{DROP:g}.npz"
+cached = os.path.exists(cache)
+if cached:   # stage 1 already done for these arguments: skip its loop, reuse its weights
+    S = 0
 for step in range(S):
     if step % every == 0 and step <= ramp:
         frac = p / 100 * (1 - (1 - min(step + every, ramp) / ramp) ** 3)
@@ -69,8 +70,9 @@ for step in range(S):
         for n in names: named["m." + n].mul_(masks[n])
 module.eval()
 state = {**base, **{k_[2:]: v.detach().numpy().copy() for k_, v in named.items()}}
-if os.path.exists(cache):
-    state = {**base, **{k_: z[k_] for k_ in z.files}}
+if cached:
+    with np.load(cache) as z:
+        state = {**base, **{k_: z[k_] for k_ in z.files}}
 else:
     np.savez(cache, **{k_[2:]: v.detach().numpy() for k_, v in named.items()})
 print("gradual", gsteps, time.time() - t, "s", fam.evaluate(state), {n: float((state[n]==0).mean()) for n in names}, flush=True)
