@@ -53,7 +53,8 @@ class LayerState:
     codebook: np.ndarray | None = None
     indices: np.ndarray | None = None
     lowrank: object | None = None
-    group: str = ""
+    group: str = ""       # layer type ("dense"/"conv"): what ψ is counted over
+    book: str = ""        # codebook-sharing key in retraining (default: the group)
     info: dict = field(default_factory=dict)
 
     def dense(self) -> np.ndarray:
@@ -151,8 +152,97 @@ class _SharedGather(torch.autograd.Function):
         return g, None
 
 
-def finetune(task, state: dict, layers: dict, steps: int, seed: int = 0, key=lambda n: f"m.{n}"):
-    """Retrain for `steps` minibatches; returns (new state dict, updated layers). See module doc."""
+def _optimizer(task, params, lr=None):
+    lr = task.lr if lr is None else lr
+    if task.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def gradual_prune(task, state: dict, names, p: float, steps: int, scope: str = "global", seed: int = 0,
+                  key=lambda n: f"m.{n}", progress=None) -> dict:
+    """Gradual magnitude pruning during retraining (Zhu & Gupta 2017), the study's "GPr" protocol.
+
+    The kernels `names` are pruned to `p` % along a cubic schedule that reaches p at 70 % of
+    `steps` (the mask is recomputed 30 times on the way), while the module trains with masked
+    updates (pruned entries get no gradient and stay exactly 0); the last 30 % retrain the
+    survivors with a learning rate decaying linearly to 0. scope "global": one magnitude
+    threshold over all of `names` (layers with more redundancy give up more weights); "layer":
+    p % of each kernel. Everything else in `task.trainable` trains normally. Returns the new
+    state (float32 arrays; the pruned kernels hold exact zeros, exactly p % of their entries
+    when scope is "layer", p % of all of them when "global")."""
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', not {scope!r}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    module = task.module
+    module.train()
+    named = dict(module.named_parameters())
+    params = [named[n] for n in task.trainable if n in named]
+    for p_ in named.values():
+        p_.requires_grad_(False)
+    for p_ in params:
+        p_.requires_grad_(True)
+    weights = {n: named[key(n)] for n in names}
+    masks = {n: torch.ones_like(w) for n, w in weights.items()}
+    opt = _optimizer(task, params)
+    ramp = max(1, int(0.7 * steps))
+    every = max(1, ramp // 30)
+    total = sum(w.numel() for w in weights.values())
+
+    def prune_to(frac):
+        with torch.no_grad():
+            if scope == "global":
+                n_cut = int(round(frac * total))
+                if n_cut == 0:
+                    return
+                thr = torch.cat([w.abs().flatten() for w in weights.values()]).kthvalue(n_cut).values
+                for n, w in weights.items():
+                    masks[n] = (w.abs() > thr).to(w.dtype)
+            else:
+                for n, w in weights.items():
+                    n_cut = int(round(frac * w.numel()))
+                    if n_cut:
+                        masks[n] = (w.abs() > w.abs().flatten().kthvalue(n_cut).values).to(w.dtype)
+            for n, w in weights.items():
+                w.mul_(masks[n])
+
+    for step in range(steps):
+        if step <= ramp and step % every == 0:
+            prune_to(p / 100 * (1 - (1 - min(step + every, ramp) / ramp) ** 3))
+        for g in opt.param_groups:
+            g["lr"] = task.lr * (1 - (step - ramp) / max(1, steps - ramp)) if step > ramp else task.lr
+        inputs, target = task.sample(step, rng)
+        loss = task.loss(module(*inputs), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for n, w in weights.items():
+            w.grad.mul_(masks[n])
+        opt.step()
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.mul_(masks[n])
+        if progress is not None:
+            progress(step, float(loss.detach()))
+    if steps == 0:
+        prune_to(p / 100)
+    module.eval()
+    new_state = dict(state)
+    for n, p_ in named.items():
+        if p_.requires_grad:
+            new_state[n[2:]] = p_.detach().numpy().astype(np.float32, copy=True)
+    for n in names:
+        # masking a negative weight leaves -0.0, which the lossless encodings keep as a non-zero
+        # bit pattern (csc would store it): make every pruned entry +0.0
+        new_state[n] = new_state[n] + np.float32(0.0)
+    for p_ in params:
+        p_.requires_grad_(False)
+    return new_state
+
+
+def finetune(task, state: dict, layers: dict, steps: int, seed: int = 0, key=lambda n: f"m.{n}", lr=None):
+    """Retrain for `steps` minibatches; returns (new state dict, updated layers). See module doc.
+    `lr` overrides the task's learning rate."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     module = task.module
@@ -169,18 +259,15 @@ def finetune(task, state: dict, layers: dict, steps: int, seed: int = 0, key=lam
     idx_t = {}
     for name, st in layers.items():
         if st.kind == "quantized":
-            if st.group not in groups:
+            if (st.book or st.group) not in groups:
                 book = torch.tensor(st.codebook, dtype=torch.float32, requires_grad=True)
-                groups[st.group] = (book, torch.from_numpy(st.codebook == 0))
+                groups[st.book or st.group] = (book, torch.from_numpy(st.codebook == 0))
             idx_t[name] = torch.from_numpy(st.indices.astype(np.int64))
         elif st.kind == "pruned":
             vals = torch.tensor(st.values, dtype=torch.float32, requires_grad=True)
             pruned[name] = (vals, torch.from_numpy(st.values != 0))
     trainable = free + [b for b, _ in groups.values()] + [v for v, _ in pruned.values()]
-    if task.optimizer == "sgd":
-        opt = torch.optim.SGD(trainable, lr=task.lr, momentum=0.9, nesterov=True)
-    else:
-        opt = torch.optim.Adam(trainable, lr=task.lr)
+    opt = _optimizer(task, trainable, lr)
     # Linear decay to 0: a short budget needs a large first step and a quiet end.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / max(steps, 1))
 
@@ -188,7 +275,7 @@ def finetune(task, state: dict, layers: dict, steps: int, seed: int = 0, key=lam
         out = {}
         for name, st in layers.items():
             if st.kind == "quantized":
-                book, zero = groups[st.group]
+                book, zero = groups[st.book or st.group]
                 out[key(name)] = _SharedGather.apply(torch.where(zero, 0.0, book), idx_t[name])
             elif st.kind == "pruned":
                 vals, mask = pruned[name]
@@ -216,7 +303,7 @@ def finetune(task, state: dict, layers: dict, steps: int, seed: int = 0, key=lam
     by_group = {}
     for name, st in layers.items():
         if st.kind == "quantized":
-            by_group.setdefault(st.group, []).append(st)
+            by_group.setdefault(st.book or st.group, []).append(st)
         elif st.kind == "pruned":
             vals, mask = pruned[name]
             st.values = (vals * mask).detach().numpy().astype(np.float32).reshape(st.shape)

@@ -105,7 +105,7 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(tmp_path / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 7
+    assert len(rows) == 8
     assert not [r["error"] for r in rows if r["error"]]
     for r in rows:
         psi = float(r["psi"])
@@ -120,6 +120,8 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     # pruning 90% then 16 levels must store the dense kernels in far less than float32
     pr = next(r for r in rows if r["method"] == "Pr-CWS" and r["ft"] == "0")
     assert float(pr["psi_dense"]) < 0.2
+    gpr = next(r for r in rows if r["method"] == "GPr-UQ")   # gradual pruning, then Pr-UQ
+    assert gpr["config"] == "90-16" and float(gpr["psi_dense"]) < 0.2
     report = (tmp_path / "study.md").read_text()
     assert "Table II" in report and "Table III" in report and "Recommendations" in report
     assert (tmp_path / "pareto_deepdta-davis.png").stat().st_size > 1000
@@ -128,3 +130,50 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "study.py"), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and "0 to run now" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_gradual_prune_reaches_p_globally_and_keeps_pruned_weights_at_zero():
+    """study_methods.gradual_prune (the GPr protocol): exact global sparsity on the hidden kernels,
+    masked updates, the other parameters trained, and the loss still goes down."""
+    torch = pytest.importorskip("torch")
+    from study_methods import gradual_prune
+
+    class Task:
+        pass
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
+                              torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    module = torch.nn.Module()
+    module.m = net
+    module.forward = lambda x: net(x)
+    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(512, 20)).astype(np.float32))
+    y = x[:, :3].sum(1, keepdim=True)
+    task = Task()
+    task.module, task.lr, task.optimizer, task.loss = module, 1e-2, "adam", torch.nn.functional.mse_loss
+    task.trainable = [f"m.{k}" for k in state]
+
+    def sample(step, rng_):
+        idx = rng_.integers(0, 512, 64)
+        return (x[idx],), y[idx]
+
+    task.sample = sample
+    losses = []
+    hidden = ["0.weight", "2.weight"]
+    new = gradual_prune(task, state, hidden, 75, steps=300, scope="global", seed=0,
+                        key=lambda n: f"m.{n}", progress=lambda s, l: losses.append(l))
+    zeros = sum(int((new[n] == 0).sum()) for n in hidden)
+    total = sum(new[n].size for n in hidden)
+    assert zeros == round(0.75 * total)
+    assert not any(np.signbit(new[n][new[n] == 0]).any() for n in hidden)   # +0.0, never -0.0
+    assert (new["0.weight"] == 0).mean() != (new["2.weight"] == 0).mean()   # one threshold, not per layer
+    assert (new["4.weight"] != 0).all()                                       # the output layer: never pruned
+    assert not np.array_equal(new["4.weight"], state["4.weight"])             # but trained
+    assert np.mean(losses[-30:]) < np.mean(losses[:30])
+    per_layer = gradual_prune(task, new, hidden, 50, steps=0, scope="layer", key=lambda n: f"m.{n}")
+    for n in hidden:
+        assert (per_layer[n] == 0).mean() == pytest.approx(max(0.5, (new[n] == 0).mean()), abs=1e-3)
+    with pytest.raises(ValueError, match="scope"):
+        gradual_prune(task, state, hidden, 50, steps=0, scope="row")
