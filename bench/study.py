@@ -43,7 +43,7 @@ from pydnnz._progress import progress_bar  # noqa: E402
 
 import study_psi  # noqa: E402
 from study_families import FAMILIES  # noqa: E402
-from study_methods import compress_type, finetune  # noqa: E402
+from study_methods import LayerState, compress_type, finetune, gradual_prune  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -64,6 +64,7 @@ class Run:
     conv_p: float = 0
     conv_k: int = 0
     ft: int = 0          # 0: no retraining; n: n times the family's retraining budget
+    seed: int = 0        # retraining seed (GPr runs repeat their target configurations over seeds)
 
     @property
     def scope(self) -> str:
@@ -82,16 +83,19 @@ class Run:
         def one(method, p, k, q):
             if method == "SLR":
                 return f"q{q}"
-            if method == "Pr":
+            if method in ("Pr", "GPr"):
                 return f"{p:g}"
-            return f"{p:g}-{k}" if method.startswith("Pr-") else f"{k}"
+            return f"{p:g}-{k}" if method.startswith(("Pr-", "GPr-")) else f"{k}"
         d = one(self.dense_method, self.dense_p, self.dense_k, self.dense_q) if self.dense_method else ""
         c = one(self.conv_method, self.conv_p, self.conv_k, 0) if self.conv_method else ""
         return f"{c}/{d}" if c and d else c or d
 
     @property
     def key(self) -> str:
-        return "|".join(f"{v:g}" if isinstance(v, float) else str(v) for v in asdict(self).values())
+        fields = asdict(self)
+        if not self.seed:   # keys written before the seed field existed stay valid
+            del fields["seed"]
+        return "|".join(f"{v:g}" if isinstance(v, float) else str(v) for v in fields.values())
 
 
 def _dense_runs(model, ps, ks, qs, pr_ps, pr_ks, quantizers=("CWS", "PWS", "UQ", "ECSQ")):
@@ -117,7 +121,8 @@ def grid(name: str, models) -> list[Run]:
             runs += [Run(m, "Pr", dense_p=90), Run(m, "UQ", dense_k=16), Run(m, "Pr-CWS", dense_p=90, dense_k=16),
                      Run(m, "ECSQ", dense_k=4), Run(m, conv_method="CWS", conv_k=32),
                      Run(m, "Pr-UQ", dense_p=90, dense_k=16, conv_method="UQ", conv_k=32),
-                     Run(m, "Pr-CWS", dense_p=90, dense_k=16, ft=1)]
+                     Run(m, "Pr-CWS", dense_p=90, dense_k=16, ft=1),
+                     Run(m, "GPr-UQ", dense_p=90, dense_k=16, ft=1)]
             continue
         quants = ("CWS", "PWS", "UQ", "ECSQ")
         dense = _dense_runs(m, ps=[60, 90, 97, 99], ks=[2, 4, 8, 16, 32, 256], qs=[8, 32, 128],
@@ -140,6 +145,27 @@ def grid(name: str, models) -> list[Run]:
     return runs
 
 
+GPR_PLAN = {"davis": ([95, 96, 97], [16, 32]), "kiba": ([80, 90, 95], [16, 32]), "mnist": ([90, 97], [16, 32])}
+
+
+def gradual_runs(models, seeds=(0,)) -> list[Run]:
+    """The GPr protocol (ours, not the papers'), dense layers only. The papers' one-shot pruning
+    collapses DeepDTA at p >= 90 under our budgets (bench/study_notes.md), so GPr prunes the hidden
+    dense kernels gradually while retraining (cubic schedule over ft = 40 budgets, one global
+    magnitude threshold), then quantizes the survivors with Pr-X (the output layer: X alone, never
+    pruned) and retrains the codebooks for GPR_CODEBOOK_BUDGETS budgets at GPR_CODEBOOK_LR.
+    Ordered by (model, seed, p) so the pruning stage runs once per p and is shared by the quantizers."""
+    runs = []
+    for m in models:
+        ps, ks = GPR_PLAN.get(m, ([90], [16]))
+        for seed in seeds:
+            for p in ps:
+                runs.append(Run(m, "GPr", dense_p=p, ft=40, seed=seed))
+                runs += [Run(m, f"GPr-{q}", dense_p=p, dense_k=k, ft=40, seed=seed)
+                         for q in ("CWS", "PWS", "UQ", "ECSQ") for k in ks]
+    return runs
+
+
 def extra_ft_runs(models) -> list[Run]:
     """Retraining for every dense configuration of the grid (run after the main grid when time is
     left; keys already in the CSV are skipped): quantizers first, then Pr-X, then pruning alone."""
@@ -149,6 +175,25 @@ def extra_ft_runs(models) -> list[Run]:
         dense.sort(key=lambda r: (r.method == "Pr", r.method.startswith("Pr-"), r.dense_p))
         runs += [Run(**{**asdict(r), "ft": 1}) for r in dense]
     return runs
+
+
+# The long-retraining runs near the ψ targets that the study ran (model, method, p, k, budgets).
+TARGETS = [(m, f"Pr-{q}", 97, 16, 5) for m in ("davis", "kiba") for q in ("CWS", "PWS", "UQ", "ECSQ")]
+TARGETS += [("davis", "Pr-CWS", 99, 16, 10), ("davis", "Pr-PWS", 99, 16, 10), ("davis", "UQ", 0, 16, 10),
+            ("davis", "UQ", 0, 16, 30), ("davis", "ECSQ", 0, 4, 10), ("davis", "CWS", 0, 4, 10)]
+TARGETS += [("kiba", q, 0, k, 10) for q, k in (("UQ", 16), ("CWS", 16), ("ECSQ", 16), ("CWS", 4), ("ECSQ", 4),
+                                               ("UQ", 32), ("CWS", 8), ("ECSQ", 8))]
+TARGETS += [("kiba", "UQ", 0, 16, 30)]
+
+
+def all_runs(models) -> list[Run]:
+    """Everything the study reports: the grid, retraining for every dense configuration, the
+    long-retraining target runs and the GPr runs."""
+    runs = grid("full", models) + extra_ft_runs(models)
+    runs += [Run(m, meth, dense_p=p, dense_k=k, ft=mult) for m, meth, p, k, mult in TARGETS if m in models]
+    runs += gradual_runs(models)
+    seen = set()
+    return [r for r in runs if not (r.key in seen or seen.add(r.key))]
 
 
 def target_runs(models, methods=("Pr-UQ",), p=97, k=16, mult=5) -> list[Run]:
@@ -162,7 +207,7 @@ def target_runs(models, methods=("Pr-UQ",), p=97, k=16, mult=5) -> list[Run]:
 
 CSV_FIELDS = [
     "key", "model", "scope", "method", "config", "dense_method", "dense_p", "dense_k", "dense_q",
-    "conv_method", "conv_p", "conv_k", "ft", "metric", "perf", "baseline", "delta", "no_loss",
+    "conv_method", "conv_p", "conv_k", "ft", "seed", "metric", "perf", "baseline", "delta", "no_loss",
     "mse", "ci", "acc", "psi", "psi_dense", "psi_conv", "psi_paper", "psi_paper_dense",
     "psi_paper_conv", "paper_formats", "file_ratio", "file_bytes", "payload_bytes", "kernel_entries",
     "k_used", "encodings", "time_ratio", "t_compressed_ms", "t_dense_ms", "exact", "torch_check", "seconds",
@@ -214,26 +259,6 @@ def _time_layers(loaded, layers, inputs, reps=7):
 # quantized matrices (DeepDTA DAVIS fc3.weight after Pr-CWS p = 99, k = 2) when the committed
 # grid ran; main's 9d6c16f fixed it afterwards. It stays out so that new runs match the
 # committed CSV; empty this tuple (and start a new CSV) to let the study use rlham too.
-AVOID_ENCODINGS = ("rlham",)
-
-
-def _encode_auto(x):
-    """pydnnz.encode(x, "auto") restricted to the encodings not in AVOID_ENCODINGS."""
-    from pydnnz import encodings as encs
-
-    m = encs.MatrixInput(x)
-    best = None
-    for name in encs.encodings():
-        if name in AVOID_ENCODINGS:
-            continue
-        cls = encs.get_encoding(name)
-        if cls.applicable(m):
-            size = cls.encoded_nbytes(m)
-            if best is None or size < best[0]:
-                best = (size, name)
-    return pydnnz.encode(x, encoding=best[1])
-
-
 def _encode_all(state, layers):
     """Tensors for the .dnnz file: compressed kernels encoded with encoding="auto", the rest raw."""
     tensors = {}
@@ -243,10 +268,10 @@ def _encode_all(state, layers):
             tensors[name] = np.ascontiguousarray(arr, dtype=np.float32)
         elif st.kind == "lowrank":
             u, v = st.lowrank_factors
-            tensors[name + ".lr_u"] = _encode_auto(u)
-            tensors[name + ".lr_v"] = _encode_auto(v)
+            tensors[name + ".lr_u"] = pydnnz.encode(u, encoding="auto")
+            tensors[name + ".lr_v"] = pydnnz.encode(v, encoding="auto")
         else:
-            tensors[name] = _encode_auto(st.to_encodable())
+            tensors[name] = pydnnz.encode(st.to_encodable(), encoding="auto")
     return tensors
 
 
@@ -261,20 +286,63 @@ def _torch_check(fam, path, final) -> float:
     return float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref)))))
 
 
+# The GPr protocol (not the papers'): gradual pruning during retraining, then Pr-X on the survivors
+# and a gentler codebook retraining. See gradual_runs().
+GPR_SCOPE = "global"
+GPR_CODEBOOK_BUDGETS = 5      # codebook retraining after the quantizer, in family budgets
+GPR_CODEBOOK_LR = 1e-4        # its learning rate (the family's 1e-3 undid the gains in session 2)
+
+
+def _gradual_layers(fam, run: Run, ctx):
+    """GPr / GPr-X on the dense kernels: returns (state, layers). The last dense kernel is the
+    output layer: quantized with its own codebook (GPr: kept float), never pruned."""
+    names = fam.kernels["dense"]
+    hidden, out_name = names[:-1], names[-1]
+    task = fam.finetune_task(fam.baseline, "dense")
+    steps = int(run.ft) * getattr(task, "steps", getattr(fam, "ft_steps", 100))
+    cache = ctx.setdefault("gradual", {})
+    ck = (run.dense_p, steps, run.seed)
+    if ck not in cache:   # stage 1 is shared by every quantizer at the same p and budget
+        cache.clear()
+        cache[ck] = gradual_prune(task, fam.baseline, hidden, run.dense_p, steps, scope=GPR_SCOPE, seed=run.seed,
+                                  key=fam.module_key)
+    state = dict(cache[ck])
+    if run.dense_method == "GPr":
+        layers = {n: LayerState(n, state[n].shape, "pruned", values=state[n], group="dense") for n in names}
+        return state, layers
+    quant = run.dense_method.split("-", 1)[1]
+    layers = compress_type(f"Pr-{quant}", {n: state[n] for n in hidden}, p=run.dense_p, k=run.dense_k,
+                           seed=0, group="dense", prune_scope=GPR_SCOPE)
+    layers.update(compress_type(quant, {out_name: state[out_name]}, k=run.dense_k, seed=0, group="dense"))
+    layers[out_name].book = "output"
+    state = {**state, **{n: st.dense() for n, st in layers.items()}}
+    task = fam.finetune_task(state, "dense")
+    qsteps = GPR_CODEBOOK_BUDGETS * getattr(task, "steps", getattr(fam, "ft_steps", 100))
+    state, layers, _ = finetune(task, state, layers, qsteps, seed=1 + run.seed, key=fam.module_key,
+                                lr=GPR_CODEBOOK_LR)
+    return state, layers
+
+
 def run_one(fam, run: Run, ctx) -> dict:
     t_start = time.perf_counter()
     base = fam.baseline
     layers = {}
+    gradual = run.dense_method.startswith("GPr")
+    if gradual:
+        if run.conv_method or not run.ft:
+            raise ValueError("GPr runs compress the dense layers only and need ft >= 1 (the pruning budget)")
+        state, layers = _gradual_layers(fam, run, ctx)
     for typ, method, p, k, q in (("dense", run.dense_method, run.dense_p, run.dense_k, run.dense_q),
                                  ("conv", run.conv_method, run.conv_p, run.conv_k, 0)):
-        if method:
+        if method and not gradual:
             names = fam.kernels[typ]
             got = compress_type(method, {n: base[n] for n in names}, p=p, k=k, q=q, seed=0, group=typ)
             for st in got.values():
                 st.info["q"] = q
             layers.update(got)
-    state = dict(base)
-    if run.ft:
+    if not gradual:
+        state = dict(base)
+    if run.ft and not gradual:
         state = {**base, **{n: st.dense() for n, st in layers.items()}}
         task = fam.finetune_task(state, run.scope)
         steps = int(run.ft) * getattr(task, "steps", getattr(fam, "ft_steps", 100))
@@ -383,7 +451,12 @@ def _rewrite_without_errors(csv_path: Path):
     if not csv_path.exists():
         return
     with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if not r.get("error")]
+        reader = csv.DictReader(f)
+        all_rows = list(reader)
+        header = reader.fieldnames or []
+    rows = [r for r in all_rows if not r.get("error")]
+    if len(rows) == len(all_rows) and header == CSV_FIELDS:
+        return   # nothing to drop: leave the file alone (other grid processes may be appending)
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -428,6 +501,12 @@ def main(argv=None):
     ap.add_argument("--ft-only", action="store_true", help="only the fine-tuned runs")
     ap.add_argument("--no-ft", action="store_true", help="only the runs without fine-tuning")
     ap.add_argument("--extra-ft", action="store_true", help="retraining for every dense configuration")
+    ap.add_argument("--all", action="store_true", help="grid + --extra-ft + target runs + --gradual: "
+                    "every run of the report")
+    ap.add_argument("--gradual", action="store_true", help="only the GPr runs (gradual pruning, ours)")
+    ap.add_argument("--seeds", default="0", help="comma list of seeds for --gradual (default 0)")
+    ap.add_argument("--gradual-p", default="", help="comma list: only these p in --gradual (e.g. 95,96)")
+    ap.add_argument("--gradual-k", default="", help="comma list: only these k in --gradual (GPr alone is kept)")
     ap.add_argument("--target-mult", type=int, default=5, help="retraining budget multiple of --target runs")
     ap.add_argument("--target", default="", help="only the long-retraining target runs: METHOD[,METHOD..]@P-K "
                     "(e.g. Pr-UQ,Pr-CWS@97-16), on the DeepDTA models among --models")
@@ -442,6 +521,14 @@ def main(argv=None):
     runs = grid("smoke" if args.smoke else "full", models)
     if args.extra_ft:
         runs = extra_ft_runs(models)
+    if args.all:
+        runs = all_runs(models)
+    if args.gradual:
+        runs = gradual_runs(models, seeds=[int(x) for x in args.seeds.split(",")])
+        if args.gradual_p:
+            runs = [r for r in runs if r.dense_p in {float(x) for x in args.gradual_p.split(",")}]
+        if args.gradual_k:
+            runs = [r for r in runs if r.dense_method == "GPr" or r.dense_k in {int(x) for x in args.gradual_k.split(",")}]
     if args.target:
         meths, pk = args.target.split("@")
         p, k = pk.split("-")
@@ -454,7 +541,7 @@ def main(argv=None):
         runs = [r for r in runs if not r.ft]
     if args.list:
         for r in runs:
-            print(r.model, r.scope, r.method, r.config, f"ft×{r.ft}" if r.ft else "")
+            print(r.model, r.scope, r.method, r.config, f"ft×{r.ft}" if r.ft else "", f"seed {r.seed}" if r.seed else "")
         print(len(runs), "runs")
         return 0
     out.mkdir(parents=True, exist_ok=True)
