@@ -79,13 +79,14 @@ PROTOCOL = """## Protocol
   not the authors' zeros-included code); ECSQ with squared error; SLR with sr = rr = 0.5 and no
   retraining (as in the paper).
 - **Grid** (scaled down from the papers' p ∈ {10..99} × k ∈ {2..256} to fit two shared CPU
-  cores in about half an hour): dense Pr p ∈ {60, 90, 97, 99}; CWS/PWS/UQ/ECSQ k ∈ {2, 4, 8,
+  cores in under an hour, GPr rows included): dense Pr p ∈ {60, 90, 97, 99}; CWS/PWS/UQ/ECSQ k ∈ {2, 4, 8,
   16, 32, 256}; Pr-X p ∈ {60, 90, 97, 99} × k ∈ {2, 16, 32}; SLR q ∈ {8, 32, 128}; conv CWS/PWS/UQ/ECSQ
   k ∈ {32, 256} and Pr p ∈ {50, 90}; whole network conv X k = 256 with dense Pr-X p ∈ {90, 97},
   k = 32, and conv CWS/UQ 256 with dense SLR q = 32. Every configuration runs without
   retraining; every dense configuration but SLR (and, on MNIST, conv k = 32) also with one
   retraining budget (×1), a few whole-network ones too, and a handful near the ψ targets with
-  5, 10 or 30 budgets. Two processes ran the models in parallel, one thread each.
+  5, 10 or 30 budgets. Two processes ran the models in parallel, one thread each (a third
+  one the GPr seed repeats).
 - **Retraining** ("ft" = multiple of one budget): the paper's masked training for pruned
   weights and cumulative shared-value gradient for quantized weights (W = c[I]; the gradient of
   a shared value is the sum over its positions in every layer sharing it; updates accumulate;
