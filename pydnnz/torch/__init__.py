@@ -7,6 +7,8 @@
                                                                     from the memory-mapped bytes
     CompressedLinear, CompressedConv1d, CompressedConv2d, CompressedEmbedding
     decompress_model(model)                                         Compressed* -> dense nn modules (exact)
+    prune_gradually(model, p, steps, train_step, ...)               gradual magnitude pruning around your
+                                                                    training step (before compress_model)
 
 The recipe format is described in `pydnnz.torch._recipe` (and `help(compress_model)`).
 PyTorch is optional for pydnnz: `import pydnnz` never imports it; `import pydnnz.torch` does.
@@ -30,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the rest of pydnnz works without it") from exc
 
 from ._compress import compress_model, decompress_model
+from ._gradual import prune_gradually
 from ._io import ModelMismatchError, load_model, model_tensors, read_metadata, save_model
 from ._modules import CompressedConv1d, CompressedConv2d, CompressedEmbedding, CompressedLinear
 from ._recipe import parse_recipe
@@ -37,6 +40,7 @@ from ._recipe import parse_recipe
 __all__ = [
     "compress_model",
     "decompress_model",
+    "prune_gradually",
     "save_model",
     "load_model",
     "read_metadata",
