@@ -160,19 +160,17 @@ def _optimizer(task, params, lr=None):
 
 
 def gradual_prune(task, state: dict, names, p: float, steps: int, scope: str = "global", seed: int = 0,
-                  key=lambda n: f"m.{n}", progress=None) -> dict:
-    """Gradual magnitude pruning during retraining (Zhu & Gupta 2017), the study's "GPr" protocol.
+                  key=lambda n: f"m.{n}") -> dict:
+    """The study's "GPr" pruning stage: `pydnnz.torch.prune_gradually` around the family's
+    retraining step.
 
-    The kernels `names` are pruned to `p` % along a cubic schedule that reaches p at 70 % of
-    `steps` (the mask is recomputed 30 times on the way), while the module trains with masked
-    updates (pruned entries get no gradient and stay exactly 0); the last 30 % retrain the
-    survivors with a learning rate decaying linearly to 0. scope "global": one magnitude
-    threshold over all of `names` (layers with more redundancy give up more weights); "layer":
-    p % of each kernel. Everything else in `task.trainable` trains normally. Returns the new
-    state (float32 arrays; the pruned kernels hold exact zeros, exactly p % of their entries
-    when scope is "layer", p % of all of them when "global")."""
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', not {scope!r}")
+    The kernels `names` are pruned to `p` % along the cubic schedule (p reached at 70 % of
+    `steps`, masks recomputed 30 times) while everything in `task.trainable` trains with the
+    task's optimizer; the last 30 % retrain the survivors with a learning rate decaying linearly
+    to 0. scope "global": one magnitude threshold over all of `names`; "layer": p % of each.
+    Returns the new state (float32 arrays; the pruned entries are exact +0.0)."""
+    from pydnnz.torch import prune_gradually
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     module = task.module
@@ -183,58 +181,26 @@ def gradual_prune(task, state: dict, names, p: float, steps: int, scope: str = "
         p_.requires_grad_(False)
     for p_ in params:
         p_.requires_grad_(True)
-    weights = {n: named[key(n)] for n in names}
-    masks = {n: torch.ones_like(w) for n, w in weights.items()}
     opt = _optimizer(task, params)
     ramp = max(1, int(0.7 * steps))
-    every = max(1, ramp // 30)
-    total = sum(w.numel() for w in weights.values())
 
-    def prune_to(frac):
-        with torch.no_grad():
-            if scope == "global":
-                n_cut = int(round(frac * total))
-                if n_cut == 0:
-                    return
-                thr = torch.cat([w.abs().flatten() for w in weights.values()]).kthvalue(n_cut).values
-                for n, w in weights.items():
-                    masks[n] = (w.abs() > thr).to(w.dtype)
-            else:
-                for n, w in weights.items():
-                    n_cut = int(round(frac * w.numel()))
-                    if n_cut:
-                        masks[n] = (w.abs() > w.abs().flatten().kthvalue(n_cut).values).to(w.dtype)
-            for n, w in weights.items():
-                w.mul_(masks[n])
-
-    for step in range(steps):
-        if step <= ramp and step % every == 0:
-            prune_to(p / 100 * (1 - (1 - min(step + every, ramp) / ramp) ** 3))
+    def train_step(model, step):
         for g in opt.param_groups:
             g["lr"] = task.lr * (1 - (step - ramp) / max(1, steps - ramp)) if step > ramp else task.lr
         inputs, target = task.sample(step, rng)
-        loss = task.loss(module(*inputs), target)
+        loss = task.loss(model(*inputs), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for n, w in weights.items():
-            w.grad.mul_(masks[n])
         opt.step()
-        with torch.no_grad():
-            for n, w in weights.items():
-                w.mul_(masks[n])
-        if progress is not None:
-            progress(step, float(loss.detach()))
-    if steps == 0:
-        prune_to(p / 100)
+        return loss
+
+    modules = [key(n)[:-len(".weight")] for n in names]
+    prune_gradually(module, p, steps, train_step, layers=modules, scope=scope, ramp=0.7, updates=30)
     module.eval()
     new_state = dict(state)
     for n, p_ in named.items():
         if p_.requires_grad:
             new_state[n[2:]] = p_.detach().numpy().astype(np.float32, copy=True)
-    for n in names:
-        # masking a negative weight leaves -0.0, which the lossless encodings keep as a non-zero
-        # bit pattern (csc would store it): make every pruned entry +0.0
-        new_state[n] = new_state[n] + np.float32(0.0)
     for p_ in params:
         p_.requires_grad_(False)
     return new_state
