@@ -295,13 +295,18 @@ GPR_CODEBOOK_BUDGETS = 5      # codebook retraining after the quantizer, in fami
 GPR_CODEBOOK_LR = 1e-4        # its learning rate (the family's 1e-3 undid the gains in session 2)
 
 
+def _budget(fam, task) -> int:
+    """Steps in one retraining budget: the task's own (MNIST: epochs) or the family's."""
+    return getattr(task, "steps", getattr(fam, "ft_steps", 100))
+
+
 def _gradual_layers(fam, run: Run, ctx):
     """GPr / GPr-X on the dense kernels: returns (state, layers). The last dense kernel is the
     output layer: quantized with its own codebook (GPr: kept float), never pruned."""
     names = fam.kernels["dense"]
     hidden, out_name = names[:-1], names[-1]
     task = fam.finetune_task(fam.baseline, "dense")
-    steps = int(run.ft) * getattr(task, "steps", getattr(fam, "ft_steps", 100))
+    steps = int(run.ft) * _budget(fam, task)
     cache = ctx.setdefault("gradual", {})
     ck = (run.dense_p, steps, run.seed)
     if ck not in cache:   # stage 1 is shared by every quantizer at the same p and budget
@@ -319,7 +324,7 @@ def _gradual_layers(fam, run: Run, ctx):
     layers[out_name].book = "output"
     state = {**state, **{n: st.dense() for n, st in layers.items()}}
     task = fam.finetune_task(state, "dense")
-    qsteps = GPR_CODEBOOK_BUDGETS * getattr(task, "steps", getattr(fam, "ft_steps", 100))
+    qsteps = GPR_CODEBOOK_BUDGETS * _budget(fam, task)
     state, layers, _ = finetune(task, state, layers, qsteps, seed=1 + run.seed, key=fam.module_key,
                                 lr=GPR_CODEBOOK_LR)
     return state, layers
@@ -328,27 +333,26 @@ def _gradual_layers(fam, run: Run, ctx):
 def run_one(fam, run: Run, ctx) -> dict:
     t_start = time.perf_counter()
     base = fam.baseline
-    layers = {}
-    gradual = run.dense_method.startswith("GPr")
-    if gradual:
+    if run.dense_method.startswith("GPr"):
         if run.conv_method or not run.ft:
             raise ValueError("GPr runs compress the dense layers only and need ft >= 1 (the pruning budget)")
         state, layers = _gradual_layers(fam, run, ctx)
-    for typ, method, p, k, q in (("dense", run.dense_method, run.dense_p, run.dense_k, run.dense_q),
-                                 ("conv", run.conv_method, run.conv_p, run.conv_k, 0)):
-        if method and not gradual:
-            names = fam.kernels[typ]
-            got = compress_type(method, {n: base[n] for n in names}, p=p, k=k, q=q, seed=0, group=typ)
-            for st in got.values():
-                st.info["q"] = q
-            layers.update(got)
-    if not gradual:
+    else:
+        layers = {}
+        for typ, method, p, k, q in (("dense", run.dense_method, run.dense_p, run.dense_k, run.dense_q),
+                                     ("conv", run.conv_method, run.conv_p, run.conv_k, 0)):
+            if method:
+                names = fam.kernels[typ]
+                got = compress_type(method, {n: base[n] for n in names}, p=p, k=k, q=q, seed=0, group=typ)
+                for st in got.values():
+                    st.info["q"] = q
+                layers.update(got)
         state = dict(base)
-    if run.ft and not gradual:
-        state = {**base, **{n: st.dense() for n, st in layers.items()}}
-        task = fam.finetune_task(state, run.scope)
-        steps = int(run.ft) * getattr(task, "steps", getattr(fam, "ft_steps", 100))
-        state, layers, _ = finetune(task, state, layers, steps, seed=0, key=fam.module_key)
+        if run.ft:
+            state = {**base, **{n: st.dense() for n, st in layers.items()}}
+            task = fam.finetune_task(state, run.scope)
+            state, layers, _ = finetune(task, state, layers, int(run.ft) * _budget(fam, task), seed=0,
+                                        key=fam.module_key)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.dnnz"

@@ -373,7 +373,9 @@ def seed_means(rows) -> list:
         if len(same) == 1:
             out.append({**same[0], "n_seeds": 1})
             continue
-        avg = dict(same[0], n_seeds=len(same))
+        avg = dict(same[0], n_seeds=len(same), n_no_loss=sum(r["no_loss"] for r in same),
+                   perf_range=(min(r["perf"] for r in same), max(r["perf"] for r in same)),
+                   psi_dense_range=(min(r["psi_dense"] for r in same), max(r["psi_dense"] for r in same)))
         for k in ("perf", "delta", "psi", "psi_dense", "psi_paper", "psi_paper_dense", "mse", "ci", "acc"):
             vals = [r[k] for r in same]
             avg[k] = sum(vals) / len(vals)
@@ -382,16 +384,13 @@ def seed_means(rows) -> list:
     return out
 
 
-def _seed_lines(rows, best) -> list:
-    """Run-to-run spread of a configuration repeated over seeds (the GPr target runs)."""
-    same = [r for r in rows if r["method"] == best["method"] and r["config"] == best["config"]
-            and r["ft"] == best["ft"]]
-    if len(same) < 2:
+def _seed_lines(mean) -> list:
+    """Run-to-run spread of a configuration repeated over seeds (a seed_means row)."""
+    if mean["n_seeds"] < 2:
         return []
-    perf = [r["perf"] for r in same]
-    return [f"  - the same configuration over {len(same)} seeds: no loss in {sum(r['no_loss'] for r in same)}, "
-            f"MSE {min(perf):.4f}–{max(perf):.4f} (mean {sum(perf) / len(perf):.4f}), "
-            f"ψ_dense {min(r['psi_dense'] for r in same):.4f}–{max(r['psi_dense'] for r in same):.4f}"]
+    (p0, p1), (s0, s1) = mean["perf_range"], mean["psi_dense_range"]
+    return [f"  - the same configuration over {mean['n_seeds']} seeds: no loss in {mean['n_no_loss']}, "
+            f"MSE {p0:.4f}–{p1:.4f} (mean {mean['perf']:.4f}), ψ_dense {s0:.4f}–{s1:.4f}"]
 
 
 def _ft_txt(r) -> str:
@@ -456,7 +455,8 @@ def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
     lines += ["## Target: dense-layer ψ with no MSE loss, from real file bytes", ""]
     for m, target in PAPER_TARGET.items():
         mr = [r for r in by_model.get(m, []) if r["scope"] == "dense"]
-        b = best_space(seed_means(mr), "psi_dense")   # a configuration run over seeds counts by its mean
+        means = seed_means(mr)   # a configuration run over seeds counts by its mean
+        b = best_space(means, "psi_dense")
         if not mr:
             lines.append(f"- {m}: not run")
         elif b is None:
@@ -468,11 +468,10 @@ def write_report(out: Path, machine: str = "", smoke: bool = False) -> None:
                          f"{_ft_txt(b)}; {mean}MSE {b['perf']:.4f} vs "
                          f"baseline {b['baseline']:.4f}; encodings {_enc_summary(b)}) vs paper's {target}: **{verdict}**")
         if b is not None:
-            lines += _seed_lines(mr, b)
-            every = [g for g in seed_means(mr) if g["n_seeds"] > 1 and all(
-                r["no_loss"] for r in mr if (r["method"], r["config"], r["ft"]) == (g["method"], g["config"], g["ft"]))]
+            lines += _seed_lines(b)
+            every = [g for g in means if g["n_seeds"] > 1 and g["n_no_loss"] == g["n_seeds"]]
             be = min(every, key=lambda g: g["psi_dense"]) if every else None
-            if be is not None and be["method"] + be["config"] != b["method"] + b["config"]:
+            if be is not None and be is not b:
                 lines.append(f"  - smallest ψ_dense with no loss in every one of its {be['n_seeds']} seeds: "
                              f"{be['psi_dense']:.4f} ({be['method']} {be['config']}{_ft_txt(be)}, "
                              f"mean MSE {be['perf']:.4f})")
