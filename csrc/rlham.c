@@ -298,8 +298,8 @@ static void check_task(void *vc, int64_t task, int worker)
 {
     struct check_ctx *x = vc;
     const struct dnnz_rlham *m = x->m;
-    uint32_t col[KC];
-    float w[KC];
+    uint32_t col; /* the pair itself is not needed, only its checks */
+    float w;
     (void)worker;
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
     x->status[task] = DNNZ_OK;
@@ -308,8 +308,13 @@ static void check_task(void *vc, int64_t task, int worker)
         struct rl_row s = {.pos = 0, .flags = 0, .state = 0};
         /* the reader stops at the row's last byte: a row never reads its neighbour's bits */
         dnnz_bit_reader_init(&s.r, m->payload, (size_t)dnnz_bit_bytes(end), start);
-        while (s.state == 0)
-            rl_chunk(x->c, m->codebook, (uint64_t)m->cols, &s, col, w);
+        /* Stop at the row's end: past it the reader feeds zero bits, which may decode as valid
+         * symbols, so a walk driven by the column count alone would cost up to `cols` steps
+         * whatever the payload (2^31 for a 1-byte row). Every symbol consumes >= 1 bit, so a row
+         * costs at most (its bits + 1) pairs and the whole check O(payload bits + rows). */
+        while (s.state == 0 && rl_pair(x->c, m->codebook, (uint64_t)m->cols, &s, &col, &w))
+            if (dnnz_bit_reader_tell(&s.r) > end || (s.flags & DNNZ_HUF_INVALID))
+                break;
         if (s.state != 1 || (s.flags & DNNZ_HUF_INVALID) || dnnz_bit_reader_tell(&s.r) != end) {
             x->status[task] = DNNZ_E_CORRUPT;
             x->where[task] = r;

@@ -93,14 +93,29 @@ def sections_of(doc):
 
 
 @contextmanager
-def deadline(seconds):
-    """Fail instead of hanging (SIGALRM; the tests run in the main thread)."""
+def deadline(seconds, hard_factor=None):
+    """Fail instead of hanging: the per-input time limit of the fuzzers and corruption tests.
+
+    Two layers: SIGALRM raises TimeoutError in the main thread once `seconds` pass, but a Python
+    signal handler only runs between bytecodes, so it cannot stop a loop inside one C call (a
+    validator walking 2**31 steps). A faulthandler watchdog thread therefore ends the whole
+    process after `seconds * hard_factor` (default 3, or DNNZ_TEST_HARD_TIMEOUT_FACTOR), printing
+    every thread's traceback: a hang fails CI loudly instead of stalling it.
+    """
+    import faulthandler
+    import os
+    import sys
+    if hard_factor is None:
+        hard_factor = float(os.environ.get("DNNZ_TEST_HARD_TIMEOUT_FACTOR", "3"))
+
     def boom(signum, frame):
         raise TimeoutError(f"reader took more than {seconds} s")
     old = signal.signal(signal.SIGALRM, boom)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds * hard_factor, exit=True, file=sys.__stderr__)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)

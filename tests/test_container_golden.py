@@ -11,6 +11,7 @@ import pydnnz
 from pydnnz import container, errors
 from pydnnz.container import BFloat16Tensor, save
 
+import _container_edit as E
 import _container_fake as fake
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -94,7 +95,7 @@ _INVALID = json.loads((GOLDEN / "invalid" / "expected.json").read_text(encoding=
 def test_invalid_golden_raises_recorded_error(name):
     path = GOLDEN / "invalid" / name
     cls = getattr(errors, _INVALID[name]["error"])
-    with fake.registered():
+    with fake.registered(), E.deadline(20):  # rlham_row_past_end once cost minutes (issue 17)
         with pytest.raises(errors.DnnzError) as info:
             f = pydnnz.load_file(path)
             for key in f:
