@@ -28,7 +28,8 @@ from .errors import (
     UnsupportedVersionError,
 )
 from . import huffman
-from .runtime import cpu_path, get_num_threads, set_num_threads
+from .runtime import (DEFAULT_MAX_DECODED_BYTES, cpu_path, get_max_decoded_bytes, get_num_threads,
+                      set_max_decoded_bytes, set_num_threads)
 from .encodings import EncodedMatrix, encode
 from .container import load_file, safe_open, save_file
 from . import compress
@@ -45,6 +46,9 @@ __all__ = [
     "cpu_path",
     "get_num_threads",
     "set_num_threads",
+    "get_max_decoded_bytes",
+    "set_max_decoded_bytes",
+    "DEFAULT_MAX_DECODED_BYTES",
     "DnnzError",
     "InvalidArgumentError",
     "ShapeError",

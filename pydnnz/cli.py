@@ -8,6 +8,7 @@ run leaves no partial output file, and nothing is overwritten without --force.
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import json
 import os
@@ -55,7 +56,7 @@ def _entropy_bits(values: np.ndarray) -> float:
         return 0.0
     _, counts = np.unique(values.ravel(), return_counts=True)
     p = counts / values.size
-    return float(-(p * np.log2(p)).sum())
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: never -0.0
 
 
 def _check_output(path: Path, force: bool) -> None:
@@ -136,50 +137,88 @@ def cmd_compress(args) -> int:
 
 
 # --------------------------------------------------------------------------- info
-def tensor_report(name, t) -> dict:
-    """Per-tensor facts for `dnnz info`: shape, encoding, bytes, bits/weight, entropy bound, psi."""
-    if isinstance(t, np.ndarray):
-        values, encoding, nbytes, dtype = t, "raw", int(t.nbytes), str(t.dtype)
-    else:
-        values, encoding, nbytes, dtype = t.decode(), t.encoding, int(t.nbytes), "float32"
-    n = int(values.size)
-    h = _entropy_bits(values)
-    bound = n * h / 8
-    dense = n * values.dtype.itemsize
-    return {
+_ITEMSIZE = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
+             "int32": 4, "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8}
+
+
+def tensor_report(name, info, tensor=None) -> dict:
+    """Per-tensor facts for `dnnz info` from the header (`info`: ``safe_open(...).info(name)``):
+    shape, dtype, encoding, stored bytes, decoded bytes, bits/weight, psi. Nothing is decoded;
+    with `tensor` (the loaded tensor) the order-0 entropy bound is added, which needs the values."""
+    shape = [int(d) for d in info["shape"]]
+    n = int(np.prod(shape, dtype=object))
+    dtype = info["dtype"]
+    nbytes = int(info["nbytes"])
+    dense = n * _ITEMSIZE.get(dtype, 4)
+    rep = {
         "name": name,
-        "shape": list(values.shape),
+        "shape": shape,
         "dtype": dtype,
-        "encoding": encoding,
+        "encoding": info["encoding"],
         "bytes": nbytes,
+        "decoded_bytes": dense,
         "bits_per_weight": (8 * nbytes / n) if n else 0.0,
-        "entropy_bits_per_weight": h,
-        "entropy_bound_bytes": bound,
         "psi": nbytes / dense if dense else 0.0,
     }
+    if tensor is not None:
+        values = np.asarray(tensor) if isinstance(tensor, np.ndarray) or not hasattr(tensor, "decode") \
+            else tensor.decode()
+        h = _entropy_bits(values)
+        rep["entropy_bits_per_weight"] = h
+        rep["entropy_bound_bytes"] = n * h / 8
+    return rep
+
+
+def _file_reports(path: Path, entropy: bool):
+    from .container import safe_open
+
+    with safe_open(path) as f:
+        reports = [tensor_report(k, f.info(k), f.get(k) if entropy else None) for k in f.keys()]
+        metadata = dict(f.metadata() or {})
+    total = sum(r["bytes"] for r in reports)
+    dense = sum(r["decoded_bytes"] for r in reports)
+    summary = {"file": str(path), "file_bytes": path.stat().st_size, "tensors": len(reports),
+               "encoded_tensors": sum(r["encoding"] != "raw" for r in reports),
+               "payload_bytes": int(total), "dense_bytes": int(dense),
+               "largest_decoded_bytes": max((r["decoded_bytes"] for r in reports), default=0),
+               "psi": float(total / dense) if dense else 0.0}
+    return summary, metadata, reports
 
 
 def cmd_info(args) -> int:
-    from .container import safe_open
-
-    path = Path(args.file)
-    _check_input(path)
-    with safe_open(path) as f:
-        reports = [tensor_report(k, f.get(k)) for k in f.keys()]
-        metadata = dict(f.metadata() or {})
-    total = sum(r["bytes"] for r in reports)
-    dense = sum(np.prod(r["shape"], dtype=np.int64) * (4 if r["encoding"] != "raw" else np.dtype(r["dtype"]).itemsize)
-                for r in reports)
-    summary = {"file": str(path), "file_bytes": path.stat().st_size, "payload_bytes": int(total),
-               "dense_bytes": int(dense), "psi": float(total / dense) if dense else 0.0}
+    paths = [Path(p) for p in args.file]
+    for path in paths:
+        _check_input(path)
+    if args.max_decoded_bytes is not None:
+        from .runtime import set_max_decoded_bytes
+        set_max_decoded_bytes(args.max_decoded_bytes)
+    if args.summary:  # one line per file, from the headers alone
+        out = [_file_reports(p, False)[0] for p in paths]
+        if args.json:
+            print(json.dumps(out, indent=2))
+            return EXIT_OK
+        rows = [[s["file"], s["tensors"], s["encoded_tensors"], _human(s["file_bytes"]), _human(s["payload_bytes"]),
+                 _human(s["dense_bytes"]), _human(s["largest_decoded_bytes"]), f"{s['psi']:.4f}"] for s in out]
+        print(_table(rows, ["file", "tensors", "encoded", "size", "payload", "decoded", "largest", "psi"]))
+        return EXIT_OK
+    if len(paths) != 1:
+        raise UsageError("give one FILE, or several with --summary")
+    path = paths[0]
+    summary, metadata, reports = _file_reports(path, args.entropy)
     if args.json:
         print(json.dumps({"summary": summary, "metadata": metadata, "tensors": reports}, indent=2))
         return EXIT_OK
+    headers = ["tensor", "shape", "dtype", "encoding", "bytes", "decoded", "bits/w", "psi"]
     rows = [[r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["encoding"], r["bytes"],
-             f"{r['bits_per_weight']:.3f}", f"{r['entropy_bound_bytes']:.0f}", f"{r['psi']:.4f}"] for r in reports]
-    print(_table(rows, ["tensor", "shape", "dtype", "encoding", "bytes", "bits/w", "entropy B", "psi"]))
+             _human(r["decoded_bytes"]), f"{r['bits_per_weight']:.3f}", f"{r['psi']:.4f}"] for r in reports]
+    if args.entropy:
+        headers.insert(7, "entropy B")
+        for row, r in zip(rows, reports):
+            row.insert(7, f"{r['entropy_bound_bytes']:.0f}")
+    print(_table(rows, headers))
     print(f"\n{path}: {len(reports)} tensors, file {_human(summary['file_bytes'])}, "
-          f"payload {_human(total)} vs dense {_human(dense)} (psi {summary['psi']:.4f})")
+          f"payload {_human(summary['payload_bytes'])} vs dense {_human(summary['dense_bytes'])} "
+          f"(psi {summary['psi']:.4f})")
     for k, v in metadata.items():
         print(f"  {k}: {v if len(v) < 120 else v[:117] + '...'}")
     return EXIT_OK
@@ -191,7 +230,7 @@ def cmd_verify(args) -> int:
 
     path = Path(args.file)
     _check_input(path)
-    verify(path)
+    verify(path, max_decoded_bytes=args.max_decoded_bytes)
     print(f"{path}: OK")
     return EXIT_OK
 
@@ -205,6 +244,9 @@ def cmd_convert(args) -> int:
     format_of(src)
     format_of(dst)
     _check_output(dst, args.force)
+    if args.max_decoded_bytes is not None:
+        from .runtime import set_max_decoded_bytes
+        set_max_decoded_bytes(args.max_decoded_bytes)
     summary = convert(src, dst, force=True)
     print(f"{src} -> {dst}: {summary['tensors']} tensors, {_human(summary['bytes_in'])} -> {_human(summary['bytes_out'])}")
     return EXIT_OK
@@ -292,6 +334,12 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _limit_option(p) -> None:
+    p.add_argument("--max-decoded-bytes", metavar="SIZE",
+                   help="largest tensor to decode, e.g. 16G (default 4G or $DNNZ_MAX_DECODED_BYTES); "
+                        "a larger one fails with a one-line error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dnnz", description="Compress, inspect, verify and convert neural-network weight files.")
     p.add_argument("--version", action="version", version=f"pydnnz {__version__}")
@@ -313,19 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     c.set_defaults(func=cmd_compress)
 
-    i = sub.add_parser("info", help="per-tensor shape, encoding, bytes, bits/weight, entropy bound, psi")
-    i.add_argument("file", metavar="FILE")
+    i = sub.add_parser("info", help="per-tensor shape, encoding, bytes, decoded size, bits/weight, psi "
+                                    "(from the header: nothing is decoded)")
+    i.add_argument("file", metavar="FILE", nargs="+")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--summary", action="store_true", help="one line per FILE (several allowed), from the headers")
+    i.add_argument("--entropy", action="store_true",
+                   help="also the order-0 entropy bound of each tensor (decodes every tensor)")
+    _limit_option(i)
     i.set_defaults(func=cmd_info)
 
     v = sub.add_parser("verify", help="check every checksum and structure; exit 0 when all pass, 1 otherwise")
     v.add_argument("file", metavar="FILE")
+    _limit_option(v)
     v.set_defaults(func=cmd_verify)
 
     cv = sub.add_parser("convert", help="convert between .dnnz, .safetensors, .pt/.pth and .npz")
     cv.add_argument("input", metavar="IN")
     cv.add_argument("output", metavar="OUT")
     cv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    _limit_option(cv)
     cv.set_defaults(func=cmd_convert)
 
     b = sub.add_parser("bench", help="dot-product speed from the compressed form vs dense, same run")
@@ -342,6 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_ENV_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EFBIG: "file too large for this file system; write to another file system",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system; write elsewhere",
+}
+
+
+def environment_error(exc: OSError) -> str:
+    """One line for an error of the environment, naming the file (outputs are atomic: nothing
+    was changed at the destination)."""
+    what = _ENV_HINTS.get(exc.errno) or (exc.strerror or str(exc))
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return f"{where}{what}{f' ({code})' if code else ''}"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -354,9 +428,12 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, IsADirectoryError, PermissionError, FileExistsError) as exc:
+    except (FileNotFoundError, IsADirectoryError, FileExistsError) as exc:
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # the environment: disk full, file too large, permission, read-only folder
+        print(f"{prefix}: {environment_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except InvalidArgumentError as exc:  # bad option values, unsupported file types
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_USAGE

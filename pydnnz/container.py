@@ -556,7 +556,9 @@ class _Reader:
             return BFloat16Tensor(arr) if t.dtype == "bfloat16" else arr
         sections = {s.name: self._section_array(t, s, _DTYPES[s.dtype][0]) for s in t.sections}
         try:
-            return _from_sections(t.encoding, t.shape, dict(t.params), sections)
+            em = _from_sections(t.encoding, t.shape, dict(t.params), sections)
+            em._origin = f"{self.where.source}: tensor {name!r}"  # decode() errors name the tensor
+            return em
         except InvalidArgumentError as exc:
             # An argument the file supplied (shape, params): in a file that is corruption.
             raise CorruptFileError(self.where(f"{type(exc).__name__}: {exc}", tensor=name,
@@ -732,9 +734,13 @@ class VerifyReport:
     encodings: dict = field(default_factory=dict)  # encoding name -> number of tensors
 
 
-def verify(path):
+def verify(path, max_decoded_bytes=None):
     """Check a whole file (a path, or the file's contents as bytes): header, layout, every CRC-32, and every tensor rebuilt (encoded ones
     through their encoding's own validation). Returns a VerifyReport or raises a DnnzError.
+
+    An encoded tensor whose decoded size passes the decoded-size limit (`max_decoded_bytes`, or
+    ``pydnnz.get_max_decoded_bytes()``: 4 GiB unless ``DNNZ_MAX_DECODED_BYTES`` says otherwise)
+    fails with DnnzMemoryError naming it, so that a file that verifies can also be decoded.
 
     >>> import tempfile, os, numpy as np, pydnnz
     >>> p = os.path.join(tempfile.mkdtemp(), "m.dnnz")
@@ -751,8 +757,12 @@ def verify(path):
     counts = {}
     n_sections = 0
     data_bytes = 0
+    from . import runtime
     for name, t in h.tensors.items():
-        reader.tensor(name)
+        reader.tensor(name)  # validation costs O(stored bytes), whatever the shape claims
+        if t.encoding != RAW:  # then the decoded size, from the shape (nothing is decoded)
+            runtime.check_decoded_size(4 * math.prod(t.shape), reader.where("", tensor=name)[:-2],
+                                       max_decoded_bytes)
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
         n_sections += len(t.sections)
         data_bytes += sum(s.length for s in t.sections)

@@ -63,3 +63,74 @@ def set_num_threads(n):
 
 def _require_path():
     cpu_path()  # raises the explicit UnsupportedError for a bad DNNZ_CPU_PATH
+
+
+# ---------------------------------------------------------------------------------------------
+# decoded-size guard (spec/dnnz-format.md, "Resource bounds")
+
+#: Largest tensor (in bytes) that readers materialise by default: 4 GiB. A file of a few hundred
+#: bytes can describe a tensor of terabytes (an ``rlham`` row with no entries costs one bit, an
+#: ``im`` matrix with one codebook value stores no indices), so a reader must not trust the shape
+#: alone. Raise the limit with ``decode(max_bytes=...)``, :func:`set_max_decoded_bytes` or the
+#: environment variable ``DNNZ_MAX_DECODED_BYTES`` (bytes, or with a K/M/G/T suffix: ``16G``).
+DEFAULT_MAX_DECODED_BYTES = 4 << 30
+
+_max_decoded = None  # set by set_max_decoded_bytes; None: the environment or the default
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def _parse_bytes(text, what):
+    t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _SUFFIXES and t[-1:] else ""
+    try:
+        n = int(t[:-1] if unit else t) * _SUFFIXES[unit]
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise errors.InvalidArgumentError(f"{what}: expected a byte count such as 8589934592 or 8G, got {text!r}")
+    return n
+
+
+def get_max_decoded_bytes():
+    """The decoded-size limit now in force, in bytes (see :data:`DEFAULT_MAX_DECODED_BYTES`).
+
+    >>> import pydnnz
+    >>> pydnnz.set_max_decoded_bytes(1 << 20); pydnnz.get_max_decoded_bytes()
+    1048576
+    >>> pydnnz.set_max_decoded_bytes(None)  # back to DNNZ_MAX_DECODED_BYTES or the default
+    """
+    if _max_decoded is not None:
+        return _max_decoded
+    env = os.environ.get("DNNZ_MAX_DECODED_BYTES", "").strip()
+    return _parse_bytes(env, "DNNZ_MAX_DECODED_BYTES") if env else DEFAULT_MAX_DECODED_BYTES
+
+
+def set_max_decoded_bytes(n):
+    """Set the process-wide decoded-size limit (an int >= 0, or a string such as ``"16G"``);
+    ``None`` goes back to ``DNNZ_MAX_DECODED_BYTES`` or the default."""
+    global _max_decoded
+    if n is None:
+        _max_decoded = None
+        return
+    if isinstance(n, bool) or not isinstance(n, (int, str)):
+        raise errors.InvalidArgumentError(f"set_max_decoded_bytes: expected an int or a string, got {n!r}")
+    _max_decoded = _parse_bytes(n, "set_max_decoded_bytes")
+
+
+def _human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def check_decoded_size(nbytes, what, max_bytes=None):
+    """Raise DnnzMemoryError when materialising `nbytes` would pass the limit (`max_bytes`, or
+    :func:`get_max_decoded_bytes` when None). `what` names the tensor in the message."""
+    limit = get_max_decoded_bytes() if max_bytes is None else _parse_bytes(max_bytes, "max_bytes")
+    if nbytes > limit:
+        raise errors.DnnzMemoryError(
+            f"{what}: decoding needs {_human_bytes(nbytes)} ({nbytes} bytes), over the decoded-size limit of "
+            f"{_human_bytes(limit)}; if this tensor is expected, raise the limit (decode(max_bytes=...), "
+            f"pydnnz.set_max_decoded_bytes(), DNNZ_MAX_DECODED_BYTES or dnnz --max-decoded-bytes)")

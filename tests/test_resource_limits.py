@@ -2,6 +2,7 @@
 by the input. Timing-free: a reproducer that used to cost minutes or hours runs in a subprocess
 (or under the tests' watchdog) with a limit hundreds of times above what the fixed reader needs,
 so a regression shows as a failure, never as a slow pass."""
+import json
 import os
 import signal
 import subprocess
@@ -90,3 +91,102 @@ def test_deadline_watchdog_ends_a_hang_that_signals_cannot_interrupt():
     out = run_py(code, timeout=50)
     assert out.returncode != 0 and "not stopped" not in out.stdout
     assert "Timeout (0:00:01)!" in out.stderr, out.stderr
+
+
+# --- finding 2: decompression bombs --------------------------------------------------------------
+
+LIMITS = json.loads((GOLDEN / "limits" / "expected.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def default_limit(monkeypatch):
+    monkeypatch.delenv("DNNZ_MAX_DECODED_BYTES", raising=False)
+    pydnnz.set_max_decoded_bytes(None)
+    yield
+    pydnnz.set_max_decoded_bytes(None)
+
+
+def test_every_limits_file_is_listed():
+    assert sorted(p.name for p in (GOLDEN / "limits").glob("*.dnnz")) == sorted(LIMITS)
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_bomb_decode_is_refused_naming_the_tensor(name):
+    path, exp = GOLDEN / "limits" / name, LIMITS[name]
+    em = pydnnz.load_file(path)[exp["tensor"]]  # reading (and inference from the encoded form) is fine
+    assert em.decoded_nbytes == exp["decoded_bytes"] > pydnnz.DEFAULT_MAX_DECODED_BYTES
+    with pytest.raises(errors.DnnzMemoryError) as info:
+        em.decode()
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: tensor {exp['tensor']!r}: decoding needs ")
+    assert f"({exp['decoded_bytes']} bytes)" in msg and "DNNZ_MAX_DECODED_BYTES" in msg
+    assert isinstance(info.value, MemoryError) and isinstance(info.value, errors.DnnzError)
+    with pytest.raises(errors.DnnzMemoryError, match=repr(exp["tensor"])):
+        container.verify(path)
+    # a limit below the size is refused the same way through each knob; nothing is allocated
+    with pytest.raises(errors.DnnzMemoryError):
+        em.decode(max_bytes=exp["decoded_bytes"] - 1)
+    pydnnz.set_max_decoded_bytes("1G")
+    with pytest.raises(errors.DnnzMemoryError, match="limit of 1.0 GiB"):
+        em.decode()
+
+
+def test_limit_knobs_parameter_function_environment(monkeypatch):
+    w = pydnnz.encode(np.eye(64, dtype=np.float32), "csc")  # decodes to 16 KiB
+    assert w.decoded_nbytes == 16384
+    assert (w.decode(max_bytes=16384) == np.eye(64)).all()
+    with pytest.raises(errors.DnnzMemoryError, match="csc tensor of shape \\[64, 64\\]"):
+        w.decode(max_bytes=16383)
+    monkeypatch.setenv("DNNZ_MAX_DECODED_BYTES", "16K")
+    assert pydnnz.get_max_decoded_bytes() == 16384 and w.decode().shape == (64, 64)
+    monkeypatch.setenv("DNNZ_MAX_DECODED_BYTES", "15k")
+    with pytest.raises(errors.DnnzMemoryError):
+        w.decode()
+    pydnnz.set_max_decoded_bytes(1 << 20)  # the function wins over the environment
+    assert w.decode().shape == (64, 64)
+    monkeypatch.setenv("DNNZ_MAX_DECODED_BYTES", "lots")
+    pydnnz.set_max_decoded_bytes(None)
+    with pytest.raises(errors.InvalidArgumentError, match="DNNZ_MAX_DECODED_BYTES"):
+        w.decode()
+    with pytest.raises(errors.InvalidArgumentError):
+        pydnnz.set_max_decoded_bytes(-1)
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pydnnz", *map(str, args)], env=dict(ENV, **(env or {})),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_reports_bombs_from_the_header_and_refuses_to_decode_them(tmp_path):
+    path = GOLDEN / "limits" / "im_one_value_8GiB.dnnz"
+    info = cli("info", path, "--json")
+    assert info.returncode == 0, info.stderr
+    doc = json.loads(info.stdout)
+    t = {r["name"]: r for r in doc["tensors"]}
+    assert t["embed.weight"]["decoded_bytes"] == 2**33 and t["embed.weight"]["bytes"] == 4
+    assert doc["summary"]["largest_decoded_bytes"] == 2**33
+    summary = cli("info", "--summary", *(GOLDEN / "limits").glob("*.dnnz"), GOLDEN / "valid" / "all_dtypes.dnnz")
+    assert summary.returncode == 0 and len(summary.stdout.strip().splitlines()) == 2 + 3, summary.stderr
+    for args in (["verify", path], ["info", "--entropy", path], ["convert", path, tmp_path / "out.npz"]):
+        out = cli(*args)
+        assert out.returncode == 1 and out.stdout == "", out
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "tensor 'embed.weight': decoding needs 8.0 GiB" in lines[0], out.stderr
+    assert not (tmp_path / "out.npz").exists() and os.listdir(tmp_path) == []
+    # raising the limit lets verify through (it builds nothing of that size)
+    assert cli("verify", path, "--max-decoded-bytes", "8G").returncode == 0
+    assert cli("verify", path, env={"DNNZ_MAX_DECODED_BYTES": "9G"}).returncode == 0
+
+
+def test_load_model_checks_shapes_before_anything_is_decoded():
+    torch = pytest.importorskip("torch")
+    from pydnnz.torch import load_model
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.bias = torch.nn.Parameter(torch.zeros(4))
+
+    with pytest.raises(errors.ShapeError, match="'embed.weight' has shape \\(65536, 32768\\)"):
+        load_model(GOLDEN / "limits" / "im_one_value_8GiB.dnnz", M())

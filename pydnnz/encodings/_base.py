@@ -266,9 +266,23 @@ class EncodedMatrix:
     def nbytes(self):
         return int(sum(s.nbytes for s in self._sections.values()))
 
-    def decode(self):
-        """The exact float32 tensor, of shape ``.shape``."""
+    @property
+    def decoded_nbytes(self):
+        """Bytes the decoded float32 tensor takes (from the shape alone: nothing is decoded)."""
         rows, cols = self._matrix_shape
+        return 4 * rows * cols
+
+    def decode(self, max_bytes=None):
+        """The exact float32 tensor, of shape ``.shape``.
+
+        Refuses (DnnzMemoryError naming the tensor) when the result would take more than
+        `max_bytes` bytes; None means :func:`pydnnz.get_max_decoded_bytes` (default 4 GiB, the
+        environment variable ``DNNZ_MAX_DECODED_BYTES`` raises it). A small file can describe a
+        huge tensor, so the shape alone is not trusted with memory.
+        """
+        rows, cols = self._matrix_shape
+        runtime.check_decoded_size(self.decoded_nbytes, getattr(self, "_origin", None) or
+                                   f"{self.name} tensor of shape {list(self._shape)}", max_bytes)
         out = np.empty((rows, cols), np.float32)
         if out.size:
             self._c_decode(out)
