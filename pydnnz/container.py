@@ -945,10 +945,14 @@ def save_file(tensors, path, metadata=None):
     """Write `tensors` (name -> ndarray, BFloat16Tensor or EncodedMatrix) and string `metadata`
     to `path` atomically.
 
-    The file is written to a temporary file in the same folder, flushed and fsynced, then renamed
-    over `path` (and the folder fsynced): a crash or an exception leaves either the old file or the
-    new one, never a partial one, and no temporary file behind. Readers holding the old file's
-    memory map keep seeing the old contents. Raw arrays keep their dtype and shape; sections are
+    The data goes to a temporary file in the same folder, is fsynced, then renamed over `path`
+    (and the folder fsynced): an exception or a killed process (SIGKILL, SIGTERM, power loss)
+    leaves either the old file or the new one, never a partial one. On Linux (O_TMPFILE: ext4,
+    xfs, btrfs, tmpfs) the temporary is unnamed, so nothing is left behind by a crash either;
+    elsewhere a killed writer may leave ``.NAME.HOST-PID.RANDOM.tmp``, which the next write to
+    `path` removes (see ``pydnnz._atomic``). Errors of the environment (disk full, permission,
+    read-only folder) raise OSError naming `path`. Readers holding the old file's memory map keep
+    seeing the old contents. Raw arrays keep their dtype and shape; sections are
     aligned to 64 bytes.
 
     >>> import tempfile, os, numpy as np, pydnnz

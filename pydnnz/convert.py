@@ -137,9 +137,13 @@ def write_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
         arrays[name] = np.ascontiguousarray(t if isinstance(t, np.ndarray) else t.decode())
     with atomic_path(path) as tmp:
         if kind == "safetensors":
-            from safetensors.numpy import save_file as st_save
+            # safetensors' save_file writes its own named temporary beside `tmp` (which may be an
+            # unnamed /proc/self/fd file, see _atomic): serialise to bytes and write them instead.
+            from safetensors.numpy import save as st_save
 
-            st_save(arrays, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
+            data = st_save(arrays, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
         elif kind == "npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)

@@ -218,12 +218,10 @@ def test_interrupted_write_leaves_no_partial_output(tmp_path, weights, monkeypat
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"old contents")
 
-    def half_write(arrays, path, metadata=None):
-        with open(path, "wb") as fh:
-            fh.write(b"partial")
+    def interrupted(arrays, metadata=None):  # while the (possibly unnamed) temporary is open
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", half_write)
+    monkeypatch.setattr(safetensors.numpy, "save", interrupted)
     assert cli.main(["convert", str(src), str(dst), "--force"]) == 130
     assert dst.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "out.safetensors"]
