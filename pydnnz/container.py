@@ -62,6 +62,7 @@ __all__ = [
     "MAX_SECTIONS",
     "MAX_PARAMS",
     "MAX_METADATA_ITEMS",
+    "MAX_JSON_DEPTH",
 ]
 
 # ---- format constants (spec §3-§9) -------------------------------------------------------------
@@ -78,6 +79,7 @@ MAX_NAME_BYTES = 1024
 MAX_SECTIONS = 64
 MAX_PARAMS = 256
 MAX_METADATA_ITEMS = 1 << 16
+MAX_JSON_DEPTH = 64  # a 1.0 header nests 5 levels; deeper values (future minor keys) up to 64 (spec §10.1)
 MAX_DIM = (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
 RAW = "raw"
@@ -279,6 +281,18 @@ def _parse_preamble(pre, size, where):
     return major, minor, hlen, crc
 
 
+def _json_depth(doc):
+    """Nesting depth of a parsed JSON value (a scalar is 0, {} or [] is 1), without recursion."""
+    depth, stack = 0, [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            depth = max(depth, d)
+            if d <= MAX_JSON_DEPTH:  # deeper is rejected anyway: stop descending
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return depth
+
+
 def _parse_header(pre, header_bytes, size, where):
     """Validate the preamble and the JSON header against a file of `size` bytes (spec §11)."""
     major, minor, hlen, stored = _parse_preamble(pre, size, where)
@@ -301,6 +315,8 @@ def _parse_header(pre, header_bytes, size, where):
         # UnicodeDecodeError and json.JSONDecodeError are ValueErrors; deep nesting is a RecursionError.
         raise CorruptFileError(where(f"header is not valid UTF-8 JSON ({type(exc).__name__}: {exc})",
                                      field="Header")) from None
+    if _json_depth(doc) > MAX_JSON_DEPTH:
+        raise CorruptFileError(where(f"header JSON is nested deeper than {MAX_JSON_DEPTH} levels", field="Header"))
     if len(header_bytes) - len(stripped) >= ALIGNMENT:
         raise CorruptFileError(where(f"header has {len(header_bytes) - len(stripped)} bytes of padding "
                                      f"(a writer pads with fewer than {ALIGNMENT})", field="Header"))
@@ -511,7 +527,7 @@ def _check_padding(buf, header, where):
 # ---- the reader --------------------------------------------------------------------------------
 
 def _from_sections(encoding, shape, params, sections):
-    """Rebuild an EncodedMatrix through the encodings registry (TEAM.md contract 3)."""
+    """Rebuild an EncodedMatrix through the encodings registry (``pydnnz.encodings.from_sections``)."""
     try:
         from . import encodings
     except ImportError as exc:

@@ -190,3 +190,20 @@ def test_load_model_checks_shapes_before_anything_is_decoded():
 
     with pytest.raises(errors.ShapeError, match="'embed.weight' has shape \\(65536, 32768\\)"):
         load_model(GOLDEN / "limits" / "im_one_value_8GiB.dnnz", M())
+
+
+# --- header nesting limit (spec §10.1) -------------------------------------------------------------
+
+@pytest.mark.parametrize("depth, ok", [(64, True), (65, False), (900, False), (100_000, False)])
+def test_header_nesting_limit_is_64_levels(depth, ok):
+    import _container_edit as E
+    base = container.save({"w": np.ones(2, np.float32)})
+    # a newer minor version may carry unknown keys; their values count towards the depth
+    inner = "[" * (depth - 1) + "]" * (depth - 1)  # the top-level object is level 1
+    text = E.split(base)[1].rstrip(b" ")[:-1] + b',"future":' + inner.encode() + b"}"
+    data = E.set_u(E.with_header_text(base, text), 10, "<H", 3, fix_crc=True)
+    if ok:
+        assert container.load(data)["w"].tolist() == [1.0, 1.0]
+    else:
+        with pytest.raises(errors.CorruptFileError, match="field 'Header'"):
+            container.load(data)

@@ -23,7 +23,7 @@ EXAMPLE_METADATA = {"model": "example"}
 # The small matrix each encoding's example stores: the worked example of spec/encodings.md
 # (3x4, two shared non-zero values), so that its section bytes can be found in the files.
 ENCODING_MATRIX = np.array([[0, 1.5, 0, 1.5], [2, 0, 0, 1.5], [0, 0, 2, 0]], np.float32)
-ENCODINGS = ["dense", "csc", "im", "im8", "im4", "ham", "sham"]
+ENCODINGS = ["dense", "csc", "im", "im8", "im4", "ham", "sham", "rlham"]
 
 
 def test_example_file_is_what_the_writer_produces():
@@ -98,7 +98,7 @@ def test_encoding_example_files(name):
     em = _encoder(name)
     path = EXAMPLES / f"{name}.dnnz"
     if not path.exists():
-        pytest.skip(f"{path.name} not written yet: write it with save_file({{'w': encode(M, {name!r})}})")
+        pytest.fail(f"{path.name} is missing: write it with save({{'w': encode(M, {name!r})}}, {{'example': {name!r}}})")
     assert save({"w": em}, {"example": name}) == path.read_bytes()
     got = load(path.read_bytes())["w"]
     assert got.encoding == name and tuple(got.shape) == ENCODING_MATRIX.shape
@@ -122,3 +122,68 @@ def test_encoding_examples_hold_the_bytes_of_encodings_md(name):
         if s["length"] <= 16:
             start = 32 + hlen + s["offset"]
             assert data[start:start + s["length"]].hex(" ") in text, (name, s["name"])
+
+
+def test_every_registered_encoding_has_an_example_file():
+    from pydnnz.encodings import encodings
+    assert set(encodings()) <= set(ENCODINGS)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.dnnz") if p.stem != "example") == sorted(ENCODINGS)
+
+
+def _table_names(text, heading):
+    """The backquoted names in the first column of the first table after `heading`."""
+    part = text[text.index(heading):]
+    names, started = [], False
+    for line in part.splitlines()[1:]:
+        if line.startswith("|"):
+            started = True
+            m = re.match(r"^\|\s*(?:\d+\s*\|\s*)?`?([A-Za-z0-9_]+)`?\s*\|", line)
+            if m and m.group(1) not in ("Name", "id", "name"):
+                names.append(m.group(1))
+        elif started:
+            break
+    return names
+
+
+def test_spec_encoding_tables_list_every_encoding_the_code_accepts():
+    """A reader written from spec/ alone must know every encoding the reference reader accepts."""
+    from pydnnz.encodings import encodings
+    from pydnnz.encodings._base import RESERVED_IDS
+    accepted = set(encodings())
+    fmt = SPEC.read_text(encoding="utf-8")
+    assert set(_table_names(fmt, "Encoding names (payloads")) == accepted | {"raw"}
+    enc = (ROOT / "spec" / "encodings.md").read_text(encoding="utf-8")
+    assert set(_table_names(enc, "Encodings are registered under")) == accepted == set(RESERVED_IDS)
+    huf = (ROOT / "spec" / "huffman.md").read_text(encoding="utf-8")
+    overview = huf[:huf.index("## 2.")]
+    for name in ("ham", "sham", "rlham"):
+        assert f"`{name}`" in overview
+    for doc in ("dnnz-format.md", "encodings.md", "huffman.md", "compress.md", "torch.md"):
+        assert "TEAM.md" not in (ROOT / "spec" / doc).read_text(encoding="utf-8"), doc
+
+
+def test_every_encoding_states_its_section_order():
+    enc = (ROOT / "spec" / "encodings.md").read_text(encoding="utf-8")
+    from pydnnz.encodings import encodings
+    im = "## im, im8, im4 (index map)"
+    heading = {"im": im, "im8": im, "im4": im,
+               "ham": "### ham", "sham": "### sham"}
+    for name in encodings():
+        start = enc.index(heading.get(name, f"## {name}") + "\n")
+        nxt = [k for k in (enc.find("\n## ", start + 1), enc.find("\n### ", start + 1)) if k > 0]
+        part = enc[start:min(nxt) if nxt else len(enc)]
+        assert "in this order" in " ".join(part.split()), name
+
+
+def test_rlham_example_holds_the_bytes_of_its_sections_in_encodings_md():
+    """rlham.dnnz stores the sections pydnnz.encode produces for the 3x4 matrix; the worked
+    example of encodings.md (another matrix) is reproduced by the encoder too."""
+    em = _encoder("rlham")
+    got = load((EXAMPLES / "rlham.dnnz").read_bytes())["w"]
+    assert got.params == em.params
+    for key, arr in em.sections.items():
+        assert got.sections[key].tobytes() == arr.tobytes()
+    w = np.array([[0, 0.5, 0, 0.5], [-1, 0, 0, 0.5]], np.float32)
+    doc = pydnnz.encode(w, "rlham")
+    text = " ".join((ROOT / "spec" / "encodings.md").read_text(encoding="utf-8").split())
+    assert doc.sections["lengths"].tobytes().hex(" ") in text and doc.sections["payload"].tobytes().hex(" ") in text
