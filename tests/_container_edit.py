@@ -92,6 +92,10 @@ def sections_of(doc):
     return [s for t in doc["tensors"] for s in t["sections"]]
 
 
+WATCHDOG_FILE = None  # where the watchdog writes (set by conftest: the terminal, past pytest's capture)
+TEST_DEADLINE = None  # time.monotonic() when conftest's per-test limit runs out (None: no limit)
+
+
 @contextmanager
 def deadline(seconds, hard_factor=None):
     """Fail instead of hanging: the per-input time limit of the fuzzers and corruption tests.
@@ -112,10 +116,14 @@ def deadline(seconds, hard_factor=None):
         raise TimeoutError(f"reader took more than {seconds} s")
     old = signal.signal(signal.SIGALRM, boom)
     signal.setitimer(signal.ITIMER_REAL, seconds)
-    faulthandler.dump_traceback_later(seconds * hard_factor, exit=True, file=sys.__stderr__)
+    faulthandler.dump_traceback_later(seconds * hard_factor, exit=True, file=WATCHDOG_FILE or sys.__stderr__)
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        faulthandler.cancel_dump_traceback_later()  # faulthandler has one timer: hand it back
+        if TEST_DEADLINE is not None:  # to conftest's per-test limit, for the rest of the test
+            import time
+            faulthandler.dump_traceback_later(max(1.0, TEST_DEADLINE - time.monotonic()), exit=True,
+                                              file=WATCHDOG_FILE or sys.__stderr__)
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)

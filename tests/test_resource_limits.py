@@ -207,3 +207,20 @@ def test_header_nesting_limit_is_64_levels(depth, ok):
     else:
         with pytest.raises(errors.CorruptFileError, match="field 'Header'"):
             container.load(data)
+
+
+def test_per_test_watchdog_fails_a_hanging_test(tmp_path):
+    # conftest's per-test limit (DNNZ_TEST_TIMEOUT): a test stuck where signals cannot reach ends
+    # the run with a traceback naming it, instead of stalling CI.
+    (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "test_hang.py").write_text(textwrap.dedent("""
+        import signal, time
+        def test_hangs():
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT})
+            time.sleep(60)
+    """), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         env=dict(ENV, DNNZ_TEST_TIMEOUT="1"), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=50)
+    assert out.returncode != 0 and "passed" not in out.stdout
+    assert "Timeout (0:00:01)!" in out.stderr and "test_hangs" in out.stderr, out.stderr
