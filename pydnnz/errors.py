@@ -10,7 +10,8 @@
     │   └── CorruptFileError                      a .dnnz file whose structure breaks the format
     ├── UnsupportedError                          a version, encoding or CPU path this build lacks
     │   └── UnsupportedVersionError               a .dnnz file of a format major version this reader lacks
-    └── DnnzMemoryError (also a MemoryError)      an allocation failed
+    └── DnnzMemoryError (also a MemoryError)      an allocation failed, or a tensor to decode is over
+                                                  the decoded-size limit (pydnnz.get_max_decoded_bytes)
 """
 
 
@@ -47,7 +48,8 @@ class UnsupportedError(DnnzError):
 
 
 class DnnzMemoryError(DnnzError, MemoryError):
-    """The C library could not allocate memory."""
+    """Memory refused: the C library could not allocate, or decoding a tensor would pass the
+    decoded-size limit (see ``pydnnz.set_max_decoded_bytes``; the message names the tensor)."""
 
 
 class CorruptFileError(CorruptDataError):
