@@ -21,7 +21,9 @@ and usable from any training loop with any optimizer:
   each step), so pruned weights stay exactly zero.
 
 :func:`attach` sets both up from the output of :func:`pydnnz.compress.compress_weights`, and
-:func:`finetune` is a small training loop around them.
+:func:`finetune` is a small training loop around them. :func:`run_finetune` is the hook behind
+``pydnnz.torch.compress_model(..., finetune=fn)``. ``pydnnz.compress.finetune`` is this module
+(an alias kept for existing code: the NumPy package never imports torch itself).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._tensors import LowRankTensor, QuantizedTensor
+from ..compress._tensors import LowRankTensor, QuantizedTensor
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["MaskedWeight", "SharedWeights", "CompressionHooks", "attach", "finetune", "FinetuneResult"]
@@ -378,3 +380,30 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
         if own:
             hooks.remove()
     return FinetuneResult(losses, weights)
+
+
+def run_finetune(model, layers, lossy, fn, options):
+    """Call the user's `fn(model)` with the compression structure attached; return the tuned values.
+
+    The hook behind ``compress_model(..., finetune=fn)``: :func:`attach` loads the lossy results
+    into the (still dense) layers and keeps their structure while `fn` trains (a quantized weight
+    becomes ``codebook[indices]`` with the codebook as the trainable parameter, a pruned weight
+    keeps its zeros). `fn` must build its optimizer from ``model.parameters()`` inside the call
+    (the codebooks are new parameters). Afterwards the hooks are removed and the exported values
+    (same indices and masks, tuned shared values) are what gets encoded.
+    """
+    allowed = {"masks", "freeze_zero"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise InvalidArgumentError(f"finetune_options: unknown key(s) {sorted(unknown)} (known: {sorted(allowed)})")
+    keys = {name: f"{name}.weight" for name, *_ in layers}
+    compressed = {keys[name]: lossy[name] for name in keys}
+    was_training = model.training
+    hooks = attach(model, compressed, **options)
+    try:
+        fn(model)
+        tuned = hooks.export()
+    finally:
+        hooks.remove()
+        model.train(was_training)
+    return {name: tuned.get(key, lossy[name]) for name, key in keys.items()}
