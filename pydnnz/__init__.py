@@ -31,7 +31,6 @@ from . import huffman
 from .runtime import cpu_path, get_num_threads, set_num_threads
 from .encodings import EncodedMatrix, encode
 from .container import load_file, safe_open, save_file
-from . import compress
 
 __all__ = [
     "__version__",

@@ -511,7 +511,7 @@ def _check_padding(buf, header, where):
 # ---- the reader --------------------------------------------------------------------------------
 
 def _from_sections(encoding, shape, params, sections):
-    """Rebuild an EncodedMatrix through the encodings registry (TEAM.md contract 3)."""
+    """Rebuild an EncodedMatrix through the encodings registry (EncodedMatrix.from_sections)."""
     try:
         from . import encodings
     except ImportError as exc:

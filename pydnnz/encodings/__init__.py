@@ -1,6 +1,6 @@
 """Lossless layer encodings with dot products computed from the encoded form.
 
-`encode(matrix, encoding="auto")` returns an EncodedMatrix (contract 3 in TEAM.md);
+`encode(matrix, encoding="auto")` returns an EncodedMatrix (the contract is EncodedMatrix's docstring);
 `from_sections(...)` rebuilds one from stored parts, validating everything in C. The byte
 layouts are specified in spec/encodings.md. Registered here: dense, csc, im, im8, im4
 (the Huffman encodings ham, sham and rlham register themselves the same way with `register`).

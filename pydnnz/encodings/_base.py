@@ -13,8 +13,8 @@ import numpy as np
 from .. import errors, runtime
 from .._native import ffi, lib, status_name, _STATUS_ERRORS
 
-# Permanent name <-> id assignments. Ids are never reused; `ham`, `sham` and `rlham` are reserved for the
-# Huffman encodings (branches `huffman`, `rlham`), which register themselves with these ids.
+# Permanent name <-> id assignments (spec/encodings.md). Ids are never reused; the Huffman encodings
+# `ham`, `sham` and `rlham` (ham.py, sham.py, rlham.py) register themselves with these ids.
 RESERVED_IDS = {"dense": 1, "csc": 2, "im": 3, "im8": 4, "im4": 5, "ham": 6, "sham": 7, "rlham": 8}
 
 _REGISTRY = {}  # name -> class, in registration order (auto breaks ties by this order)
@@ -32,18 +32,20 @@ _FIELD_NAMES = {
 
 
 def register(cls):
-    """Class decorator adding an encoding to the registry (names and ids must be new)."""
+    """Class decorator adding an encoding to the registry (names and ids must be new).
+
+    A bad name or id raises InvalidArgumentError (a DnnzError and a ValueError)."""
     name, ident = cls.name, cls.id
     if not isinstance(name, str) or not name or name == "auto":
-        raise ValueError(f"encoding name {name!r} is not allowed")
+        raise errors.InvalidArgumentError(f"encoding name {name!r} is not allowed")
     if name in _REGISTRY:
-        raise ValueError(f"encoding {name!r} is already registered")
+        raise errors.InvalidArgumentError(f"encoding {name!r} is already registered")
     if RESERVED_IDS.get(name, ident) != ident:
-        raise ValueError(f"encoding {name!r} must use its reserved id {RESERVED_IDS[name]}")
+        raise errors.InvalidArgumentError(f"encoding {name!r} must use its reserved id {RESERVED_IDS[name]}")
     taken = {c.id: n for n, c in _REGISTRY.items()}
     taken.update({i: n for n, i in RESERVED_IDS.items() if n != name})
     if ident in taken:
-        raise ValueError(f"encoding id {ident} already belongs to {taken[ident]!r}")
+        raise errors.InvalidArgumentError(f"encoding id {ident} already belongs to {taken[ident]!r}")
     _REGISTRY[name] = cls
     return cls
 
@@ -208,7 +210,7 @@ def _readonly(a):
 class EncodedMatrix:
     """A matrix in a lossless encoding, with dot products computed from the encoded form.
 
-    Attributes (contract 3): ``encoding`` (name), ``shape`` (original tensor shape),
+    Attributes (what the container and every caller rely on): ``encoding`` (name), ``shape`` (original tensor shape),
     ``matrix_shape`` ((out, in)), ``params`` (JSON-serializable dict), ``sections`` (dict of 1-D
     little-endian arrays: exactly the bytes a file stores), ``nbytes`` (sum of the sections'
     sizes). Build one with :func:`pydnnz.encode` or :func:`pydnnz.encodings.from_sections`.
