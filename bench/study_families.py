@@ -47,7 +47,7 @@ def _load_state(module: nn.Module, state: dict) -> nn.Module:
 def conv_im2col(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     """Rows of the (batch·positions, in·prod(kernel)) matrix that a conv layer multiplies by W.T.
 
-    The column order is (in channel, kernel offsets), matching weight.reshape(out, -1) (shared contract 1).
+    The column order is (in channel, kernel offsets), matching weight.reshape(out, -1) (the matrix view of pydnnz.compress and the encodings).
     """
     if isinstance(conv, nn.Conv1d):
         k = conv.kernel_size[0]
