@@ -311,7 +311,7 @@ class FinetuneResult:
 
 
 def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, epochs: int = 1,
-             steps=None, lr: float = 1e-3, optimizer="adam", progress=None) -> FinetuneResult:
+             steps=None, lr: float = 1e-3, optimizer="adam", scheduler=None, progress=None) -> FinetuneResult:
     """Fine-tune a compressed model; the compression structure is kept throughout.
 
     ``loss_fn(model, batch)`` returns a scalar loss tensor; ``data`` is an iterable of batches
@@ -319,6 +319,8 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
     ``compress_weights``; hooks are attached, and removed at the end leaving the model with the
     fine-tuned dense values) or ``hooks`` you attached yourself (left attached). ``optimizer``
     is "adam", "sgd" (momentum 0.9), an optimizer instance, or a callable params -> optimizer.
+    ``scheduler`` is an optional callable optimizer -> LR scheduler (e.g. ``lambda opt:
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 100)``), stepped after every step.
     Stops after ``epochs`` epochs or ``steps`` steps, whichever comes first. A tqdm bar is shown
     when stderr is a terminal (``progress`` forces it on or off).
 
@@ -338,6 +340,8 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
         raise InvalidArgumentError("pass exactly one of compressed= (a dict) or hooks= (from attach)")
     if not (isinstance(optimizer, torch.optim.Optimizer) or optimizer in ("adam", "sgd") or callable(optimizer)):
         raise InvalidArgumentError(f"optimizer must be 'adam', 'sgd', an Optimizer or a callable, got {optimizer!r}")
+    if scheduler is not None and not callable(scheduler):
+        raise InvalidArgumentError(f"scheduler must be a callable optimizer -> LR scheduler, got {scheduler!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     own = compressed is not None
@@ -353,6 +357,7 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
     else:
         opt = optimizer(params)
     hooks.attach_optimizer(opt)
+    sched = scheduler(opt) if scheduler is not None else None
     show = sys.stderr.isatty() if progress is None else bool(progress)
     losses = []
     try:
@@ -364,6 +369,8 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
                 loss = loss_fn(model, batch)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
