@@ -6,8 +6,8 @@ time is printed as a ratio to it (the machine is shared: compare ratios, not sec
 SVD, so its ratio is to ``np.linalg.svd`` of the same matrix instead, and it runs on 1 M and 4 M
 only (a 4096 x 4096 SVD on one core takes minutes).
 
-    python bench/compress_methods.py --quick        # < 1 min: 1 M and 4 M Laplacian
-    python bench/compress_methods.py [--json]       # 1 M, 4 M, 16 M x Laplacian, Gaussian
+    python -m bench.compress_methods --quick        # < 1 min: 1 M and 4 M Laplacian
+    python -m bench.compress_methods [--json]       # 1 M, 4 M, 16 M x Laplacian, Gaussian
 """
 import os
 
@@ -16,15 +16,12 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydnnz import compress as C  # noqa: E402
+
+from ._common import best_time, machine  # noqa: E402
 
 K = 32
 P = 90
@@ -44,12 +41,9 @@ METHODS = {
 
 
 def timed(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+    """(best seconds of `repeat` calls, no warm-up: each call is long, the last result)."""
+    out = []
+    return best_time(lambda: out.append(fn()), min_runs=repeat, min_seconds=0, warmup=False), out[-1]
 
 
 def main(argv=None):
@@ -90,8 +84,7 @@ def main(argv=None):
                 if not args.json:
                     print(f"{dist:8s} {n:>9,d}  {'slr q=64':22s} {t:8.3f} s   x{t / t_svd:7.2f} np.linalg.svd"
                           f"  ({t_svd:.3f} s)", flush=True)
-    meta = {"numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu": platform.processor() or "?", "threads": 1}
+    meta = {**machine(), "threads": 1}
     if args.json:
         print(json.dumps({"meta": meta, "records": records}, indent=1))
     else:

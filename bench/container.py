@@ -1,8 +1,8 @@
 """Open time, read time, verify time and peak memory of .dnnz files against safetensors.
 
-    python bench/container.py            # 10 MB, 100 MB and 1 GB files
-    python bench/container.py --quick    # 10 MB and 100 MB only
-    python bench/container.py --json     # one JSON record per (size, library, operation)
+    python -m bench.container            # 10 MB, 100 MB and 1 GB files
+    python -m bench.container --quick    # 10 MB and 100 MB only
+    python -m bench.container --json     # one JSON record per (size, library, operation)
 
 For each size, the same float32 tensors (layers of 1024 columns plus a bias each) are written once
 with pydnnz.save_file and once with safetensors.numpy.save_file, in a temporary folder that is
@@ -29,13 +29,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from ._common import best_time, best_times, emit
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MB = 1024 * 1024
 
@@ -80,22 +80,17 @@ def worker(lib, op, path, repeat):
 
     fn = {"open": do_open, "read": do_read, "verify": do_verify}[op]
     before = rss_kb()
-    t0 = time.perf_counter()
-    keep = fn()
-    first = time.perf_counter() - t0
+    keep = []
+    first = best_time(lambda: keep.append(fn()), min_runs=1, min_seconds=0, warmup=False)  # the cold call
     peak = rss_kb("VmHWM") - before
-    times = [first]
-    for _ in range(repeat - 1):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    rest = best_time(fn, min_runs=repeat - 1, min_seconds=0, warmup=False) if repeat > 1 else first
     del keep
-    print(json.dumps({"seconds": min(times), "first_seconds": first, "peak_rss_delta_kb": peak}))
+    print(json.dumps({"seconds": min(first, rest), "first_seconds": first, "peak_rss_delta_kb": peak}))
 
 
 def run_worker(lib, op, path, repeat):
-    out = subprocess.run([sys.executable, __file__, "--worker", lib, op, str(path), str(repeat)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.container", "--worker", lib, op, str(path), str(repeat)],
+                         check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -130,26 +125,19 @@ def main():
     import pydnnz
     from safetensors.numpy import save_file as st_save
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(x, **_):
-            return x
+    from pydnnz._progress import progress_bar
 
     sizes = [10, 100] if args.quick else [10, 100, 1024]
     records = []
     with tempfile.TemporaryDirectory(prefix="dnnz-bench-") as tmp:
         steps = [(s, lib, op) for s in sizes for lib in ("dnnz", "safetensors") for op in ("open", "read", "verify")]
-        bar = tqdm(total=len(steps), disable=not sys.stderr.isatty(), desc="container bench")
+        bar = progress_bar(total=len(steps), desc="container bench")
         for size in sizes:
             tensors = make_tensors(size * MB)
             paths = {"dnnz": Path(tmp) / f"m{size}.dnnz", "safetensors": Path(tmp) / f"m{size}.safetensors"}
-            t0 = time.perf_counter()
-            pydnnz.save_file(tensors, paths["dnnz"])
-            write_dnnz = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            st_save(tensors, str(paths["safetensors"]))
-            write_st = time.perf_counter() - t0
+            write_dnnz, write_st = best_times([lambda: pydnnz.save_file(tensors, paths["dnnz"]),
+                                               lambda: st_save(tensors, str(paths["safetensors"]))],
+                                              min_runs=1, min_seconds=0, warmup=False)
             n = len(tensors)
             del tensors
             for lib in ("dnnz", "safetensors"):
@@ -171,7 +159,7 @@ def main():
 
     if args.json:
         for r in records:
-            print(json.dumps(r))
+            emit(r)
         return
     print(f"pydnnz {pydnnz.__version__} container vs safetensors (numpy), {os.cpu_count()} CPUs, "
           f"best of {args.repeat}; files in page cache")

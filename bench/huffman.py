@@ -7,27 +7,21 @@ decode rates in symbols/s, bits/symbol against the order-0 entropy, and the rati
 decode / numpy gather (`codebook[indices]` of the same length, the cost of merely looking the
 symbols up) and decode / bitarray.util.canonical_decode.
 
-    python bench/huffman.py            # 10^7 symbols per alphabet
-    python bench/huffman.py --quick    # 10^6 symbols, fewer repeats
-    python bench/huffman.py --json     # one JSON record per alphabet on stdout
+    python -m bench.huffman            # 10^7 symbols per alphabet
+    python -m bench.huffman --quick    # 10^6 symbols, fewer repeats
+    python -m bench.huffman --json     # one JSON record per alphabet on stdout
 
 The machine is shared: compare the ratios within one run, not absolute rates across runs.
 """
 import argparse
-import json
-import platform
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from bitarray import bitarray
+from bitarray.util import canonical_decode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pydnnz import huffman
 
-from bitarray import bitarray  # noqa: E402
-from bitarray.util import canonical_decode  # noqa: E402
-
-from pydnnz import huffman  # noqa: E402
+from ._common import best_time as _best_time, emit, entropy_bits, machine
 
 ALPHABETS = (2, 32, 256, 4096)
 
@@ -39,17 +33,8 @@ def laplace_quantized(rng, n, k):
 
 
 def best_time(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def entropy_bits(counts):
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    """Best of `repeats` calls, no warm-up (the bitarray decoder takes seconds per call)."""
+    return _best_time(fn, min_runs=repeats, min_seconds=0, warmup=False)
 
 
 def bench_alphabet(k, n, n_bitarray, repeats, rng):
@@ -109,9 +94,9 @@ def main(argv=None):
     for k in ALPHABETS:
         records.append(bench_alphabet(k, n, 200_000 if args.quick else 1_000_000, repeats, rng))
     if args.json:
+        arch = machine()["arch"]
         for r in records:
-            r["machine"] = platform.machine()
-            print(json.dumps(r))
+            emit({**r, "machine": arch})
         return
     print(f"pydnnz.huffman, one core, {n:,} Laplacian-quantized symbols per alphabet "
           f"(M = 10^6 symbols/s; bitarray timed on its first {records[0]['bitarray_n_symbols']:,})")

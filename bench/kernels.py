@@ -1,6 +1,6 @@
 """Dot products from the compressed form vs dense baselines, measured in the same run.
 
-    python bench/kernels.py [--quick] [--json] [--paths best|all] [--shapes NAME,...] [--threads 1,all]
+    python -m bench.kernels [--quick] [--json] [--paths best|all] [--shapes NAME,...] [--threads 1,all]
 
 One record per (matrix, encoding, batch, threads, CPU path): encoded bytes, the order-0 entropy
 bound of the index stream (bits/weight H0, bound = H0 * n / 8 + 4 k codebook bytes) and the gap
@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 SHAPES = {  # name: (out, in)
     "vgg19-512x4096": (4096, 512),
@@ -70,7 +69,8 @@ def main():
         return run_child(args)
     records = []
     for threads in args.threads.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--paths", args.paths]
+        # the child runs as a module from the repository root, so that the in-place pydnnz imports
+        cmd = [sys.executable, "-m", "bench.kernels", "--child", "--paths", args.paths]
         for opt in ("shapes", "variants", "batches"):
             if getattr(args, opt):
                 cmd += [f"--{opt}", getattr(args, opt)]
@@ -105,17 +105,9 @@ def print_record(r, header=False):
 
 
 def best_time(fn, quick):
-    min_runs, min_time = (3, 0.03) if quick else (5, 0.15)
-    fn()  # warm up (page faults, thread start)
-    best, runs, start = float("inf"), 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-        runs += 1
-        if runs >= 200:
-            break
-    return best
+    from pydnnz._timing import best_time  # the one timer (warm-up, then best of N and a time floor)
+
+    return best_time(fn, *((3, 0.03) if quick else (5, 0.15)), max_runs=200)
 
 
 def make_matrix(rng, out, inn, k, prune):
@@ -144,12 +136,9 @@ def run_child(args):
     import numpy as np
     import scipy.sparse as sp
     import torch
-    try:
-        import pydnnz
-    except ImportError:  # run from a source checkout: use the in-place build
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import pydnnz
+    import pydnnz
     from pydnnz import runtime
+    from pydnnz._format import entropy_bits
 
     threads = int(os.environ["DNNZ_BENCH_CHILD"])
     torch.set_num_threads(threads)
@@ -182,9 +171,7 @@ def run_child(args):
             progress.set_postfix_str(f"{name} {vname}")
             cb, idx = make_matrix(rng, out, inn, k, prune)
             w = cb[idx]
-            counts = np.bincount(idx.ravel(), minlength=cb.size)
-            p = counts[counts > 0] / idx.size
-            h0 = float(-(p * np.log2(p)).sum())
+            h0 = entropy_bits(np.bincount(idx.ravel(), minlength=cb.size))
             bound = h0 * idx.size / 8 + 4 * cb.size
             qt = QT(cb, idx)
             wt = torch.from_numpy(w)

@@ -1,6 +1,6 @@
 """rlham vs ham / sham on the DeepDTA DAVIS dense layers, and its matmul speed vs numpy dense.
 
-    python bench/rlham_study.py [--quick] [--model PATH] [--prunes 60,90,95,97,99] [--threads=1]
+    python -m bench.rlham_study [--quick] [--model PATH] [--prunes 60,90,95,97,99] [--threads=1]
 
 For each pruning percentile p, `compress_weights(..., method="cws", k=32, prune=p,
 unified=True)` on fc1/fc2/fc3, then per layer and for the three together: psi = nbytes /
@@ -16,7 +16,6 @@ ham, sham, rlham and numpy dense float32 (`x @ W.T`) measured in the same run, a
 import argparse
 import os
 import sys
-import time
 
 # One thread for numpy's BLAS and pydnnz unless told otherwise (set before numpy loads): the
 # ratios compare one core with one core. --threads N raises both.
@@ -28,21 +27,20 @@ os.environ.pop("OPENBLAS_L2_SIZE", None)
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pydnnz  # noqa: E402
 from pydnnz import huffman  # noqa: E402
 from pydnnz.compress import compress_weights  # noqa: E402
 from pydnnz.encodings import MatrixInput, encode  # noqa: E402
 from pydnnz.encodings.rlham import RunLengthHuffmanAddressMap as RL, offset_bytes, run_classes  # noqa: E402
 
+from ._common import best_time as _best_time, entropy_bits as _entropy_per_symbol  # noqa: E402
+
 LAYERS = ("fc1.weight", "fc2.weight", "fc3.weight")
 
 
 def entropy_bits(counts):
-    counts = np.asarray(counts, np.float64)
-    counts = counts[counts > 0]
-    n = counts.sum()
-    return float(-(counts * np.log2(counts / n)).sum()) if n else 0.0
+    """Order-0 entropy of all the symbols a histogram counts, in bits (not per symbol)."""
+    return _entropy_per_symbol(counts) * float(np.sum(counts))
 
 
 def huffman_bits(counts):
@@ -75,15 +73,7 @@ def sources(qt):
 
 
 def best_time(fn, quick):
-    min_runs, min_time = (3, 0.03) if quick else (7, 0.2)
-    fn()
-    best, runs, start = float("inf"), 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-        runs += 1
-    return best
+    return _best_time(fn, *((3, 0.03) if quick else (7, 0.2)))
 
 
 def main(argv=None):

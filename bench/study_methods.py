@@ -6,7 +6,7 @@
 indices, or pruned floats, or low-rank factors) in a form the retraining loop can update.
 
 `finetune(task, state, layers, steps, seed)` is the papers' retraining (paper-methods.md §2, §5),
-for a short fixed budget:
+for a short fixed budget, run by the library's own pydnnz.torch.finetune (attach + finetune):
 - pruned weights: masked training (the pruned entries get no gradient and stay exactly 0);
 - shared weights: the weights are parametrised as W = c[I] with c a trainable codebook per
   layer type, so the gradient of each shared value is the sum of the gradients at its positions
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 import pydnnz.compress as pc
 
@@ -85,9 +84,7 @@ class LayerState:
 
 def make_quantized(codebook, indices):
     """A pydnnz.compress.QuantizedTensor from a sorted unique codebook and indices."""
-    codebook = np.asarray(codebook, dtype=np.float32)
-    dtype = np.uint8 if len(codebook) <= 256 else np.uint16 if len(codebook) <= 65536 else np.uint32
-    return pc.QuantizedTensor(codebook, np.asarray(indices).astype(dtype))
+    return pc.QuantizedTensor(np.asarray(codebook, dtype=np.float32), np.asarray(indices))  # narrowest index dtype
 
 
 def _quantized_states(names, weights, qts, group):
@@ -131,25 +128,6 @@ def _canonical(book: np.ndarray, layers: list):
     for st in layers:
         st.codebook = uniq
         st.indices = inv.reshape(-1)[st.indices]
-
-
-class _SharedGather(torch.autograd.Function):
-    """W = book[idx] whose backward is the per-value gradient SUM (scatter-add).
-
-    Same result as autograd through `book[idx]`, whose backward (index_put with accumulate)
-    costs ~40 ms per million weights on CPU and dominated every retraining step."""
-
-    @staticmethod
-    def forward(ctx, book, idx):
-        ctx.save_for_backward(idx)
-        ctx.k = book.shape[0]
-        return torch.take(book, idx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (idx,) = ctx.saved_tensors
-        g = torch.zeros(ctx.k, dtype=grad.dtype).scatter_add_(0, idx.reshape(-1), grad.reshape(-1))
-        return g, None
 
 
 def _optimizer(task, params, lr=None):
@@ -206,74 +184,55 @@ def gradual_prune(task, state: dict, names, p: float, steps: int, scope: str = "
     return new_state
 
 
+def _trainable_form(st: LayerState):
+    """What pydnnz.torch.finetune.attach takes for one kernel: the layer type's whole codebook
+    (a group: one shared trainable parameter), pruned values (masked), or the low-rank factors."""
+    if st.kind == "quantized":
+        return pc.QuantizedTensor(st.codebook, st.indices, params={"group": st.book or st.group})
+    return st.values if st.kind == "pruned" else st.lowrank
+
+
 def finetune(task, state: dict, layers: dict, steps: int, seed: int = 0, key=lambda n: f"m.{n}", lr=None):
-    """Retrain for `steps` minibatches; returns (new state dict, updated layers). See module doc.
-    `lr` overrides the task's learning rate."""
+    """Retrain for `steps` minibatches with pydnnz.torch.finetune (attach + finetune): returns
+    (new state dict, updated layers, losses). See module doc. `lr` overrides the task's rate."""
+    from pydnnz.torch.finetune import attach, finetune as retrain
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     module = task.module
-    module.train()
     named = dict(module.named_parameters())
     for p_ in named.values():
         p_.requires_grad_(False)
-    free = [named[n] for n in task.trainable if n in named and n[2:] not in layers]
-    for p_ in free:
-        p_.requires_grad_(True)
-
-    groups = {}   # group → (codebook parameter, frozen-zero mask)
-    pruned = {}   # name → (values parameter, mask)
-    idx_t = {}
-    for name, st in layers.items():
-        if st.kind == "quantized":
-            if (st.book or st.group) not in groups:
-                book = torch.tensor(st.codebook, dtype=torch.float32, requires_grad=True)
-                groups[st.book or st.group] = (book, torch.from_numpy(st.codebook == 0))
-            idx_t[name] = torch.from_numpy(st.indices.astype(np.int64))
-        elif st.kind == "pruned":
-            vals = torch.tensor(st.values, dtype=torch.float32, requires_grad=True)
-            pruned[name] = (vals, torch.from_numpy(st.values != 0))
-    trainable = free + [b for b, _ in groups.values()] + [v for v, _ in pruned.values()]
-    opt = _optimizer(task, trainable, lr)
-    # Linear decay to 0: a short budget needs a large first step and a quiet end.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / max(steps, 1))
-
-    def weights_now():
-        out = {}
-        for name, st in layers.items():
-            if st.kind == "quantized":
-                book, zero = groups[st.book or st.group]
-                out[key(name)] = _SharedGather.apply(torch.where(zero, 0.0, book), idx_t[name])
-            elif st.kind == "pruned":
-                vals, mask = pruned[name]
-                out[key(name)] = vals * mask
-            else:
-                out[key(name)] = torch.from_numpy(st.dense())
-        return out
-
-    losses = []
-    for step in range(steps):
-        inputs, target = task.sample(step, rng)
-        out = functional_call(module, weights_now(), inputs)
-        loss = task.loss(out, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    free = [n for n in task.trainable if n in named and n[2:] not in layers]
+    masks = {key(n): st.values != 0 for n, st in layers.items() if st.kind == "pruned"}
+    for n in free + list(masks):
+        named[n].requires_grad_(True)
+    # A zero shared value stays exactly 0 (pruned entries stay pruned); pruned kernels train masked.
+    hooks = attach(module, {key(n): _trainable_form(st) for n, st in layers.items()},
+                   masks=masks, freeze_zero=True)
+    params = [named[n] for n in free] + hooks.codebooks() + [named[n] for n in masks]
+    try:
+        result = retrain(module, lambda m, batch: task.loss(m(*batch[0]), batch[1]),
+                         (task.sample(step, rng) for step in range(steps)), hooks=hooks, steps=max(steps, 1),
+                         optimizer=_optimizer(task, params, lr),
+                         # linear decay to 0: a short budget needs a large first step and a quiet end
+                         scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / max(steps, 1)),
+                         progress=False)
+        books = {st.book or st.group: hooks.hooks[key(n)].codebook.detach().numpy().copy()
+                 for n, st in layers.items() if st.kind == "quantized"}
+    finally:
+        hooks.remove()
     module.eval()
 
     new_state = dict(state)
-    for n, p_ in named.items():
-        if p_.requires_grad:
-            new_state[n[2:]] = p_.detach().numpy().astype(np.float32, copy=True)
+    for n in free:
+        new_state[n[2:]] = named[n].detach().numpy().astype(np.float32, copy=True)
     by_group = {}
     for name, st in layers.items():
         if st.kind == "quantized":
             by_group.setdefault(st.book or st.group, []).append(st)
         elif st.kind == "pruned":
-            vals, mask = pruned[name]
-            st.values = (vals * mask).detach().numpy().astype(np.float32).reshape(st.shape)
+            st.values = result.weights[key(name)].reshape(st.shape)
     for g, sts in by_group.items():
-        book, zero = groups[g]
-        _canonical(torch.where(zero, 0.0, book).detach().numpy(), sts)
-    return new_state, layers, losses
+        _canonical(books[g], sts)
+    return new_state, layers, result.losses

@@ -19,6 +19,8 @@ All functions take matrices in PyTorch layout (out, in) (conv kernels flattened 
 
 Example:
     >>> import numpy as np
+
+from pydnnz.encodings.csc import ptr_bytes  # the fewest bytes that hold a count: the papers' index width
     >>> w = np.zeros((4, 8), np.float32); w[0, :4] = 1.0
     >>> round(ham_bytes([w]) / (4 * w.size), 3)   # 2 symbols, 1 bit each, 1 word + dictionary
     0.281
@@ -30,6 +32,8 @@ import math
 
 import numpy as np
 
+from pydnnz.encodings.csc import ptr_bytes  # the fewest bytes that hold a count: the papers' index width
+
 DICT_ENTRY_OVERHEAD = 13  # bytes per dictionary entry besides the code bits ([NC23] space script)
 
 
@@ -39,7 +43,13 @@ def _as_matrix(w) -> np.ndarray:
 
 
 def huffman_lengths(counts) -> np.ndarray:
-    """Optimal (unlimited) Huffman code lengths for positive counts; one symbol gets length 0."""
+    """Optimal (unlimited) Huffman code lengths for positive counts; one symbol gets length 0.
+
+    Not pydnnz.huffman.code_lengths on purpose: the papers' ψ counts the dictionary as the SUM of
+    the code lengths, which differs between optimal codes with ties (counts 1, 1, 2, 2: lengths
+    2, 2, 2, 2 or 3, 3, 2, 1, same stream cost), and gives a lone symbol length 0 where a real
+    code needs 1 bit. This heapq build is the papers' tie-breaking; the C one would move the
+    committed psi_paper values."""
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
     if n == 0:
@@ -85,10 +95,6 @@ def ham_bytes(mats) -> int:
     return _dict_bytes(lengths) + sum(_stream_bytes(m, syms, lengths) for m in mats)
 
 
-def _index_width(m: int) -> int:
-    return 1 if m < 2 ** 8 else 2 if m < 2 ** 16 else 4 if m < 2 ** 32 else 8
-
-
 def sham_bytes(mats) -> int:
     """sHAM bytes: CSC per layer, non-zeros Huffman coded with one global dictionary."""
     mats = [_as_matrix(m) for m in mats]
@@ -100,7 +106,7 @@ def sham_bytes(mats) -> int:
     total = _dict_bytes(lengths)
     for m, nz in zip(mats, nzs):
         n_out, fan_in = m.shape
-        total += _stream_bytes(nz, syms, lengths) + _index_width(fan_in) * (n_out + nz.size)
+        total += _stream_bytes(nz, syms, lengths) + ptr_bytes(fan_in) * (n_out + nz.size)
     return total
 
 

@@ -13,7 +13,7 @@ test fold. Printed per recipe, all measured in the same run:
   the peak after inference, above the same process's RSS right after `import torch, pydnnz`
   (and the peak again with glibc's mmap threshold pinned at 1 MiB, see rss_child).
 
-Usage: python bench/torch_models.py [--quick] [--json] [--threads N]
+Usage: python -m bench.torch_models [--quick] [--json] [--threads N]
 (--quick: 1,000 test pairs, fewer repeats; the machine is shared: compare ratios, not times.)
 """
 from __future__ import annotations
@@ -24,19 +24,19 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+import torch
+
+import pydnnz
+import pydnnz.torch as pt
+from pydnnz.examples import deepdta
+
+from ._common import best_time as _best_time, emit
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import pydnnz  # noqa: E402
-import pydnnz.torch as pt  # noqa: E402
-from pydnnz.examples import deepdta  # noqa: E402
 
 RECIPES = {
     "dense: cws k=32": [{"type": "Linear", "method": "cws", "k": 32}],
@@ -92,8 +92,7 @@ def head_trainer(baseline, epochs, seed=0, lr=1e-3):
 # parent's RSS into the child's ru_maxrss when the child is spawned with vfork (as subprocess
 # does), which made every child "peak" at least the size of this (growing) parent.
 _RSS_CHILD = r"""
-import json, sys
-sys.path.insert(0, {root!r})
+import json
 import numpy as np, torch, pydnnz, pydnnz.torch as pt
 from pydnnz.examples import deepdta
 torch.set_num_threads({threads})
@@ -122,26 +121,19 @@ def rss_child(path, compressed, n_pairs, threads, mmap_threshold=None):
     """RSS figures of a fresh interpreter that loads `path` and predicts. `mmap_threshold` pins
     glibc's mmap threshold (MALLOC_MMAP_THRESHOLD_): by default glibc raises it after freeing
     big blocks, so freed activations stay in the heap and the peak depends on allocation order."""
-    code = _RSS_CHILD.format(root=str(ROOT), path=str(path), compressed=compressed, n_pairs=n_pairs,
+    code = _RSS_CHILD.format(path=str(path), compressed=compressed, n_pairs=n_pairs,
                              threads=threads)
     env = dict(os.environ)
     if mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=ROOT)  # the child imports the pydnnz of this checkout
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def best_time(fn, repeats, min_time=0.2):
-    """Best of `repeats` runs (at least `min_time` seconds in all), in seconds."""
-    best, total, n = float("inf"), 0.0, 0
-    while n < repeats or total < min_time:
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best, total, n = min(best, dt), total + dt, n + 1
-        if n >= 50:
-            break
-    return best
+    """Best of `repeats` runs (at least `min_time` seconds in all, at most 50 runs), in seconds."""
+    return _best_time(fn, min_runs=repeats, min_seconds=min_time, max_runs=50, warmup=False)
 
 
 def head_features(model, data):
@@ -190,9 +182,10 @@ def main(argv=None):
         runs.append((f"{FINETUNED[0]} ({epochs} epoch{'s' * (epochs > 1)})", FINETUNED[1],
                      head_trainer(baseline, epochs)))
     for name, recipe, finetune in runs:
-        t0 = time.perf_counter()
-        compressed = pt.compress_model(baseline, recipe, finetune=finetune)
-        t_compress = time.perf_counter() - t0
+        out = []
+        t_compress = _best_time(lambda: out.append(pt.compress_model(baseline, recipe, finetune=finetune)),
+                                min_runs=1, min_seconds=0, warmup=False)
+        compressed = out[0]
         path = tmp / "model.dnnz"
         pt.save_model(compressed, path)
         with torch.device("meta"):
@@ -229,7 +222,7 @@ def main(argv=None):
         }
         records.append(rec)
         if args.json:
-            print(json.dumps(rec), flush=True)
+            emit(rec)
     if not args.json:
         print(f"DeepDTA DAVIS, {n_pairs} test pairs, {threads} thread(s), torch {torch.__version__}; "
               f"float32 safetensors: {st_bytes:,} B; RSS in MB above the imports, separate processes")

@@ -1,4 +1,4 @@
-/* bit.h: 64-bit buffered bit writer and reader, MSB-first (TEAM.md contract 4).
+/* bit.h: 64-bit buffered bit writer and reader, MSB-first (spec/encodings.md, "Bit order").
  *
  * Bit order: the first bit of a stream is the most significant bit of its first byte
  * (bitarray's "big" endianness). A value of n bits is written most significant bit first, so

@@ -32,7 +32,6 @@ from .runtime import (DEFAULT_MAX_DECODED_BYTES, cpu_path, get_max_decoded_bytes
                       set_max_decoded_bytes, set_num_threads)
 from .encodings import EncodedMatrix, encode
 from .container import load_file, safe_open, save_file
-from . import compress
 
 __all__ = [
     "__version__",

@@ -1,8 +1,12 @@
 """The one module that talks to the compiled library (pydnnz._dnnz).
 
-Everything else calls the helpers here: `check` turns a C status into the right DnnzError
-subclass with a message that names the operation, and the `*_ptr` helpers pass NumPy arrays
-to C without copies after making them contiguous and of the exact C type.
+No other module of pydnnz imports `ffi` or `lib`. They import this module (``from .. import
+_native as C``) and reach the library through it: ``C.dnnz_ham_matmul(...)`` and ``C.DNNZ_OK``
+are the C library's own functions and constants (names starting ``dnnz_``/``DNNZ_`` only),
+``C.new``/``C.cast``/``C.NULL`` build arguments. `check` and `error_class` turn a C status into
+the right DnnzError subclass, `validate` runs an encoding's validator, `crc32` is csrc/crc.c, and
+the `*ptr` helpers pass NumPy arrays to C without copies after making them contiguous and of
+the exact C type.
 """
 import numpy as np
 
@@ -31,6 +35,29 @@ _STATUS_ERRORS = {
 }
 
 
+NULL = ffi.NULL
+
+
+# The compiled library's functions and constants, as attributes of this module
+# (``_native.dnnz_crc_update``, ``_native.DNNZ_OK``): looked up once here, not on every call.
+globals().update({name: getattr(lib, name) for name in dir(lib) if name.startswith(("dnnz_", "DNNZ_"))})
+
+
+def new(ctype, init=None):
+    """A new C object of `ctype` owned by Python (``new("struct dnnz_ham *")``, ``new("uint64_t *")``)."""
+    return ffi.new(ctype, init)
+
+
+def cast(ctype, value):
+    """`value` (a pointer from `ptr`) seen as `ctype` (``cast("uint8_t *", ptr(out, writable=True))``)."""
+    return ffi.cast(ctype, value)
+
+
+def error_class(status, default=errors.DnnzError):
+    """The DnnzError subclass for a C status (`default` for an unknown one)."""
+    return _STATUS_ERRORS.get(status, default)
+
+
 def status_name(status):
     return ffi.string(lib.dnnz_status_name(status)).decode()
 
@@ -38,8 +65,22 @@ def status_name(status):
 def check(status, what):
     """Raise the DnnzError subclass for a non-zero C status; `what` says what we were doing."""
     if status != lib.DNNZ_OK:
-        cls = _STATUS_ERRORS.get(status, errors.DnnzError)
-        raise cls(f"{what}: {status_name(status)}")
+        raise error_class(status)(f"{what}: {status_name(status)}")
+
+
+def validate(validator, struct):
+    """Run an encoding's C validator; (status, field code, element index or -1) of the first problem."""
+    err = ffi.new("struct dnnz_enc_err *")
+    err.field, err.where = lib.DNNZ_FIELD_NONE, -1
+    status = validator(struct, err)
+    return status, err.field, err.where
+
+
+def crc32(data, crc=0):
+    """CRC-32/ISO-HDLC of a bytes-like object continuing `crc`: zlib.crc32(data, crc), computed by
+    csrc/crc.c, which folds with carry-less multiplication where the CPU has it."""
+    n = memoryview(data).nbytes
+    return int(lib.dnnz_crc_update(crc, bytes_ptr(data), n)) if n else crc
 
 
 def c_version():

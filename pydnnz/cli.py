@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._format import human_size as _human, table as _table, value_entropy_bits as _entropy_bits
 from .errors import CorruptDataError, DnnzError, InvalidArgumentError, UnsupportedError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -34,31 +35,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- helpers
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GB"  # pragma: no cover
-
-
-def _table(rows, headers) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    def line(r):
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def _entropy_bits(values: np.ndarray) -> float:
-    """Order-0 empirical entropy of the entries, in bits per entry."""
-    if values.size == 0:
-        return 0.0
-    _, counts = np.unique(values.ravel(), return_counts=True)
-    p = counts / values.size
-    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: never -0.0
-
-
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists (use --force to overwrite)")

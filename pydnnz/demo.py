@@ -71,7 +71,7 @@ def run_demo(as_json=False, keep=None, recipes=RECIPES, out=print) -> int:
     if as_json:
         out(json.dumps(rows, indent=2))
         return 0
-    from .cli import _human, _table
+    from ._format import human_size as _human, table as _table
 
     table = [[r["method"], _human(r["file_bytes"]), f"{r['ratio']:.1f}x", f"{r['mse']:.4f}",
               f"{r['delta_mse']:+.4f}", f"{r['ci']:.4f}", f"{r['delta_ci']:+.4f}", f"{r['seconds']:.1f}"]

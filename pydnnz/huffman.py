@@ -20,15 +20,16 @@ import operator
 
 import numpy as np
 
-from ._native import bytes_ptr, check, contiguous, ffi, lib, ptr
+from . import _native as C
+from ._native import bytes_ptr, check, contiguous, ptr
 from .errors import CodeLengthError, InvalidArgumentError, TruncatedError
 
 __all__ = ["code_lengths", "encode", "decode", "MAX_CODE_LEN", "MAX_SYMBOLS"]
 
 #: Longest code length the format allows, in bits.
-MAX_CODE_LEN = int(lib.DNNZ_HUF_MAX_CODE_LEN)
+MAX_CODE_LEN = int(C.DNNZ_HUF_MAX_CODE_LEN)
 #: Largest alphabet (number of symbols, used or not).
-MAX_SYMBOLS = int(lib.DNNZ_HUF_MAX_SYMBOLS)
+MAX_SYMBOLS = int(C.DNNZ_HUF_MAX_SYMBOLS)
 
 
 def _int_array(values, what):
@@ -97,7 +98,7 @@ def code_lengths(counts, max_len=None):
                                    f"{max_len} bits (2**{max_len} < {n_used})")
     c = contiguous(arr, np.uint64)
     out = np.zeros(arr.size, dtype=np.uint8)
-    check(lib.dnnz_huf_code_lengths(ptr(c), c.size, max_len, ptr(out, writable=True)),
+    check(C.dnnz_huf_code_lengths(ptr(c), c.size, max_len, ptr(out, writable=True)),
           "computing Huffman code lengths")
     return out
 
@@ -127,12 +128,12 @@ def encode(symbols, lengths):
         sym = sym.astype(np.uint32)
     sym = np.ascontiguousarray(sym)
     max_len = int(lens.max())
-    cap = int(lib.dnnz_huf_encode_bound(sym.size, max_len))
+    cap = int(C.dnnz_huf_encode_bound(sym.size, max_len))
     dst = np.empty(cap, dtype=np.uint8)
-    n_bits = ffi.new("uint64_t *")
-    status = lib.dnnz_huf_encode_stream(ptr(lens), lens.size, ptr(sym), _SYM_TYPES[sym.dtype], sym.size,
+    n_bits = C.new("uint64_t *")
+    status = C.dnnz_huf_encode_stream(ptr(lens), lens.size, ptr(sym), _SYM_TYPES[sym.dtype], sym.size,
                                         ptr(dst, writable=True), cap, n_bits)
-    if status == lib.DNNZ_E_ARGUMENT:
+    if status == C.DNNZ_E_ARGUMENT:
         i = int(n_bits[0])
         s = int(sym[i])
         why = (f"is outside the alphabet of {lens.size} symbols" if s >= lens.size
@@ -167,9 +168,9 @@ def decode(payload, n_symbols, lengths):
         # every code takes at least one bit: refuse before allocating the output
         raise TruncatedError(f"Huffman decoding: {n} symbols need at least {n} bits, "
                              f"the payload has {8 * size}")
-    width = int(lib.dnnz_huf_out_width(lens.size))
+    width = int(C.dnnz_huf_out_width(lens.size))
     out = np.empty(n, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32}[width])
-    check(lib.dnnz_huf_decode_stream(ptr(lens), lens.size, bytes_ptr(payload), size, n,
-                                     ffi.cast("void *", ptr(out, writable=True))),
+    check(C.dnnz_huf_decode_stream(ptr(lens), lens.size, bytes_ptr(payload), size, n,
+                                     C.cast("void *", ptr(out, writable=True))),
           f"Huffman decoding of {n} symbols from {size} bytes")
     return out

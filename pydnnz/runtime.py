@@ -16,7 +16,8 @@ True
 import os
 
 from . import errors
-from ._native import check, lib
+from . import _native as C
+from ._native import check
 
 PATHS = ("scalar", "avx2", "avx512")
 
@@ -26,7 +27,7 @@ def cpu_path():
 
     Raises UnsupportedError when ``DNNZ_CPU_PATH`` forces a path this CPU lacks.
     """
-    path = lib.dnnz_cpu_get_path()
+    path = C.dnnz_cpu_get_path()
     if path < 0:
         raise errors.UnsupportedError(
             f"DNNZ_CPU_PATH={os.environ.get('DNNZ_CPU_PATH', '')!r} is not a kernel path this CPU "
@@ -36,29 +37,29 @@ def cpu_path():
 
 def supported_cpu_paths():
     """The kernel paths this CPU can run, best last (e.g. ``('scalar', 'avx2', 'avx512')``)."""
-    return tuple(name for i, name in enumerate(PATHS) if lib.dnnz_cpu_supported(i))
+    return tuple(name for i, name in enumerate(PATHS) if C.dnnz_cpu_supported(i))
 
 
 def set_cpu_path(path):
     """Force a kernel path by name; ``None`` restores the automatic (best) choice."""
     if path is None:
-        check(lib.dnnz_cpu_set_path(-1), "set_cpu_path")
+        check(C.dnnz_cpu_set_path(-1), "set_cpu_path")
         return
     if path not in PATHS:
         raise errors.InvalidArgumentError(f"set_cpu_path: unknown path {path!r} (one of {PATHS})")
-    check(lib.dnnz_cpu_set_path(PATHS.index(path)), f"set_cpu_path({path!r})")
+    check(C.dnnz_cpu_set_path(PATHS.index(path)), f"set_cpu_path({path!r})")
 
 
 def get_num_threads():
     """Threads the kernels use (the calling thread included)."""
-    return int(lib.dnnz_cpu_get_threads())
+    return int(C.dnnz_cpu_get_threads())
 
 
 def set_num_threads(n):
     """Use `n` threads (1..1024) in the kernels."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise errors.InvalidArgumentError(f"set_num_threads: expected an int, got {n!r}")
-    check(lib.dnnz_cpu_set_threads(n), f"set_num_threads({n})")
+    check(C.dnnz_cpu_set_threads(n), f"set_num_threads({n})")
 
 
 def _require_path():

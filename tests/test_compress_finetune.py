@@ -1,4 +1,5 @@
 """Fine-tuning keeps the compression structure: masks, shared values, accumulation."""
+import copy
 import doctest
 import json
 
@@ -190,6 +191,23 @@ def test_finetune_arguments():
         ft.SharedWeights(net.fc1, comp["fc2.weight"])
     res = ft.finetune(net, loss, [(x, y)] * 10, compressed=comp, steps=3, optimizer="sgd", lr=1e-3)
     assert len(res.losses) == 3
+
+
+def test_finetune_steps_the_scheduler_after_every_step():
+    """A scheduler that sets the rate to 0 after the first step: five steps end where one does."""
+    net, x, y = pretrained_tiny()
+    comp = C.compress_weights(state(net), "cws", k=4)
+    loss = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+    once = ft.finetune(copy.deepcopy(net), loss, [(x, y)] * 5, compressed=comp, steps=1, optimizer="sgd", lr=0.05)
+    stop = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s == 0 else 0.0)
+    five = ft.finetune(copy.deepcopy(net), loss, [(x, y)] * 5, compressed=comp, steps=5, optimizer="sgd", lr=0.05,
+                       scheduler=stop)
+    assert len(five.losses) == 5 and five.losses[1] != five.losses[0]  # the first step moved
+    assert five.losses[1:] == [five.losses[1]] * 4
+    for name, q in once.weights.items():
+        np.testing.assert_array_equal(getattr(five.weights[name], "codebook", five.weights[name]), getattr(q, "codebook", q))
+    with pytest.raises(InvalidArgumentError, match="scheduler"):
+        ft.finetune(net, loss, [(x, y)], compressed=comp, scheduler="linear")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def n_distinct(a):
 
 
 def check_contract(q, shape):
-    """Contract 2 of TEAM.md."""
+    """The QuantizedTensor contract of spec/compress.md."""
     assert isinstance(q, C.QuantizedTensor)
     cb = q.codebook
     assert cb.dtype == np.float32 and cb.ndim == 1 and cb.size == q.k

@@ -1,4 +1,4 @@
-"""Hypothesis: every quantizer honours contract 2 on arbitrary small inputs (ties, constants,
+"""Hypothesis: every quantizer honours the QuantizedTensor contract (spec/compress.md) on arbitrary small inputs (ties, constants,
 tiny and huge k, pruning) and never raises anything but InvalidArgumentError."""
 import numpy as np
 from hypothesis import given, strategies as st

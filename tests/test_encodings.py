@@ -23,7 +23,7 @@ U32 = 2.0 ** -24
 
 
 class QT:
-    """A minimal QuantizedTensor stand-in (contract 2): .codebook and .indices."""
+    """A minimal QuantizedTensor stand-in: .codebook and .indices."""
 
     def __init__(self, codebook, indices):
         self.codebook = np.asarray(codebook, np.float32)

@@ -1,4 +1,4 @@
-"""The study harness (bench/study.py): the papers' ψ formulas, and the --smoke path end to end."""
+"""The study harness (python -m bench.study): the papers' ψ formulas, and the --smoke path end to end."""
 import csv
 import importlib.util
 import math
@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
+REPO = Path(__file__).resolve().parent.parent
 
-import study_psi  # noqa: E402
+from bench import study_psi  # noqa: E402
 
 
 def test_huffman_lengths_are_optimal():
@@ -66,8 +65,8 @@ def test_every_method_goes_through_a_dnnz_file_exactly(method, tmp_path):
     if not _study_available():
         pytest.skip("the study needs pydnnz.compress, pydnnz.encode, pydnnz.save_file and torch")
     import pydnnz
-    import study
-    from study_methods import compress_type
+    from bench import study
+    from bench.study_methods import compress_type
 
     rng = np.random.default_rng(0)
     weights = {"a.weight": rng.normal(0, 0.05, (48, 40)).astype(np.float32),
@@ -100,7 +99,7 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     if not _study_available():
         pytest.skip("the study needs pydnnz.compress, pydnnz.encode, pydnnz.save_file and torch")
     env = dict(os.environ, DNNZ_SHARED=str(shared_dir))
-    proc = subprocess.run([sys.executable, str(BENCH / "study.py"), "--smoke", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "bench.study", "--smoke", "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(tmp_path / "study.csv", newline="") as f:
@@ -127,7 +126,7 @@ def test_smoke_grid_end_to_end(shared_dir, tmp_path):
     assert (tmp_path / "pareto_deepdta-davis.png").stat().st_size > 1000
     assert (tmp_path / "recommendations.md").exists()
     # resumable: a second pass finds every run done
-    proc = subprocess.run([sys.executable, str(BENCH / "study.py"), "--smoke", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "bench.study", "--smoke", "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and "0 to run now" in proc.stdout, proc.stdout + proc.stderr
 
@@ -136,7 +135,7 @@ def test_gradual_prune_reaches_p_globally_and_keeps_pruned_weights_at_zero():
     """study_methods.gradual_prune (the GPr protocol): exact global sparsity on the hidden kernels,
     masked updates, the other parameters trained, and the loss still goes down."""
     torch = pytest.importorskip("torch")
-    from study_methods import gradual_prune
+    from bench.study_methods import gradual_prune
 
     class Task:
         pass

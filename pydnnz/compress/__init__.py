@@ -6,7 +6,8 @@ pruning followed by each quantizer (Pr-X, zero kept exact), and sparse low-rank 
 (SLR), in pure NumPy. Quantizers return :class:`QuantizedTensor` (codebook + indices, what the
 encodings consume), SLR returns :class:`LowRankTensor`. :func:`compress_weights` applies a
 method to a dict of named weights with per-layer or per-layer-type ("unified") codebooks.
-Fine-tuning with PyTorch lives in :mod:`pydnnz.compress.finetune` (imported lazily).
+Fine-tuning with PyTorch lives in :mod:`pydnnz.torch.finetune`; ``pydnnz.compress.finetune`` is the
+same module, imported lazily (this package never imports torch itself).
 
 >>> import numpy as np
 >>> from pydnnz import compress
@@ -58,5 +59,5 @@ def __getattr__(name):
     if name == "finetune":  # torch is imported only when fine-tuning is asked for
         import importlib
 
-        return importlib.import_module(".finetune", __name__)
+        return importlib.import_module("pydnnz.torch.finetune")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

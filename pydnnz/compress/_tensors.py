@@ -1,20 +1,12 @@
-"""The lossy methods' output types: QuantizedTensor (contract 2) and LowRankTensor (SLR)."""
+"""The lossy methods' output types: QuantizedTensor (what the encodings consume, spec/compress.md) and LowRankTensor (SLR)."""
 from __future__ import annotations
 
 import numpy as np
 
+from ..encodings._base import index_dtype  # the one index-width rule, shared with the encodings
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["QuantizedTensor", "LowRankTensor", "index_dtype"]
-
-
-def index_dtype(k: int) -> np.dtype:
-    """The narrowest index dtype for a codebook of k entries (uint8, uint16, else int32)."""
-    if k <= 256:
-        return np.dtype(np.uint8)
-    if k <= 65536:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
 
 
 class QuantizedTensor:
@@ -117,7 +109,7 @@ class LowRankTensor:
     """A weight as the product of (possibly sparsified) thin SVD factors: ``(u * s) @ vt``.
 
     For a weight of shape (out, in, *kernel) the factors describe its matrix view
-    (out, in*prod(kernel)) (contract 1); ``to_dense`` reshapes back. ``u`` is (out, q), ``s`` (q,),
+    (out, in*prod(kernel)) (the matrix view every method and encoding uses); ``to_dense`` reshapes back. ``u`` is (out, q), ``s`` (q,),
     ``vt`` (q, in*prod(kernel)), all float32; the sparse-low-rank step writes exact zeros into
     ``u`` and ``vt`` so an encoding such as CSC can store each factor compactly
     (``factors()`` gives them by name). ``rank`` is q.

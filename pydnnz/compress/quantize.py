@@ -563,7 +563,7 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
     for i, m in zip(idx, masks if pruned else [None] * len(idx)):
         i = remap[i]
         if len(idx) > 1:
-            # each tensor keeps the entries of the shared codebook it uses (contract 2: the
+            # each tensor keeps the entries of the shared codebook it uses (spec/compress.md: the
             # codebook holds 0.0 exactly when the tensor has a zero); the values stay shared
             own = np.zeros(codebook.size, dtype=bool)
             own[np.bincount(i.ravel(), minlength=codebook.size) > 0] = True

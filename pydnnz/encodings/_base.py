@@ -1,4 +1,4 @@
-"""Encoding registry, input normalisation and the EncodedMatrix base class (contract 3).
+"""Encoding registry, input normalisation and the EncodedMatrix base class.
 
 An encoding is a subclass of EncodedMatrix registered with @register. It declares a unique
 `name` and `id` (both permanent: a retired name or id is never given to another encoding),
@@ -11,39 +11,41 @@ import math
 import numpy as np
 
 from .. import errors, runtime
-from .._native import ffi, lib, status_name, _STATUS_ERRORS
+from .. import _native as C
 
-# Permanent name <-> id assignments. Ids are never reused; `ham`, `sham` and `rlham` are reserved for the
-# Huffman encodings (branches `huffman`, `rlham`), which register themselves with these ids.
+# Permanent name <-> id assignments (spec/encodings.md). Ids are never reused; the Huffman encodings
+# `ham`, `sham` and `rlham` (ham.py, sham.py, rlham.py) register themselves with these ids.
 RESERVED_IDS = {"dense": 1, "csc": 2, "im": 3, "im8": 4, "im4": 5, "ham": 6, "sham": 7, "rlham": 8}
 
 _REGISTRY = {}  # name -> class, in registration order (auto breaks ties by this order)
 
 _FIELD_NAMES = {
-    lib.DNNZ_FIELD_NONE: None,
-    lib.DNNZ_FIELD_PARAMS: "params",
-    lib.DNNZ_FIELD_VALUES: "values",
-    lib.DNNZ_FIELD_CODEBOOK: "codebook",
-    lib.DNNZ_FIELD_INDICES: "indices",
-    lib.DNNZ_FIELD_ROWPTR: "rowptr",
-    lib.DNNZ_FIELD_COLIDX: "colidx",
-    lib.DNNZ_FIELD_VINDEX: "vindex",
+    C.DNNZ_FIELD_NONE: None,
+    C.DNNZ_FIELD_PARAMS: "params",
+    C.DNNZ_FIELD_VALUES: "values",
+    C.DNNZ_FIELD_CODEBOOK: "codebook",
+    C.DNNZ_FIELD_INDICES: "indices",
+    C.DNNZ_FIELD_ROWPTR: "rowptr",
+    C.DNNZ_FIELD_COLIDX: "colidx",
+    C.DNNZ_FIELD_VINDEX: "vindex",
 }
 
 
 def register(cls):
-    """Class decorator adding an encoding to the registry (names and ids must be new)."""
+    """Class decorator adding an encoding to the registry (names and ids must be new).
+
+    A bad name or id raises InvalidArgumentError (a DnnzError and a ValueError)."""
     name, ident = cls.name, cls.id
     if not isinstance(name, str) or not name or name == "auto":
-        raise ValueError(f"encoding name {name!r} is not allowed")
+        raise errors.InvalidArgumentError(f"encoding name {name!r} is not allowed")
     if name in _REGISTRY:
-        raise ValueError(f"encoding {name!r} is already registered")
+        raise errors.InvalidArgumentError(f"encoding {name!r} is already registered")
     if RESERVED_IDS.get(name, ident) != ident:
-        raise ValueError(f"encoding {name!r} must use its reserved id {RESERVED_IDS[name]}")
+        raise errors.InvalidArgumentError(f"encoding {name!r} must use its reserved id {RESERVED_IDS[name]}")
     taken = {c.id: n for n, c in _REGISTRY.items()}
     taken.update({i: n for n, i in RESERVED_IDS.items() if n != name})
     if ident in taken:
-        raise ValueError(f"encoding id {ident} already belongs to {taken[ident]!r}")
+        raise errors.InvalidArgumentError(f"encoding id {ident} already belongs to {taken[ident]!r}")
     _REGISTRY[name] = cls
     return cls
 
@@ -71,8 +73,19 @@ def _total_order_key(bits):
     return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
 
 
-def _index_dtype(k):
-    return np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32
+def total_order_rank(bits):
+    """(order, rank) of distinct float32 bit patterns in IEEE totalOrder (-0.0 before +0.0):
+    ``bits[order]`` is sorted, ``rank[i]`` is the place of ``bits[i]`` (int64)."""
+    order = np.argsort(_total_order_key(bits), kind="stable")
+    rank = np.empty(bits.size, np.int64)
+    rank[order] = np.arange(bits.size)
+    return order, rank
+
+
+def index_dtype(k):
+    """The narrowest index dtype for a codebook of k entries (uint8, uint16, else int32): the one
+    rule for MatrixInput.indices, QuantizedTensor.indices and the sparse encodings' value indices."""
+    return np.dtype(np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32)
 
 
 class MatrixInput:
@@ -85,10 +98,15 @@ class MatrixInput:
     - NaN is rejected (it has many bit patterns and no meaningful dot product); +-inf are kept;
     - values are compared bit for bit: -0.0 and +0.0 are distinct values, and only +0.0 counts as
       a zero (a sparse encoding stores -0.0 explicitly), so every decode is bit-exact.
+
+    What several encodings derive from the matrix (`nonzero_values`, `csr`, and each encoding's
+    plan through `cached`) is computed once per input and kept in an explicit cache, so that
+    auto's trial of every encoding (applicable, encoded_nbytes, _encode) does the work once.
     """
 
     def __init__(self, obj):
         self._dense = self._codebook = self._indices = self._nzmask = None
+        self._cache = {}
         if hasattr(obj, "codebook") and hasattr(obj, "indices") and not isinstance(obj, np.ndarray):
             self._from_quantized(obj)
         else:
@@ -137,17 +155,15 @@ class MatrixInput:
         bits = cb32.view(np.uint32)
         if np.unique(bits).size != k:
             raise errors.InvalidArgumentError("encode: quantized tensor's codebook has repeated values")
-        order = np.argsort(_total_order_key(bits), kind="stable")
+        order, rank = total_order_rank(bits)
         if len(self.shape) < 2:
             self._codebook, self._indices = cb32, idx
             return
         idx2 = idx.reshape(self.shape[0], int(math.prod(self.shape[1:])))
         if not np.array_equal(order, np.arange(k)):
-            rank = np.empty(k, np.int64)
-            rank[order] = np.arange(k)
             cb32, idx2 = cb32[order], rank[idx2]
         self._codebook = np.ascontiguousarray(cb32)
-        self._indices = np.ascontiguousarray(idx2.astype(_index_dtype(k), copy=False))
+        self._indices = np.ascontiguousarray(idx2.astype(index_dtype(k), copy=False))
 
     @property
     def dense(self):
@@ -177,11 +193,9 @@ class MatrixInput:
     def _unique(self):
         bits = self.dense.view(np.uint32)
         vals, inv = np.unique(bits.ravel(), return_inverse=True)  # sorted as uint32
-        order = np.argsort(_total_order_key(vals), kind="stable")
-        rank = np.empty(vals.size, np.int64)
-        rank[order] = np.arange(vals.size)
+        order, rank = total_order_rank(vals)
         self._codebook = np.ascontiguousarray(vals[order].view(np.float32))
-        self._indices = rank[inv].astype(_index_dtype(vals.size)).reshape(self.rows, self.cols)
+        self._indices = rank[inv].astype(index_dtype(vals.size)).reshape(self.rows, self.cols)
 
     @property
     def nonzero_mask(self):
@@ -194,6 +208,44 @@ class MatrixInput:
             else:
                 self._nzmask = self._dense.view(np.uint32) != 0
         return self._nzmask
+
+    def cached(self, key, build):
+        """``build()`` computed once per `key` for this input (an encoding's plan, shared by its
+        applicable, encoded_nbytes and _encode, and by auto's trials)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def nonzero_values(self):
+        """(nnz, codebook of the distinct non-zero values in totalOrder, int64 index of each
+        non-zero into it, in row-major order): the values of every sparse encoding."""
+        return self.cached("nonzero_values", self._nonzero_values)
+
+    def _nonzero_values(self):
+        mask = self.nonzero_mask
+        nnz = int(np.count_nonzero(mask))
+        if nnz == 0:
+            return 0, np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if self._codebook is not None:
+            used_idx = self.indices[mask]
+            used = np.unique(used_idx)
+            remap = np.zeros(self.k, np.int64)
+            remap[used] = np.arange(used.size)
+            return nnz, self.codebook[used], remap[used_idx]
+        ub, inv = np.unique(self.dense[mask].view(np.uint32), return_inverse=True)
+        order, rank = total_order_rank(ub)
+        return nnz, ub[order].view(np.float32), rank[inv]
+
+    def csr(self):
+        """(rowptr, colidx) of the non-zeros, both int64: row r's non-zeros are the entries
+        rowptr[r]:rowptr[r + 1] of colidx (CSR of the (out, in) matrix, the papers' csc of W.T)."""
+        return self.cached("csr", self._csr)
+
+    def _csr(self):
+        mask = self.nonzero_mask.reshape(self.rows, self.cols)
+        rowptr = np.zeros(self.rows + 1, np.int64)
+        np.cumsum(np.count_nonzero(mask, axis=1), out=rowptr[1:])
+        return rowptr, np.nonzero(mask)[1].astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +260,7 @@ def _readonly(a):
 class EncodedMatrix:
     """A matrix in a lossless encoding, with dot products computed from the encoded form.
 
-    Attributes (contract 3): ``encoding`` (name), ``shape`` (original tensor shape),
+    Attributes (what the container and every caller rely on): ``encoding`` (name), ``shape`` (original tensor shape),
     ``matrix_shape`` ((out, in)), ``params`` (JSON-serializable dict), ``sections`` (dict of 1-D
     little-endian arrays: exactly the bytes a file stores), ``nbytes`` (sum of the sections'
     sizes). Build one with :func:`pydnnz.encode` or :func:`pydnnz.encodings.from_sections`.
@@ -241,7 +293,7 @@ class EncodedMatrix:
         state["_struct"] = None
         return state
 
-    # --- contract 3 -----------------------------------------------------------------------
+    # --- what callers use -------------------------------------------------------------------------
     @property
     def encoding(self):
         return self.name
@@ -310,9 +362,8 @@ class EncodedMatrix:
         y = np.empty((x.shape[0], rows), np.float32)
         runtime._require_path()
         if y.size:
-            from .._native import check, ptr
-            check(self._c_matmul(self._get_struct(), ptr(x), x.shape[0], ptr(y, writable=True)),
-                  f"{self.name}.matmul")
+            C.check(self._c_matmul(self._get_struct(), C.ptr(x), x.shape[0], C.ptr(y, writable=True)),
+                    f"{self.name}.matmul")
         return y[0] if one else y
 
     def __repr__(self):
@@ -357,8 +408,7 @@ class EncodedMatrix:
     _c_validate = _c_decode_fn = _c_matmul = None
 
     def _c_decode(self, out):
-        from .._native import check, ptr
-        check(self._c_decode_fn(self._get_struct(), ptr(out, writable=True)), f"{self.name}.decode")
+        C.check(self._c_decode_fn(self._get_struct(), C.ptr(out, writable=True)), f"{self.name}.decode")
 
     # --- shared machinery ------------------------------------------------------------------------
     def _get_struct(self):
@@ -367,19 +417,17 @@ class EncodedMatrix:
         return self._struct[0]
 
     def _validate(self):
-        err = ffi.new("struct dnnz_enc_err *")
-        err.field, err.where = lib.DNNZ_FIELD_NONE, -1
-        status = self._c_validate(self._get_struct(), err)
-        if status != lib.DNNZ_OK:
-            field = _FIELD_NAMES.get(err.field)
+        status, field, where = C.validate(self._c_validate, self._get_struct())
+        if status != C.DNNZ_OK:
+            field = _FIELD_NAMES.get(field)
             what = f"{self.name}: " + (f"params {self._params}" if field == "params" else
                                        f"section {field!r}" if field else "encoded matrix")
-            if err.where >= 0 and field != "params":
-                what += f" at {'row' if status == lib.DNNZ_E_TRAILING and field == 'indices' else 'element'} {err.where}"
-            cls = _STATUS_ERRORS.get(status, errors.DnnzError)
+            if where >= 0 and field != "params":
+                what += f" at {'row' if status == C.DNNZ_E_TRAILING and field == 'indices' else 'element'} {where}"
+            cls = C.error_class(status)
             if not issubclass(cls, errors.CorruptDataError) and cls is not errors.UnsupportedError:
                 cls = errors.CorruptDataError
-            raise cls(f"{what}: {status_name(status)}")
+            raise cls(f"{what}: {C.status_name(status)}")
 
 
 def _check_shape(shape):

@@ -2,8 +2,9 @@
 import numpy as np
 
 from .. import errors
-from .._native import bytes_ptr, ffi, lib, ptr
-from ._base import EncodedMatrix, _total_order_key, check_param_keys, int_param, register
+from .. import _native as C
+from .._native import bytes_ptr, ptr
+from ._base import EncodedMatrix, check_param_keys, int_param, register
 
 VALUE_KINDS = ("f32", "u8", "u16")
 
@@ -20,28 +21,10 @@ def ptr_bytes(nnz):
 
 def _plan(m):
     """(nnz, value kind, nonzero codebook or None, codebook index per non-zero or None)."""
-    mask = m.nonzero_mask
-    nnz = int(np.count_nonzero(mask))
+    nnz, cb, vi = m.nonzero_values()
     if nnz == 0:
         return nnz, "f32", None, None
-    if m._codebook is not None:
-        used_idx = m.indices[mask]
-        used = np.unique(used_idx)
-        kv = used.size
-        def lookup():
-            remap = np.zeros(m.k, np.int64)
-            remap[used] = np.arange(kv)
-            return m.codebook[used], remap[used_idx]
-    else:
-        vals = m.dense[mask]
-        bits = vals.view(np.uint32)
-        ub, inv = np.unique(bits, return_inverse=True)
-        kv = ub.size
-        def lookup():
-            order = np.argsort(_total_order_key(ub), kind="stable")
-            rank = np.empty(kv, np.int64)
-            rank[order] = np.arange(kv)
-            return ub[order].view(np.float32), rank[inv]
+    kv = cb.size
     sizes = {"f32": 4 * nnz}
     if kv <= 256:
         sizes["u8"] = 4 * kv + nnz
@@ -50,7 +33,6 @@ def _plan(m):
     kind = min(sizes, key=lambda n: (sizes[n], VALUE_KINDS.index(n)))
     if kind == "f32":
         return nnz, kind, None, None
-    cb, vi = lookup()
     return nnz, kind, cb, vi
 
 
@@ -75,14 +57,11 @@ class CSC(EncodedMatrix):
     @classmethod
     def _encode(cls, m):
         nnz, kind, cb, vi = _plan(m)
-        mask = m.nonzero_mask.reshape(m.rows, m.cols)
         pb, ib = ptr_bytes(nnz), index_bytes(m.cols)
-        rowptr = np.zeros(m.rows + 1, np.int64)
-        np.cumsum(np.count_nonzero(mask, axis=1), out=rowptr[1:])
-        cols = np.nonzero(mask)[1]
+        rowptr, cols = m.csr()
         sections = {"rowptr": rowptr.astype(f"<u{pb}"), "colidx": cols.astype(f"<u{ib}")}
         if kind == "f32":
-            sections["values"] = np.ascontiguousarray(m.dense[mask], dtype="<f4")
+            sections["values"] = np.ascontiguousarray(m.dense[m.nonzero_mask], dtype="<f4")
         else:
             sections["codebook"] = np.ascontiguousarray(cb, dtype="<f4")
             sections["vindex"] = vi.astype("<u1" if kind == "u8" else "<u2")
@@ -117,7 +96,7 @@ class CSC(EncodedMatrix):
     def _c_struct(self):
         rows, cols = self._matrix_shape
         p, sec = self._params, self._sections
-        s = ffi.new("struct dnnz_csc *")
+        s = C.new("struct dnnz_csc *")
         s.rows, s.cols, s.nnz, s.k = rows, cols, p["nnz"], p["k"]
         s.ptr_bytes, s.idx_bytes = p["ptr_bytes"], p["index_bytes"]
         s.value_kind = VALUE_KINDS.index(p["values"])
@@ -131,9 +110,9 @@ class CSC(EncodedMatrix):
             keep.append(bytes_ptr(sec["vindex"]))
             s.vindex, s.vindex_len = keep[-1], sec["vindex"].size
         else:
-            s.vindex, s.vindex_len = ffi.NULL, 0
+            s.vindex, s.vindex_len = C.NULL, 0
         return s, keep
 
-    _c_validate = staticmethod(lib.dnnz_enc_csc_validate)
-    _c_decode_fn = staticmethod(lib.dnnz_enc_csc_decode)
-    _c_matmul = staticmethod(lib.dnnz_enc_csc_matmul)
+    _c_validate = staticmethod(C.dnnz_enc_csc_validate)
+    _c_decode_fn = staticmethod(C.dnnz_enc_csc_decode)
+    _c_matmul = staticmethod(C.dnnz_enc_csc_matmul)

@@ -1,7 +1,8 @@
 """`dense`: the float32 baseline (spec/encodings.md, "dense")."""
 import numpy as np
 
-from .._native import ffi, lib, ptr
+from .. import _native as C
+from .._native import ptr
 from ._base import EncodedMatrix, check_param_keys, register
 
 
@@ -31,14 +32,14 @@ class Dense(EncodedMatrix):
 
     def _c_struct(self):
         rows, cols = self._matrix_shape
-        s = ffi.new("struct dnnz_dense *")
+        s = C.new("struct dnnz_dense *")
         v = self._sections["values"]
         keep = [ptr(v)]
         s.rows, s.cols, s.values, s.values_len = rows, cols, keep[0], v.size
         return s, keep
 
-    _c_validate = staticmethod(lib.dnnz_enc_dense_validate)
-    _c_matmul = staticmethod(lib.dnnz_enc_dense_matmul)
+    _c_validate = staticmethod(C.dnnz_enc_dense_validate)
+    _c_matmul = staticmethod(C.dnnz_enc_dense_matmul)
 
     def _c_decode(self, out):
         out.reshape(-1)[:] = self._sections["values"]

@@ -8,11 +8,12 @@ interleaved, and multiplies as it goes: the dense matrix never exists.
 import numpy as np
 
 from .. import errors, huffman
-from .._native import bytes_ptr, ffi, lib, ptr
+from .. import _native as C
+from .._native import bytes_ptr, check, ptr
 from ._base import _FIELD_NAMES, EncodedMatrix, check_param_keys, int_param, register
 
-_FIELD_NAMES.update({lib.DNNZ_FIELD_LENGTHS: "lengths", lib.DNNZ_FIELD_OFFSETS: "offsets",
-                     lib.DNNZ_FIELD_PAYLOAD: "payload"})
+_FIELD_NAMES.update({C.DNNZ_FIELD_LENGTHS: "lengths", C.DNNZ_FIELD_OFFSETS: "offsets",
+                     C.DNNZ_FIELD_PAYLOAD: "payload"})
 
 MAX_K = huffman.MAX_SYMBOLS
 
@@ -20,7 +21,7 @@ MAX_K = huffman.MAX_SYMBOLS
 #: Writers limit codes to the decoder's table width when the alphabet allows it: every table
 #: lookup then yields at least one symbol and the decoder's inner loop has no slow path (the
 #: optimal length-limited code costs at most a few hundredths of a percent more here).
-FAST_MAX_LEN = int(lib.DNNZ_HUF_TABLE_BITS)
+FAST_MAX_LEN = int(C.DNNZ_HUF_TABLE_BITS)
 
 
 def code_for(counts):
@@ -91,10 +92,9 @@ class HuffmanAddressMap(EncodedMatrix):
         offsets = np.zeros((m.rows + 1) * ob, np.uint8)
         payload = np.zeros((bits + 7) // 8 + 8, np.uint8)
         idx = as_symbols(m.indices) if k else np.zeros(0, np.uint8)
-        status = lib.dnnz_ham_encode(bytes_ptr(lengths), k, ffi.cast("void *", ptr(idx)), idx.dtype.itemsize,
-                                     m.rows, m.cols, ffi.cast("uint8_t *", ptr(offsets, writable=True)), ob,
-                                     ffi.cast("uint8_t *", ptr(payload, writable=True)), payload.size)
-        from .._native import check
+        status = C.dnnz_ham_encode(bytes_ptr(lengths), k, C.cast("void *", ptr(idx)), idx.dtype.itemsize,
+                                     m.rows, m.cols, C.cast("uint8_t *", ptr(offsets, writable=True)), ob,
+                                     C.cast("uint8_t *", ptr(payload, writable=True)), payload.size)
         check(status, "ham: encoding")
         params = {"k": k, "offset_bytes": ob}
         sections = {"codebook": codebook, "lengths": lengths, "offsets": offsets.view(f"<u{ob}"),
@@ -118,7 +118,7 @@ class HuffmanAddressMap(EncodedMatrix):
     def _c_struct(self):
         rows, cols = self._matrix_shape
         p, sec = self._params, self._sections
-        s = ffi.new("struct dnnz_ham *")
+        s = C.new("struct dnnz_ham *")
         keep = []
         cb, ln, of, pl = c_section_ptrs(keep, sec["codebook"], sec["lengths"], sec["offsets"], sec["payload"])
         s.rows, s.cols, s.k, s.off_bytes = rows, cols, p["k"], p["offset_bytes"]
@@ -128,6 +128,6 @@ class HuffmanAddressMap(EncodedMatrix):
         s.payload, s.payload_len = pl, sec["payload"].size
         return s, keep
 
-    _c_validate = staticmethod(lib.dnnz_ham_validate)
-    _c_decode_fn = staticmethod(lib.dnnz_ham_decode)
-    _c_matmul = staticmethod(lib.dnnz_ham_matmul)
+    _c_validate = staticmethod(C.dnnz_ham_validate)
+    _c_decode_fn = staticmethod(C.dnnz_ham_decode)
+    _c_matmul = staticmethod(C.dnnz_ham_matmul)

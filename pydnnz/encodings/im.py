@@ -2,7 +2,8 @@
 import numpy as np
 
 from .. import errors
-from .._native import bytes_ptr, ffi, lib, ptr
+from .. import _native as C
+from .._native import bytes_ptr, ptr
 from ._base import EncodedMatrix, check_param_keys, int_param, register
 
 MAX_K = 1 << 24
@@ -76,16 +77,16 @@ class IndexMap(EncodedMatrix):
 
     def _c_struct(self):
         rows, cols = self._matrix_shape
-        s = ffi.new("struct dnnz_im *")
+        s = C.new("struct dnnz_im *")
         cb, ix = self._sections["codebook"], self._sections["indices"]
         keep = [ptr(cb), bytes_ptr(ix)]
         s.rows, s.cols, s.k, s.bits = rows, cols, self._params["k"], self._params["bits"]
         s.codebook, s.codebook_len, s.indices, s.indices_len = keep[0], cb.size, keep[1], ix.size
         return s, keep
 
-    _c_validate = staticmethod(lib.dnnz_enc_im_validate)
-    _c_decode_fn = staticmethod(lib.dnnz_enc_im_decode)
-    _c_matmul = staticmethod(lib.dnnz_enc_im_matmul)
+    _c_validate = staticmethod(C.dnnz_enc_im_validate)
+    _c_decode_fn = staticmethod(C.dnnz_enc_im_decode)
+    _c_matmul = staticmethod(C.dnnz_enc_im_matmul)
 
 
 @register

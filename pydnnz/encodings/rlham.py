@@ -11,10 +11,10 @@ symbol is the value), sparse rows about the entropy of runs and values together,
 import numpy as np
 
 from .. import errors, huffman
-from .._native import bytes_ptr, check, ffi, lib, ptr
+from .. import _native as C
+from .._native import bytes_ptr, check, ptr
 from ._base import EncodedMatrix, check_param_keys, int_param, register
 from .ham import MAX_K, c_section_ptrs
-from .sham import _nonzero_values
 
 MAX_SYMBOLS = huffman.MAX_SYMBOLS
 MAX_BUCKETS = 31  # classes above direct_runs: runs stay below 2**31
@@ -63,18 +63,15 @@ def n_classes(max_run, direct):
 
 def _pairs(m):
     """(nnz, codebook, vindex, rowptr, colidx, runs) in row-major order of the non-zeros."""
-    nnz, cb, vi = _nonzero_values(m)
-    mask = m.nonzero_mask.reshape(m.rows, m.cols)
-    rowptr = np.zeros(m.rows + 1, np.int64)
-    np.cumsum(np.count_nonzero(mask, axis=1), out=rowptr[1:])
-    cols = np.nonzero(mask)[1].astype(np.int64)
+    nnz, cb, vi = m.nonzero_values()
+    rowptr, cols = m.csr()
     prev = np.empty(nnz, np.int64)
     if nnz:
         prev[1:] = cols[:-1]
         starts = rowptr[:-1][rowptr[1:] > rowptr[:-1]]
         prev[starts] = -1
     runs = cols - prev - 1
-    return nnz, cb, np.asarray(vi, np.int64), rowptr, cols, runs
+    return nnz, cb, vi, rowptr, cols, runs
 
 
 def _cost(m, k, runs, vi, direct):
@@ -116,19 +113,20 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
 
     @classmethod
     def _plan(cls, m):
-        cached = getattr(m, "_rlham_plan", None)
-        if cached is None:
-            nnz, cb, vi, rowptr, cols, runs = _pairs(m)
-            k = int(cb.size)
-            best = None
-            if k <= MAX_K:
-                for d in DIRECT_CANDIDATES if nnz else (1,):
-                    c = _cost(m, k, runs, vi, d)
-                    if c is not None and (best is None or c[0] < best[1][0]):
-                        best = (d, c)
-            cached = (cb, vi, rowptr, cols, best)
-            m._rlham_plan = cached
-        return cached
+        return m.cached("rlham", lambda: cls._search(m))
+
+    @classmethod
+    def _search(cls, m):
+        """(codebook, vindex, rowptr, colidx, (direct runs, cost) of the cheapest code or None)."""
+        nnz, cb, vi, rowptr, cols, runs = _pairs(m)
+        k = int(cb.size)
+        best = None
+        if k <= MAX_K:
+            for d in DIRECT_CANDIDATES if nnz else (1,):
+                c = _cost(m, k, runs, vi, d)
+                if c is not None and (best is None or c[0] < best[1][0]):
+                    best = (d, c)
+        return cb, vi, rowptr, cols, best
 
     @classmethod
     def applicable(cls, m):
@@ -152,10 +150,10 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
         colidx = np.ascontiguousarray(cols, np.uint32)
         vindex = np.ascontiguousarray(vi, np.uint32)
         rp = np.ascontiguousarray(rowptr, np.int64)
-        check(lib.dnnz_rlham_encode(bytes_ptr(lengths), k, direct, nc, ffi.cast("int64_t *", ptr(rp)),
-                                    ffi.cast("uint32_t *", ptr(colidx)), ffi.cast("uint32_t *", ptr(vindex)),
-                                    m.rows, m.cols, ffi.cast("uint8_t *", ptr(offsets, writable=True)), ob,
-                                    ffi.cast("uint8_t *", ptr(payload, writable=True)), payload.size),
+        check(C.dnnz_rlham_encode(bytes_ptr(lengths), k, direct, nc, C.cast("int64_t *", ptr(rp)),
+                                    C.cast("uint32_t *", ptr(colidx)), C.cast("uint32_t *", ptr(vindex)),
+                                    m.rows, m.cols, C.cast("uint8_t *", ptr(offsets, writable=True)), ob,
+                                    C.cast("uint8_t *", ptr(payload, writable=True)), payload.size),
               "rlham: encoding")
         params = {"k": k, "direct_runs": direct, "run_classes": nc, "offset_bytes": ob}
         sections = {"codebook": np.ascontiguousarray(cb, dtype="<f4"), "lengths": lengths,
@@ -185,7 +183,7 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
     def _c_struct(self):
         rows, cols = self._matrix_shape
         p, sec = self._params, self._sections
-        s = ffi.new("struct dnnz_rlham *")
+        s = C.new("struct dnnz_rlham *")
         keep = []
         cb, ln, of, pl = c_section_ptrs(keep, sec["codebook"], sec["lengths"], sec["offsets"], sec["payload"])
         s.rows, s.cols, s.k, s.off_bytes = rows, cols, p["k"], p["offset_bytes"]
@@ -196,6 +194,6 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
         s.payload, s.payload_len = pl, sec["payload"].size
         return s, keep
 
-    _c_validate = staticmethod(lib.dnnz_rlham_validate)
-    _c_decode_fn = staticmethod(lib.dnnz_rlham_decode)
-    _c_matmul = staticmethod(lib.dnnz_rlham_matmul)
+    _c_validate = staticmethod(C.dnnz_rlham_validate)
+    _c_decode_fn = staticmethod(C.dnnz_rlham_decode)
+    _c_matmul = staticmethod(C.dnnz_rlham_matmul)

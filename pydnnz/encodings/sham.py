@@ -8,34 +8,11 @@ output row and a bit-offset table, so rows decode independently.
 import numpy as np
 
 from .. import errors
-from .._native import bytes_ptr, check, ffi, lib, ptr
-from ._base import EncodedMatrix, _total_order_key, check_param_keys, int_param, register
+from .. import _native as C
+from .._native import bytes_ptr, check, ptr
+from ._base import EncodedMatrix, check_param_keys, index_dtype, int_param, register
 from .csc import index_bytes, ptr_bytes
 from .ham import MAX_K, as_symbols, c_section_ptrs, code_for, offset_bytes
-
-
-def _nonzero_values(m):
-    """(nnz, codebook of the distinct non-zero values in totalOrder, index of each non-zero)."""
-    mask = m.nonzero_mask
-    nnz = int(np.count_nonzero(mask))
-    if nnz == 0:
-        return 0, np.zeros(0, np.float32), np.zeros(0, np.uint8)
-    if m._codebook is not None:
-        used_idx = m.indices[mask]
-        used = np.unique(used_idx)
-        remap = np.zeros(m.k, np.int64)
-        remap[used] = np.arange(used.size)
-        return nnz, m.codebook[used], remap[used_idx]
-    bits = m.dense[mask].view(np.uint32)
-    ub, inv = np.unique(bits, return_inverse=True)
-    order = np.argsort(_total_order_key(ub), kind="stable")
-    rank = np.empty(ub.size, np.int64)
-    rank[order] = np.arange(ub.size)
-    return nnz, ub[order].view(np.float32), rank[inv]
-
-
-def _small(vi, k):
-    return vi.astype(np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.uint32)
 
 
 @register
@@ -47,14 +24,13 @@ class SparseHuffmanAddressMap(EncodedMatrix):
 
     @classmethod
     def _plan(cls, m):
-        cached = getattr(m, "_sham_plan", None)
-        if cached is None:
-            nnz, cb, vi = _nonzero_values(m)
+        def plan():
+            nnz, cb, vi = m.nonzero_values()
             counts = np.bincount(vi, minlength=cb.size) if nnz else np.zeros(0, np.int64)
             lengths, bits = code_for(counts)
-            cached = (nnz, cb, vi, lengths, bits)
-            m._sham_plan = cached
-        return cached
+            return nnz, cb, vi, lengths, bits
+
+        return m.cached("sham", plan)
 
     @classmethod
     def applicable(cls, m):
@@ -74,18 +50,15 @@ class SparseHuffmanAddressMap(EncodedMatrix):
     def _encode(cls, m):
         nnz, cb, vi, lengths, bits = cls._plan(m)
         k = cb.size
-        mask = m.nonzero_mask.reshape(m.rows, m.cols)
         pb, ib, ob = ptr_bytes(nnz), index_bytes(m.cols), offset_bytes(bits)
-        rowptr = np.zeros(m.rows + 1, np.int64)
-        np.cumsum(np.count_nonzero(mask, axis=1), out=rowptr[1:])
-        rowptr = rowptr.astype(f"<u{pb}")
-        cols = np.nonzero(mask)[1].astype(f"<u{ib}")
+        rowptr, cols = m.csr()
+        rowptr, cols = rowptr.astype(f"<u{pb}"), cols.astype(f"<u{ib}")
         offsets = np.zeros((m.rows + 1) * ob, np.uint8)
         payload = np.zeros((bits + 7) // 8 + 8, np.uint8)
-        sym = as_symbols(_small(vi, k))
-        check(lib.dnnz_sham_encode(bytes_ptr(lengths), k, ffi.cast("void *", ptr(sym)), sym.dtype.itemsize,
-                                   bytes_ptr(rowptr), pb, m.rows, ffi.cast("uint8_t *", ptr(offsets, writable=True)),
-                                   ob, ffi.cast("uint8_t *", ptr(payload, writable=True)), payload.size),
+        sym = as_symbols(vi.astype(index_dtype(k)))
+        check(C.dnnz_sham_encode(bytes_ptr(lengths), k, C.cast("void *", ptr(sym)), sym.dtype.itemsize,
+                                   bytes_ptr(rowptr), pb, m.rows, C.cast("uint8_t *", ptr(offsets, writable=True)),
+                                   ob, C.cast("uint8_t *", ptr(payload, writable=True)), payload.size),
               "sham: encoding")
         params = {"nnz": nnz, "ptr_bytes": pb, "index_bytes": ib, "k": k, "offset_bytes": ob}
         sections = {"rowptr": rowptr, "colidx": cols, "codebook": np.ascontiguousarray(cb, dtype="<f4"),
@@ -115,7 +88,7 @@ class SparseHuffmanAddressMap(EncodedMatrix):
     def _c_struct(self):
         rows, cols = self._matrix_shape
         p, sec = self._params, self._sections
-        s = ffi.new("struct dnnz_sham *")
+        s = C.new("struct dnnz_sham *")
         keep = [bytes_ptr(sec["rowptr"]), bytes_ptr(sec["colidx"])]
         s.rows, s.cols, s.nnz, s.k = rows, cols, p["nnz"], p["k"]
         s.ptr_bytes, s.idx_bytes, s.off_bytes = p["ptr_bytes"], p["index_bytes"], p["offset_bytes"]
@@ -128,6 +101,6 @@ class SparseHuffmanAddressMap(EncodedMatrix):
         s.payload, s.payload_len = pl, sec["payload"].size
         return s, keep
 
-    _c_validate = staticmethod(lib.dnnz_sham_validate)
-    _c_decode_fn = staticmethod(lib.dnnz_sham_decode)
-    _c_matmul = staticmethod(lib.dnnz_sham_matmul)
+    _c_validate = staticmethod(C.dnnz_sham_validate)
+    _c_decode_fn = staticmethod(C.dnnz_sham_decode)
+    _c_matmul = staticmethod(C.dnnz_sham_matmul)

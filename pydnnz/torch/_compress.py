@@ -17,15 +17,10 @@ _TYPE_NAMES = {nn.Linear: "Linear", nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn
 
 
 def _encoding_names():
-    """The names `encoding` may take, or None when they cannot be listed (encode() checks later)."""
-    try:
-        from .. import encodings
-    except ImportError:  # pragma: no cover - the encodings are part of pydnnz
-        return None
-    names = getattr(encodings, "encodings", None)
-    if not callable(names):
-        return None
-    return ("auto",) + tuple(n for n in names() if n != "auto")
+    """The names `encoding` may take: "auto" and every registered encoding."""
+    from .. import encodings
+
+    return ("auto",) + encodings.encodings()
 
 
 def _layers(model, rules):
@@ -120,7 +115,7 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
             "k": 32}, {"type": "conv", "method": "uq", "k": 256}]``.
         finetune: optional callable ``finetune(model)`` running the user's training loop. It gets
             the model with the claimed layers still dense but carrying the compression structure
-            (pydnnz.compress.finetune: pruned weights stay exactly zero, shared values move by the
+            (pydnnz.torch.finetune: pruned weights stay exactly zero, shared values move by the
             cumulative gradient of their positions); afterwards the layers are re-quantized with the
             tuned shared values (same indices and mask) and encoded.
         finetune_options: keyword arguments for the fine-tuning machinery (e.g. ``lr_cumulative``).
@@ -167,7 +162,7 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
             lossy.update(_lossy(rule, members))
 
     if finetune is not None:
-        from ._finetune import run_finetune
+        from .finetune import run_finetune
 
         lossy = run_finetune(model, layers, lossy, finetune, finetune_options or {})
 

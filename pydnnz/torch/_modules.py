@@ -75,19 +75,10 @@ def _matmul(em, x2d):
     return torch.from_numpy(np.ascontiguousarray(em.matmul(_as_f32_numpy(x2d)), dtype=np.float32))
 
 
-def _k_of(em):
-    p = getattr(em, "params", {}) or {}
-    for key in ("k", "n_values", "codebook_size"):
-        if key in p:
-            return p[key]
-    cb = getattr(em, "sections", {}).get("codebook")
-    return None if cb is None else int(cb.size)
-
-
 def _encoded_repr(em):
     n = int(np.prod(em.shape))
     psi = em.nbytes / (4 * n) if n else float("nan")
-    k = _k_of(em)
+    k = (getattr(em, "params", None) or {}).get("k")  # every codebook encoding stores its k
     return f"encoding={em.encoding}, " + (f"k={k}, " if k is not None else "") + f"nbytes={em.nbytes}, psi={psi:.4f}"
 
 

@@ -21,7 +21,9 @@ and usable from any training loop with any optimizer:
   each step), so pruned weights stay exactly zero.
 
 :func:`attach` sets both up from the output of :func:`pydnnz.compress.compress_weights`, and
-:func:`finetune` is a small training loop around them.
+:func:`finetune` is a small training loop around them. :func:`run_finetune` is the hook behind
+``pydnnz.torch.compress_model(..., finetune=fn)``. ``pydnnz.compress.finetune`` is this module
+(an alias kept for existing code: the NumPy package never imports torch itself).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._tensors import LowRankTensor, QuantizedTensor
+from ..compress._tensors import LowRankTensor, QuantizedTensor
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["MaskedWeight", "SharedWeights", "CompressionHooks", "attach", "finetune", "FinetuneResult"]
@@ -309,7 +311,7 @@ class FinetuneResult:
 
 
 def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, epochs: int = 1,
-             steps=None, lr: float = 1e-3, optimizer="adam", progress=None) -> FinetuneResult:
+             steps=None, lr: float = 1e-3, optimizer="adam", scheduler=None, progress=None) -> FinetuneResult:
     """Fine-tune a compressed model; the compression structure is kept throughout.
 
     ``loss_fn(model, batch)`` returns a scalar loss tensor; ``data`` is an iterable of batches
@@ -317,6 +319,8 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
     ``compress_weights``; hooks are attached, and removed at the end leaving the model with the
     fine-tuned dense values) or ``hooks`` you attached yourself (left attached). ``optimizer``
     is "adam", "sgd" (momentum 0.9), an optimizer instance, or a callable params -> optimizer.
+    ``scheduler`` is an optional callable optimizer -> LR scheduler (e.g. ``lambda opt:
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 100)``), stepped after every step.
     Stops after ``epochs`` epochs or ``steps`` steps, whichever comes first. A tqdm bar is shown
     when stderr is a terminal (``progress`` forces it on or off).
 
@@ -336,6 +340,8 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
         raise InvalidArgumentError("pass exactly one of compressed= (a dict) or hooks= (from attach)")
     if not (isinstance(optimizer, torch.optim.Optimizer) or optimizer in ("adam", "sgd") or callable(optimizer)):
         raise InvalidArgumentError(f"optimizer must be 'adam', 'sgd', an Optimizer or a callable, got {optimizer!r}")
+    if scheduler is not None and not callable(scheduler):
+        raise InvalidArgumentError(f"scheduler must be a callable optimizer -> LR scheduler, got {scheduler!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     own = compressed is not None
@@ -351,6 +357,7 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
     else:
         opt = optimizer(params)
     hooks.attach_optimizer(opt)
+    sched = scheduler(opt) if scheduler is not None else None
     show = sys.stderr.isatty() if progress is None else bool(progress)
     losses = []
     try:
@@ -362,6 +369,8 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
                 loss = loss_fn(model, batch)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
@@ -378,3 +387,30 @@ def finetune(model: nn.Module, loss_fn, data, *, compressed=None, hooks=None, ep
         if own:
             hooks.remove()
     return FinetuneResult(losses, weights)
+
+
+def run_finetune(model, layers, lossy, fn, options):
+    """Call the user's `fn(model)` with the compression structure attached; return the tuned values.
+
+    The hook behind ``compress_model(..., finetune=fn)``: :func:`attach` loads the lossy results
+    into the (still dense) layers and keeps their structure while `fn` trains (a quantized weight
+    becomes ``codebook[indices]`` with the codebook as the trainable parameter, a pruned weight
+    keeps its zeros). `fn` must build its optimizer from ``model.parameters()`` inside the call
+    (the codebooks are new parameters). Afterwards the hooks are removed and the exported values
+    (same indices and masks, tuned shared values) are what gets encoded.
+    """
+    allowed = {"masks", "freeze_zero"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise InvalidArgumentError(f"finetune_options: unknown key(s) {sorted(unknown)} (known: {sorted(allowed)})")
+    keys = {name: f"{name}.weight" for name, *_ in layers}
+    compressed = {keys[name]: lossy[name] for name in keys}
+    was_training = model.training
+    hooks = attach(model, compressed, **options)
+    try:
+        fn(model)
+        tuned = hooks.export()
+    finally:
+        hooks.remove()
+        model.train(was_training)
+    return {name: tuned.get(key, lossy[name]) for name, key in keys.items()}

@@ -1,0 +1,1 @@
+"""pydnnz's benchmarks: run each from the repository root as ``python -m bench.NAME`` (see README.md)."""
