@@ -65,6 +65,10 @@ def cmd_compress(args) -> int:
     from .convert import format_of, read_tensors
     from .encodings import encode
 
+    from .shards import cmd_compress_sharded, wants_streaming
+
+    if wants_streaming(args):  # sharded checkpoints, --workers, --ray: tensor by tensor (pydnnz.shards)
+        return cmd_compress_sharded(args)
     src, dst = Path(args.input), Path(args.output)
     _check_input(src)
     format_of(src)
@@ -215,6 +219,10 @@ def cmd_verify(args) -> int:
 def cmd_convert(args) -> int:
     from .convert import convert, format_of
 
+    from .shards import cmd_convert_sharded, wants_streaming
+
+    if wants_streaming(args):  # a sharded checkpoint in or out: tensor by tensor (pydnnz.shards)
+        return cmd_convert_sharded(args)
     src, dst = Path(args.input), Path(args.output)
     _check_input(src)
     format_of(src)
@@ -323,8 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     c = sub.add_parser("compress", help="compress a weight file into a .dnnz file")
-    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin) or .npz")
-    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the .dnnz file to write")
+    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin) or .npz; "
+                   "or a sharded checkpoint (its folder or *.index.json), read tensor by tensor")
+    c.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the .dnnz file to write, or a folder for sharded output (+ model.dnnz.index.json)")
     c.add_argument("--prune", type=float, metavar="P", help="prune the P%% smallest-magnitude weights of each layer")
     c.add_argument("--quantize", choices=["cws", "pws", "uq", "ecsq"], help="weight sharing / quantization method")
     c.add_argument("--k", type=int, default=32, help="codebook size for --quantize (default 32)")
@@ -335,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unified", action="store_true", help="one codebook per layer type instead of per layer")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    c.add_argument("--workers", type=int, metavar="N", help="compress N tensors at once in N processes "
+                   "(default: all cores when streaming); the output bytes do not depend on N")
+    c.add_argument("--ray", nargs="?", const="local", default=False, metavar="ADDRESS",
+                   help="run the tensors on a Ray cluster (ADDRESS, e.g. auto or ray://host:10001; "
+                        "none: a local Ray instance); needs pydnnz[ray]")
     c.set_defaults(func=cmd_compress)
 
     i = sub.add_parser("info", help="per-tensor shape, encoding, bytes, decoded size, bits/weight, psi "

@@ -658,8 +658,20 @@ def load_file(path):
     >>> f = pydnnz.load_file(p)
     >>> f["w"].tolist(), f.metadata
     ([[1.0, 0.0], [0.0, 1.0]], {'model': 'toy'})
+
+    A sharded checkpoint (its folder or its ``model.dnnz.index.json``) opens the same way: one
+    mapping over every shard (``pydnnz.shards.ShardedTensors``).
     """
+    if _is_sharded(path):
+        from .shards import load_sharded
+
+        return load_sharded(path)
     return LazyTensors(_open_reader(path))
+
+
+def _is_sharded(path):
+    return isinstance(path, (str, os.PathLike)) and (
+        os.fspath(path).endswith(".index.json") or os.path.isdir(path))
 
 
 def load(data):
@@ -689,7 +701,7 @@ class safe_open:
     """
 
     def __init__(self, path):
-        self._tensors = LazyTensors(_open_reader(path))
+        self._tensors = load_file(path)  # a sharded checkpoint too (folder or index file)
         self._path = os.fspath(path)
 
     def __enter__(self):
@@ -761,6 +773,15 @@ def verify(path, max_decoded_bytes=None):
     >>> verify(p).tensors
     1
     """
+    if _is_sharded(path):  # every shard, and the index against them
+        from .shards import verify_sharded
+
+        reports = verify_sharded(path)
+        return VerifyReport(os.fspath(path), reports[0].format_version, sum(r.tensors for r in reports),
+                            sum(r.sections for r in reports), sum(r.data_bytes for r in reports),
+                            sum(r.file_bytes for r in reports),
+                            {k: sum(r.encodings.get(k, 0) for r in reports)
+                             for k in sorted({k for r in reports for k in r.encodings})})
     if isinstance(path, (bytes, bytearray, memoryview)):  # file contents, as for load()
         data = bytes(path)
         reader = _Reader(data, len(data), _Where("<bytes>"))
