@@ -38,6 +38,8 @@ setup(
         "torch": ["torch>=2.0"],
         "test": ["pytest>=7", "hypothesis>=6.80", "scipy>=1.10", "bitarray>=2.8", "jsonschema>=4", "matplotlib>=3.6"],
         "bench": ["scipy>=1.10", "matplotlib>=3.6"],
+        # `dnnz compress --ray [ADDRESS]`: per-tensor tasks on a Ray cluster (pydnnz.shards)
+        "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["dnnz=pydnnz.cli:main"]},
     zip_safe=False,
