@@ -518,7 +518,7 @@ class _Inline:
     def submit(self, fn, *args):
         return _Deferred(fn, args)
 
-    def close(self):
+    def close(self, abort=False):
         pass
 
 
@@ -552,7 +552,10 @@ class _Pool:
     def submit(self, fn, *args):
         return self._ex.submit(fn, *args)
 
-    def close(self):
+    def close(self, abort=False):
+        if abort:  # interrupted or failed: do not wait minutes for tasks nobody will collect
+            for p in list(getattr(self._ex, "_processes", {}).values()):
+                p.terminate()
         self._ex.shutdown(wait=True, cancel_futures=True)
 
 
@@ -589,7 +592,7 @@ class _Ray:
             data = read_ref(data)
         return _RayFuture(self._ray, self._task.remote(name, data, dtype, recipe))
 
-    def close(self):
+    def close(self, abort=False):
         if self._owns:
             self._ray.shutdown()
 
@@ -872,6 +875,9 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
                 (folder / p[0]).resolve() == Path(r.path).resolve() for p in plan for r in p[1]):
             raise InvalidArgumentError(f"{folder}: the output would overwrite the source's own shards")
         folder.mkdir(parents=True, exist_ok=True)
+        for fname, _, _ in plan:  # temporary files of a run killed without a chance to clean up
+            for stale in folder.glob(f".{fname}.*.tmp"):
+                stale.unlink()
     names_seen = set()
     for _, refs, _ in plan:
         for r in refs:
@@ -906,6 +912,7 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
     writer = None
     written = []
     dnnz_sources = {}
+    ok = False
     try:
         for j, (i, ref) in enumerate(jobs):
             while scan < len(jobs) and len(futures) < window:
@@ -943,6 +950,7 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
         if single and not jobs:  # a source with no tensor at all
             ShardWriter(dst, shard_meta(0, plan[0][2])).finish()
             written.append(dst.name)
+        ok = True
     finally:
         if writer is not None:
             writer.close()
@@ -950,7 +958,7 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
             cancel = getattr(fut, "cancel", None)
             if cancel:
                 cancel()
-        executor.close()
+        executor.close(abort=not ok)
         bar.close()
     if single:
         bytes_out = dst.stat().st_size

@@ -148,6 +148,7 @@ def test_resume_after_interruption(ckpt, tmp_path):
     left = sorted(p.name for p in out.iterdir())
     assert left == ["model-00001-of-00002.dnnz"]  # complete shard, no index, no temporary file
     first = (out / left[0]).stat().st_mtime_ns
+    (out / ".model-00002-of-00002.dnnz.x1y2.tmp").write_bytes(b"half")  # left by a kill -9
     s = shards.compress_checkpoint(src, out, UQ16, workers=2)
     assert s["reused"] == ["model-00001-of-00002.dnnz"] and s["written"] == ["model-00002-of-00002.dnnz"]
     assert (out / left[0]).stat().st_mtime_ns == first
@@ -191,6 +192,9 @@ def test_cli_compress_convert_verify(ckpt, tmp_path):
     assert dnnz("verify", tmp_path / "c" / shards.INDEX_NAME).returncode == 0
     r = dnnz("compress", src, "-o", tmp_path / "c", "--quantize", "uq")
     assert r.returncode == 2 and "already exists" in r.stderr
+    for bad in (["--unified"], ["--workers", "0"], ["--layers", "nothing*"]):
+        r = dnnz("compress", src, "-o", tmp_path / "d", "--quantize", "uq", *bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     # convert: sharded safetensors -> sharded raw .dnnz -> one .dnnz file, bits unchanged
     assert dnnz("convert", src, tmp_path / "raw").returncode == 0
     assert dnnz("convert", tmp_path / "raw", tmp_path / "one.dnnz").returncode == 0
