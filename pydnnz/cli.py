@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ray", nargs="?", const="local", default=False, metavar="ADDRESS",
                    help="run the tensors on a Ray cluster (ADDRESS, e.g. auto or ray://host:10001; "
                         "none: a local Ray instance); needs pydnnz[ray]")
+    c.add_argument("--max-memory", metavar="SIZE", help="memory the tensors in flight may use together "
+                   "when streaming, e.g. 2G (default: half the RAM); fewer big tensors run at once")
     c.set_defaults(func=cmd_compress)
 
     i = sub.add_parser("info", help="per-tensor shape, encoding, bytes, decoded size, bits/weight, psi "

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import math
 import os
 import shutil
 import struct
@@ -832,8 +833,41 @@ def _shard_is_done(path: Path, names, metadata) -> bool:
         return False
 
 
+# Peak memory of one compression task per weight of its tensor: quantization + encode("auto")
+# measured with tracemalloc (about 48 bytes/weight for uq, 60 for encode auto picking rlham, on
+# float32 Gaussian matrices, 2026-12-07); the scheduler's estimate of what a task in flight costs.
+TASK_BYTES_PER_WEIGHT = 64
+
+
+def task_bytes(ref: TensorRef) -> int:
+    """Estimated peak memory of compressing `ref` (TASK_BYTES_PER_WEIGHT per element)."""
+    return int(np.prod(ref.shape, dtype=object)) * TASK_BYTES_PER_WEIGHT
+
+
+def default_memory_budget() -> int:
+    """Half of the machine's physical memory (what tasks in flight may use together)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 << 30
+
+
+def parse_size(text) -> int:
+    """'2G', '512M', '1.5GB', '1000000' -> bytes (binary units)."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t)
+    except ValueError:
+        raise InvalidArgumentError(f"{text!r} is not a size (e.g. 2G, 512M)") from None
+    if not value > 0 or not math.isfinite(value):
+        raise InvalidArgumentError(f"{text!r}: a size must be positive")
+    return int(value * mult)
+
+
 def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None, ray=False,
-                        progress=None, resume=True, force=False, on_shard=None) -> dict:
+                        progress=None, resume=True, force=False, on_shard=None,
+                        max_memory=None) -> dict:
     """Compress (or, with ``Recipe(encoding=None)``, convert) a checkpoint tensor by tensor.
 
     - ``src``: a folder, an ``*.index.json`` file, or a single .safetensors/.dnnz file.
@@ -845,6 +879,9 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
     - ``resume`` (folders only): shards already in ``dst`` that match the plan and verify are kept;
       the others are computed. ``force``: overwrite a finished output (an index already there).
     - ``on_shard(i, path)``: called after shard i is written (progress reporting, tests).
+    - ``max_memory``: bytes the tasks in flight may use together (estimated with
+      ``task_bytes``; default half the machine's memory). Large tensors then run fewer at a time;
+      one task always runs, whatever its size. It changes the schedule, never the bytes.
 
     Returns a summary dict (tensors, compressed, shards, written, reused, bytes_in, bytes_out, seconds).
     """
@@ -907,7 +944,9 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
                        desc="dnnz", disable=None if progress is None else not progress)
     executor = make_executor(workers, ray) if n_compressed and workers != 1 or ray is not False else _Inline()
     window = max(2, 2 * executor.workers)
+    budget = default_memory_budget() if max_memory is None else max_memory
     futures = {}
+    in_flight = 0
     scan = 0
     writer = None
     written = []
@@ -916,9 +955,13 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
     try:
         for j, (i, ref) in enumerate(jobs):
             while scan < len(jobs) and len(futures) < window:
-                if recipe.selects(jobs[scan][1]):
-                    r = jobs[scan][1]
-                    futures[scan] = executor.submit(compress_tensor, r.name, r, r.dtype, recipe)
+                r = jobs[scan][1]
+                if recipe.selects(r):
+                    need = task_bytes(r)
+                    if futures and in_flight + need > budget:
+                        break  # wait for earlier tasks to finish first
+                    futures[scan] = (executor.submit(compress_tensor, r.name, r, r.dtype, recipe), need)
+                    in_flight += need
                 scan += 1
             if writer is None or writer_shard != i:
                 if writer is not None:
@@ -929,7 +972,9 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
                 writer = ShardWriter(folder / plan[i][0], shard_meta(i, plan[i][2]))
                 writer_shard = i
             if j in futures:
-                writer.add(ref.name, _encoded_from_parts(futures.pop(j).result()))
+                fut, need = futures.pop(j)
+                in_flight -= need
+                writer.add(ref.name, _encoded_from_parts(fut.result()))
             elif ref.encoding != "raw":  # already compressed in a .dnnz source: copied as it is
                 if ref.path not in dnnz_sources:
                     from .container import load_file
@@ -954,7 +999,7 @@ def compress_checkpoint(src, dst, recipe: Recipe | None = None, *, workers=None,
     finally:
         if writer is not None:
             writer.close()
-        for fut in futures.values():
+        for fut, _ in futures.values():
             cancel = getattr(fut, "cancel", None)
             if cancel:
                 cancel()
@@ -983,7 +1028,8 @@ def wants_streaming(args) -> bool:
     """`dnnz compress`/`convert` take this path for sharded inputs or outputs, --workers or --ray."""
     return (is_sharded(args.input) or not Path(args.output).suffix
             or Path(args.output).name.endswith(".index.json")
-            or getattr(args, "workers", None) is not None or getattr(args, "ray", False) is not False)
+            or getattr(args, "workers", None) is not None or getattr(args, "ray", False) is not False
+            or getattr(args, "max_memory", None) is not None)
 
 
 def _summary_line(src, dst, s):
@@ -1018,7 +1064,8 @@ def cmd_compress_sharded(args) -> int:
     if args.layers and not any(recipe.selects(r) for r in source.tensors):
         raise UsageError(f"--layers {' '.join(args.layers)}: matches no raw tensor of {src}")
     s = compress_checkpoint(src, args.output, recipe, workers=args.workers,
-                            ray=False if args.ray is False else args.ray, force=args.force)
+                            ray=False if args.ray is False else args.ray, force=args.force,
+                            max_memory=None if args.max_memory is None else parse_size(args.max_memory))
     print(_summary_line(src, args.output, s))
     return 0
 

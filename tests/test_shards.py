@@ -63,9 +63,18 @@ def test_identical_bytes_for_1_and_2_workers(ckpt, tmp_path):
     b = shards.compress_checkpoint(src, tmp_path / "w2", UQ16, workers=2)
     assert a["compressed"] == b["compressed"] == 6 and a["shards"] == 2
     assert b["engine"] == "pool" and b["workers"] == 2
+    shards.compress_checkpoint(src, tmp_path / "m", UQ16, workers=2, max_memory=1)  # one task at a time
     fa, fb = files_of(tmp_path / "w1"), files_of(tmp_path / "w2")
     assert sorted(fa) == ["model-00001-of-00002.dnnz", "model-00002-of-00002.dnnz", shards.INDEX_NAME]
-    assert fa == fb
+    assert fa == fb == files_of(tmp_path / "m")
+
+
+def test_parse_size():
+    assert shards.parse_size("2G") == 2 << 30 and shards.parse_size("512MiB") == 512 << 20
+    assert shards.parse_size("1.5gb") == 3 << 29 and shards.parse_size(1000) == 1000
+    for bad in ("", "x", "-1G", "0", "nanM"):
+        with pytest.raises(pydnnz.InvalidArgumentError):
+            shards.parse_size(bad)
 
 
 def test_sharded_output_reads_back(ckpt, tmp_path):
@@ -192,7 +201,7 @@ def test_cli_compress_convert_verify(ckpt, tmp_path):
     assert dnnz("verify", tmp_path / "c" / shards.INDEX_NAME).returncode == 0
     r = dnnz("compress", src, "-o", tmp_path / "c", "--quantize", "uq")
     assert r.returncode == 2 and "already exists" in r.stderr
-    for bad in (["--unified"], ["--workers", "0"], ["--layers", "nothing*"]):
+    for bad in (["--unified"], ["--workers", "0"], ["--layers", "nothing*"], ["--max-memory", "lots"]):
         r = dnnz("compress", src, "-o", tmp_path / "d", "--quantize", "uq", *bad)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     # convert: sharded safetensors -> sharded raw .dnnz -> one .dnnz file, bits unchanged
