@@ -262,7 +262,9 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     py = [sys.executable, "-m", "bench.scale", "--_inner"]
-    rec = {"machine": {"cpus": os.cpu_count(), "load_before": _load_average()}}
+    from bench._common import machine
+
+    rec = {"machine": {**machine(), "cpus": os.cpu_count(), "load_before": _load_average()}}
     try:
         t = time.perf_counter()
         n_layers, n_w, total, n_shards, (hidden, inter) = make_checkpoint(work / "ckpt", args.size_gb, args.hidden,
@@ -318,6 +320,9 @@ def report(rec):
     scaling = one["seconds"] / two["seconds"]
     ck = rec["checkpoint"]
     print(f"\n## bench.scale: {ck['bytes'] / 2**30:.2f} GiB bf16 checkpoint, uq k=16 + encoding auto")
+    from bench._common import machine_text
+
+    print(machine_text(rec["machine"]))
     print(f"load average before: {rec['machine']['load_before'][0]:.2f} on {rec['machine']['cpus']} cores "
           "(other work on the machine distorts every time below)\n")
     print("| run | seconds | M weights/s | M weights/s per core | peak RSS tree MiB | largest process MiB | same bytes as x1 |")
