@@ -135,3 +135,28 @@ def test_auto_bad_arguments():
         pt.auto_compress(model, acc, -1.0)
     with pytest.raises(InvalidArgumentError):
         pt.auto_compress(torch.nn.ReLU(), acc, 0.1)
+
+
+def test_cli_auto_data_free(tmp_path):
+    from safetensors.numpy import save_file
+
+    from pydnnz import cli
+    from pydnnz.container import safe_open
+
+    rng = np.random.default_rng(3)
+    tensors = {"fc.weight": rng.normal(0, 0.05, (64, 48)).astype(np.float32), "fc.bias": np.zeros(64, np.float32),
+               "embed.weight": rng.normal(0, 1.0, (20, 16)).astype(np.float32)}
+    src, dst = tmp_path / "m.safetensors", tmp_path / "m.dnnz"
+    save_file(tensors, str(src))
+    assert cli.main(["compress", str(src), "-o", str(dst), "--auto", "--budget", "0.01"]) == 0
+    with safe_open(dst) as f:
+        meta = json.loads(f.metadata()["pydnnz.recipe"])["auto"]
+        errs = []
+        for k in ("fc.weight", "embed.weight"):
+            d = np.asarray(f.get(k).decode(), dtype=np.float64)
+            errs.append(np.sum((d - tensors[k]) ** 2) / np.sum(tensors[k].astype(np.float64) ** 2))
+        assert np.array_equal(np.asarray(f.get("fc.bias")), tensors["fc.bias"])
+    assert np.mean(errs) <= 0.01 and meta["mean_relative_sq_error"] == pytest.approx(np.mean(errs), rel=1e-6)
+    assert [r["match"] for r in meta["rules"]] == ["embed", "fc"]
+    assert cli.main(["compress", str(src), "-o", str(dst), "--force", "--auto"]) != 0  # no budget
+    assert cli.main(["compress", str(src), "-o", str(dst), "--force", "--budget", "0.1"]) != 0  # no --auto

@@ -29,7 +29,8 @@ from ._core import SortedData
 from ._tensors import QuantizedTensor, index_dtype
 from .rdq import MAX_LEVELS, fit_rdq
 
-__all__ = ["Candidate", "candidate_table", "choose", "materialize", "rule_for", "DEFAULT_STEPS", "DEFAULT_RDOS"]
+__all__ = ["Candidate", "candidate_table", "choose", "data_free", "lambda_grid", "materialize", "rule_for",
+           "DEFAULT_STEPS", "DEFAULT_RDOS", "DEFAULT_UQ_KS"]
 
 DEFAULT_STEPS = tuple(range(-2, 15))   # Δ = rms · 2^(-j/2): from 2·rms (almost all zero) to rms/128
 DEFAULT_RDOS = (0.0, 0.15, 0.4)        # plain rounding, a mild and a strong dead zone
@@ -193,3 +194,51 @@ def rule_for(pattern: str, cand: Candidate, encoding: str = "auto") -> dict:
     if cand.options:
         rule["options"] = dict(cand.options)
     return rule
+
+
+def data_free(weights: dict, budget: float, *, progress=None, **grid):
+    """The data-free choice (a heuristic: no data, no metric): for each tensor the candidate of
+    the largest multiplier λ whose mean relative squared error over the tensors,
+    mean_l ||W_l - Q(W_l)||² / ||W_l||², stays <= budget.
+
+    Returns ({name: Candidate}, the mean relative error reached).
+
+    >>> import numpy as np
+    >>> w = {"a": np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)}
+    >>> pick, err = data_free(w, 1e-3)
+    >>> err <= 1e-3, pick["a"].method
+    (True, 'rdq')
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (budget >= 0 and math.isfinite(budget)):
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"budget must be a finite number >= 0 (a mean relative squared error), got {budget!r}")
+    table = candidate_table(weights, progress=progress, **grid)
+    energy = {n: float(np.sum(np.asarray(w, dtype=np.float64) ** 2)) for n, w in weights.items()}
+    sens = {n: (1.0 / (len(weights) * e) if e > 0 else 0.0) for n, e in energy.items()}
+    best, best_err = {n: 0 for n in table}, 0.0
+    for lam in lambda_grid(table, sens, n=400):
+        alloc = choose(table, sens, float(lam))
+        err = sum(sens[n] * table[n][i].distortion for n, i in alloc.items())
+        if err <= budget:
+            best, best_err = alloc, err
+    return {n: table[n][i] for n, i in best.items()}, best_err
+
+
+def data_free_lossy(weights: dict, budget: float, *, progress=None, **grid):
+    """data_free, applied: ({name: QuantizedTensor or the float32 array}, recipe rules, error).
+
+    The rules are compress_model rules (one per tensor, matched by its module name, i.e. the
+    tensor name without ".weight"), so the same choice replays on a PyTorch model.
+    """
+    from .quantize import quantize
+
+    pick, err = data_free(weights, budget, progress=progress, **grid)
+    lossy, rules = {}, []
+    for name in sorted(pick):
+        c = pick[name]
+        w = np.asarray(weights[name], dtype=np.float32)
+        lossy[name] = w if c.method == "dense" else quantize(w, c.method, c.k, **c.options)
+        module = name[:-len(".weight")] if name.endswith(".weight") else name
+        rules.append(rule_for("".join(f"[{ch}]" if ch in "[]*?" else ch for ch in module), c))
+    return lossy, rules, err

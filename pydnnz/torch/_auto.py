@@ -59,6 +59,7 @@ class AutoReport:
     psi: float                # file bytes / float32 bytes of every parameter and buffer
     weight_bytes: int         # encoded bytes of the compressed layers
     lam: float
+    hypothesis: str           # which sensitivities gave the chosen allocation
     seconds: float
     evaluations: int
     seed: int
@@ -129,7 +130,7 @@ def _output_error(model, calibration, reference):
 
 def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_better: bool = False,
                   calibration=None, retrain=None, time_limit: float | None = None, seed: int = 0,
-                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 14,
+                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 24,
                   progress: bool | None = None):
     """Compress `model` into the fewest file bytes whose metric stays within `budget`.
 
@@ -169,6 +170,7 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         >>> report.metric <= report.limit, report.psi < 0.5
         (True, True)
     """
+    from ..compress.allocate import materialize
     from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, DEFAULT_UQ_KS, candidate_table, choose, lambda_grid, rule_for
     from ._compress import _copy_model, compress_model
     from ._io import save_model
@@ -264,8 +266,6 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
             energy = float(np.sum(w.astype(np.float64) ** 2))
             sens[name] = 1.0 / (n_layers * energy) if energy > 0 else 0.0
     else:
-        from ..compress.allocate import materialize
-
         bar = progress_bar(list(originals), desc="sensitivity", disable=quiet)
         for name in bar:
             cands = table[name]
@@ -297,19 +297,24 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     phases["sensitivity"] = round(time.perf_counter() - t, 3)
 
     # --- 3/4. allocation and verification -------------------------------------------------------
+    # Sensitivity hypotheses, each searched on the real metric: the measured one (when there is
+    # data), "equal" (one absolute step for every layer, like NNCodec's global QP) and "relative"
+    # (the same relative error in every layer). The prediction only seeds the search; the metric
+    # decides, and the smallest verified allocation over all hypotheses wins.
     t = time.perf_counter()
-    grid = lambda_grid(table, sens)
-    allocs = [choose(table, sens, float(lam)) for lam in grid]
-
-    def predicted(alloc):
-        return sum(sens[n] * table[n][i].distortion for n, i in alloc.items())
+    energy = {n: float(np.sum(w.astype(np.float64) ** 2)) for n, w in originals.items()}
+    relative = {n: (1.0 / (len(originals) * e) if e > 0 else 0.0) for n, e in energy.items()}
+    if mode == "data-free":
+        hyps = [("relative", relative)]
+    else:
+        hyps = [("measured", sens), ("equal", {n: 1.0 for n in originals}), ("relative", relative)]
 
     def nbytes(alloc):
         return sum(table[n][i].nbytes for n, i in alloc.items())
 
-    preds = [predicted(a) for a in allocs]
     history = []
     cache = {}
+    passed = []  # (bytes, order, alloc, lam, hypothesis)
 
     def recipe_of(alloc):
         rules = [rule_for(_glob_literal(n), table[n][i]) for n, i in sorted(alloc.items())]
@@ -318,41 +323,51 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
                 r["seed"] = seed
         return rules
 
-    def verify(idx):
-        key = tuple(sorted(allocs[idx].items()))
+    def verify(alloc, lam, hyp, pred):
+        key = tuple(sorted(alloc.items()))
         if key in cache:
             return cache[key]
-        alloc = allocs[idx]
         if retrain is not None:
             cand_model = compress_model(work, recipe_of(alloc), finetune=retrain, progress=False)
         else:
-            from ..compress.allocate import materialize
-
             set_weights({n: materialize(originals[n], table[n][i]) for n, i in alloc.items()})
             cand_model = work
         v = measure(cand_model)
         if retrain is None:
             set_weights(originals)
         ok = degradation(v, baseline) <= allowed
-        history.append({"lam": float(grid[idx]), "bytes": nbytes(alloc), "predicted": preds[idx],
+        history.append({"hypothesis": hyp, "lam": lam, "bytes": nbytes(alloc), "predicted": pred,
                         "metric": v, "ok": ok})
+        if ok:
+            passed.append((nbytes(alloc), len(passed), alloc, lam, hyp))
         cache[key] = ok
         return ok
 
-    if mode == "data-free":
-        ok_idx = [i for i, p in enumerate(preds) if p <= allowed]
-        best = max(ok_idx) if ok_idx else 0
-    else:
-        # first guess: the largest λ whose prediction is within the budget
-        fits = [i for i, p in enumerate(preds) if p <= allowed]
-        start = max(fits) if fits else 0
+    chosen = None
+    per_hyp = max(2, max_evals // len(hyps))
+    bar = progress_bar(total=per_hyp * len(hyps), desc="verify", disable=quiet or mode == "data-free")
+    for hyp, s_h in hyps:
+        grid = lambda_grid(table, s_h, n=160)
+        allocs = [choose(table, s_h, float(lam)) for lam in grid]
+        preds = [sum(s_h[n] * table[n][i].distortion for n, i in a.items()) for a in allocs]
+        if mode == "data-free":
+            ok_idx = [i for i, p in enumerate(preds) if p <= allowed]
+            best = max(ok_idx) if ok_idx else 0
+            chosen = (allocs[best], float(grid[best]), hyp, preds[best] <= allowed)
+            break
+        if hyp == "measured":  # the largest λ whose prediction is within the budget
+            fits = [i for i, p in enumerate(preds) if p <= allowed]
+            i = max(fits) if fits else 0
+        elif passed:  # the allocation of this hypothesis closest in bytes to the best so far
+            target = min(passed)[0]
+            i = min(range(len(allocs)), key=lambda j: abs(nbytes(allocs[j]) - target))
+        else:
+            i = len(grid) // 2
         lo, hi = -1, len(grid)  # lo: largest index known to pass; hi: smallest known to fail
-        bar = progress_bar(total=max_evals, desc="verify", disable=quiet)
-        n = 0
-        i = start
         step = max(1, len(grid) // 40)
-        while n < max_evals and not over_time() and hi - lo > 1:
-            ok = verify(i)
+        n = 0
+        while n < per_hyp and not over_time() and hi - lo > 1:
+            ok = verify(allocs[i], float(grid[i]), hyp, preds[i])
             n += 1
             bar.update(1)
             if ok:
@@ -366,19 +381,25 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
             if nxt <= lo or nxt >= hi:
                 break
             i = nxt
-        bar.close()
-        best = lo if lo >= 0 else 0
+        if over_time():
+            break
+    bar.close()
+    if chosen is None:
+        if passed:
+            _, _, alloc, lam, hyp = min(passed, key=lambda p: (p[0], p[1]))
+            chosen = (alloc, lam, hyp, True)
+        else:  # nothing verified within the budget: every layer dense (no loss)
+            chosen = ({n: 0 for n in originals}, 0.0, "dense", False)
     phases["search"] = round(time.perf_counter() - t, 3)
 
     # --- 5. the compressed model, its metric and its file ---------------------------------------
     t = time.perf_counter()
-    alloc = allocs[best]
+    alloc, lam, hyp, met = chosen
     recipe = recipe_of(alloc)
     if all(r["method"] == "none" for r in recipe):
         recipe = recipe[:1]
     final = compress_model(model, recipe, finetune=retrain, progress=progress)
     metric = None
-    met = predicted(alloc) <= allowed
     if mode != "data-free":
         metric = measure(final)
         met = degradation(metric, baseline) <= allowed
@@ -399,14 +420,15 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         rows.append({"layer": n, "type": _TYPES[type(modules[n])], "choice": c.describe(), "method": c.method,
                      "k": c.k, "options": c.options, "encoding": st.get("encoding", "dense"),
                      "nbytes": st.get("nbytes", c.nbytes), "float32_bytes": 4 * int(originals[n].size),
-                     "sq_error": c.distortion, "sensitivity": sens[n],
-                     "predicted": sens[n] * c.distortion})
+                     "sq_error": c.distortion, "sensitivity": sens.get(n),
+                     "predicted": sens.get(n, 0.0) * c.distortion})
     phases["final"] = round(time.perf_counter() - t, 3)
     report = AutoReport(recipe=recipe, layers=rows, mode=mode, baseline=baseline, metric=metric, limit=limit,
                         higher_is_better=hib, met=bool(met), file_bytes=int(file_bytes), float32_bytes=int(f32),
                         psi=file_bytes / f32 if f32 else 0.0, weight_bytes=int(sum(r["nbytes"] for r in rows)),
-                        lam=float(grid[best]), seconds=time.perf_counter() - t0, evaluations=evals[0],
+                        lam=float(lam), hypothesis=hyp, seconds=time.perf_counter() - t0, evaluations=evals[0],
                         seed=seed, history=history, phases=phases)
     final.dnnz_metadata["pydnnz.auto"] = json.dumps({"mode": mode, "baseline": baseline, "metric": metric,
-                                                     "limit": limit, "lam": report.lam, "seed": seed})
+                                                     "limit": limit, "lam": report.lam, "hypothesis": hyp,
+                                                     "seed": seed})
     return final, report
