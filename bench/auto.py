@@ -2,14 +2,15 @@
 
     python -m bench.auto [--models davis kiba] [--budget 0.003] [--time-limit S] [--data-free 0.002 0.01]
 
-For each DeepDTA model: pydnnz.torch.auto_compress with the test MSE as the metric (absolute budget:
+For each model (DeepDTA DAVIS and KIBA; the study's ccexam MNIST CNN with accuracy, budget 0.1
+point): pydnnz.torch.auto_compress with the test MSE as the metric (absolute budget:
 MSE may grow by --budget over the baseline), the data-free choice (`dnnz compress --auto`) at a
 few weight-space budgets measured with the same metric, the study's best rows without retraining
 and its best no-loss row overall (bench/results/study.csv), and the peers' no-loss points measured
 in issue 19 (NNCodec 2.1.3, GGUF Q3_K; DAVIS only). ψ is the whole file (file bytes / float32
 bytes of every parameter) and, for the study's comparison, the dense layers' ψ.
 
-Writes bench/results/auto.md (table), auto.jsonl (rows), auto_recipe_<model>.json (the recipe,
+Writes bench/results/auto_<models>.md (table; auto.md gathers them), auto_<models>.jsonl (rows), auto_recipe_<model>.json (the recipe,
 replayable with compress_model / `dnnz compress --recipe`) and pareto_auto_<model>.png.
 """
 from __future__ import annotations
@@ -59,24 +60,25 @@ def _dense_psi(model):
     return stats.get("dense", {}).get("psi")
 
 
-def study_rows(name):
+def study_rows(name, limit, hib):
     path = RESULTS / "study.csv"
     if not path.is_file():
-        return []
+        return [], []
     rows = [r for r in csv.DictReader(path.open()) if r["model"] == name and not r["error"] and r["file_ratio"]]
+    for r in rows:
+        r["value"] = float(r["metric"] == "acc" and r["acc"] or r["mse"])
     out = []
-    limit = TARGET_MSE.get(name)
-    within = [r for r in rows if r["ft"] == "0" and float(r["mse"]) <= limit]
+    within = [r for r in rows if r["ft"] == "0" and (r["value"] >= limit if hib else r["value"] <= limit)]
     if within:
         r = min(within, key=lambda r: float(r["file_ratio"]))
         out.append({"system": f"study, best without retraining ({r['key']})", "psi_file": float(r["file_ratio"]),
-                    "psi_dense": float(r["psi_dense"]) if r["psi_dense"] else None, "metric": float(r["mse"]),
+                    "psi_dense": float(r["psi_dense"]) if r["psi_dense"] else None, "metric": r["value"],
                     "kind": "study"})
     noloss = [r for r in rows if r["no_loss"] == "1"]
     if noloss:
         r = min(noloss, key=lambda r: float(r["psi_dense"] or r["psi"]))
         out.append({"system": f"study, best no-loss with retraining ({r['key']})", "psi_file": float(r["file_ratio"]),
-                    "psi_dense": float(r["psi_dense"]) if r["psi_dense"] else None, "metric": float(r["mse"]),
+                    "psi_dense": float(r["psi_dense"]) if r["psi_dense"] else None, "metric": r["value"],
                     "kind": "study"})
     return out, rows
 
@@ -89,16 +91,28 @@ def run_model(name, budget, time_limit, data_free_budgets, threads):
     from pydnnz.examples import deepdta as dd
 
     torch.set_num_threads(threads)
-    model = dd.load_model(SHARED / "models" / f"deepdta_{name}.safetensors")
-    data = dd.load_dataset(SHARED / "data" / "deepdta" / name)
+    hib = name == "mnist"
+    if name == "mnist":  # the study's ccexam MNIST CNN, scored on the study's 4,000 images
+        from bench.study_families import MNISTFamily
 
-    def evaluate(m):
-        return dd.mse(data.y, dd.predict(m, data))
+        fam = MNISTFamily()
+        model = fam.model
+
+        def evaluate(m):
+            with torch.inference_mode():
+                pred = torch.cat([m(fam.x_ev[i:i + 1000]).argmax(1) for i in range(0, len(fam.x_ev), 1000)])
+            return float((pred == fam.y_ev).double().mean())
+    else:
+        model = dd.load_model(SHARED / "models" / f"deepdta_{name}.safetensors")
+        data = dd.load_dataset(SHARED / "data" / "deepdta" / name)
+
+        def evaluate(m):
+            return dd.mse(data.y, dd.predict(m, data))
 
     f32 = 4 * sum(p.numel() for p in model.parameters())
     rows = []
     t = time.perf_counter()
-    small, report = pt.auto_compress(model, evaluate, budget, time_limit=time_limit, progress=None)
+    small, report = pt.auto_compress(model, evaluate, budget, higher_is_better=hib, time_limit=time_limit, progress=None)
     wall = time.perf_counter() - t
     report.save(RESULTS / f"auto_recipe_{name}.json")
     report.save_report(RESULTS / f"auto_report_{name}.json")
@@ -112,7 +126,7 @@ def run_model(name, budget, time_limit, data_free_budgets, threads):
     for b in data_free_budgets:
         t = time.perf_counter()
         weights = {f"{n}.weight": m.weight.detach().numpy() for n, m in model.named_modules()
-                   if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Embedding))}
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding))}
         _, rules, err = data_free_lossy(weights, b)
         dfm = pt.compress_model(model, rules)
         size, psi = _file_psi(dfm, f32)
@@ -121,7 +135,7 @@ def run_model(name, budget, time_limit, data_free_budgets, threads):
                      "seconds": round(time.perf_counter() - t, 1)})
     for label, psi, mse in PEERS.get(name, []):
         rows.append({"system": label, "psi_file": psi, "psi_dense": None, "metric": mse, "kind": "peer"})
-    srows, all_rows = study_rows(name)
+    srows, all_rows = study_rows(name, report.limit, hib)
     rows.extend(srows)
     return rows, report, all_rows
 
@@ -133,7 +147,7 @@ def plot(name, rows, study, report, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = [(float(r["file_ratio"]), float(r["mse"])) for r in study if r["ft"] == "0"]
+    pts = [(float(r["file_ratio"]), r["value"]) for r in study if r["ft"] == "0"]
     if pts:
         x, y = zip(*pts)
         ax.scatter(x, y, s=10, c="0.7", label="study rows, no retraining")
@@ -148,10 +162,11 @@ def plot(name, rows, study, report, path):
         ax.axvline(TARGET_PSI[name], color="tab:red", lw=0.8, ls="-.", label=f"target ψ {TARGET_PSI[name]}")
     ax.set_xscale("log")
     ax.set_xlabel("ψ of the whole file (file bytes / float32 bytes)")
-    ax.set_ylabel("test MSE")
-    top = max(report.limit + 4 * (report.limit - report.baseline), max(r["metric"] for r in rows) * 1.01)
-    ax.set_ylim(min(report.baseline, min(r["metric"] for r in rows)) - 0.005, min(top, report.baseline * 1.3))
-    ax.set_title(f"DeepDTA {name.upper()}: auto_compress vs study and peers")
+    ax.set_ylabel("test accuracy" if report.higher_is_better else "test MSE")
+    vals = [r["metric"] for r in rows] + [report.baseline, report.limit]
+    span = max(vals) - min(vals) or 0.01
+    ax.set_ylim(min(vals) - 0.3 * span, max(vals) + 0.3 * span)
+    ax.set_title(f"{name.upper()}: auto_compress vs study and peers")
     ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -160,8 +175,9 @@ def plot(name, rows, study, report, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["davis", "kiba"], choices=["davis", "kiba"])
-    ap.add_argument("--budget", type=float, default=0.003, help="allowed MSE increase (default 0.003)")
+    ap.add_argument("--models", nargs="+", default=["davis", "kiba", "mnist"], choices=["davis", "kiba", "mnist"])
+    ap.add_argument("--budget", type=float, default=None,
+                    help="allowed metric loss (default: 0.003 MSE for DeepDTA, 0.001 accuracy for MNIST)")
     ap.add_argument("--time-limit", type=float, default=None)
     ap.add_argument("--data-free", type=float, nargs="*", default=[0.002, 0.01])
     ap.add_argument("--threads", type=int, default=2)
@@ -172,32 +188,43 @@ def main(argv=None):
              "(the machine is shared; times are wall clock under that load).", ""]
     out = []
     for name in args.models:
-        rows, report, study = run_model(name, args.budget, args.time_limit, args.data_free, args.threads)
+        budget = args.budget if args.budget is not None else (0.001 if name == "mnist" else 0.003)
+        rows, report, study = run_model(name, budget, args.time_limit, args.data_free, args.threads)
         plot(name, rows, study, report, RESULTS / f"pareto_auto_{name}.png")
-        lines += [f"## DeepDTA {name.upper()} (baseline MSE {report.baseline:.4f}, budget {report.limit:.4f})", "",
-                  "| system | ψ whole file | ψ dense layers | test MSE | within budget | time |",
+        metric = "accuracy" if report.higher_is_better else "MSE"
+        lines += [f"## {name.upper()} (baseline {metric} {report.baseline:.4f}, limit {report.limit:.4f})", "",
+                  f"| system | ψ whole file | ψ dense layers | test {metric} | within budget | time |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
-            ok = r["metric"] <= report.limit + 1e-12
+            ok = (r["metric"] >= report.limit - 1e-12) if report.higher_is_better else (r["metric"] <= report.limit + 1e-12)
             dens = "" if r.get("psi_dense") is None else f"{r['psi_dense']:.4f}"
             tm = f"{r['seconds']:.0f} s" if "seconds" in r else ""
             lines.append(f"| {r['system']} | {r['psi_file']:.4f} | {dens} | {r['metric']:.4f} | "
                          f"{'yes' if ok else 'no'} | {tm} |")
         a = rows[0]
-        met = a["psi_file"] <= TARGET_PSI[name] and a["metric"] <= TARGET_MSE[name]
-        lines += ["", f"Target ψ ≤ {TARGET_PSI[name]} at MSE ≤ {TARGET_MSE[name]}: "
-                  f"{'MET' if met else 'NOT MET'} (auto: ψ {a['psi_file']:.4f}, MSE {a['metric']:.4f}, "
+        if name == "mnist":
+            met, target = a["metric"] >= report.baseline - 0.001, "accuracy loss ≤ 0.1 point"
+        else:
+            met = a["psi_file"] <= TARGET_PSI[name] and a["metric"] <= TARGET_MSE[name]
+            target = f"ψ ≤ {TARGET_PSI[name]} at MSE ≤ {TARGET_MSE[name]}"
+        lines += ["", f"Target {target}: "
+                  f"{'MET' if met else 'NOT MET'} (auto: ψ {a['psi_file']:.4f}, {metric} {a['metric']:.4f}, "
                   f"{a['seconds']:.0f} s, {a['evaluations']} metric evaluations, sensitivities "
                   f"'{a['hypothesis']}', recipe replays bit-exact: {a['replays_bit_exact']}).",
                   f"Phases (s): {a['phases']}", ""]
         for r in rows:
             out.append({"model": name, **r})
         print("\n".join(lines[-len(rows) - 8:]), flush=True)
-    (RESULTS / "auto.md").write_text("\n".join(lines) + "\n")
-    with (RESULTS / "auto.jsonl").open("w") as f:
+    tag = "_".join(args.models)
+    (RESULTS / f"auto_{tag}.md").write_text("\n".join(lines) + "\n")
+    with (RESULTS / f"auto_{tag}.jsonl").open("w") as f:
         for r in out:
             f.write(json.dumps(r, default=float) + "\n")
-    print(f"wrote {RESULTS / 'auto.md'}")
+    # auto.md gathers the per-model tables (models may run as separate processes)
+    parts = [(RESULTS / f"auto_{m}.md").read_text() for m in ("davis", "kiba", "mnist") if (RESULTS / f"auto_{m}.md").is_file()]
+    if parts:
+        (RESULTS / "auto.md").write_text("\n".join(parts))
+    print(f"wrote {RESULTS / f'auto_{tag}.md'} and {RESULTS / 'auto.md'}")
 
 
 if __name__ == "__main__":

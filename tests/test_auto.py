@@ -160,3 +160,23 @@ def test_cli_auto_data_free(tmp_path):
     assert [r["match"] for r in meta["rules"]] == ["embed", "fc"]
     assert cli.main(["compress", str(src), "-o", str(dst), "--force", "--auto"]) != 0  # no budget
     assert cli.main(["compress", str(src), "-o", str(dst), "--force", "--budget", "0.1"]) != 0  # no --auto
+
+
+def test_auto_with_retraining_stays_within_budget():
+    model, acc = _model_and_metric()
+    x = torch.randn(128, 24)
+    with torch.no_grad():
+        target = model(x)
+    calls = []
+
+    def retrain(m):  # a few steps of the user's own loop (here: distil the float model's outputs)
+        calls.append(1)
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.mean((m(x) - target) ** 2).backward()
+            opt.step()
+
+    small, rep = pt.auto_compress(model, acc, 0.03, higher_is_better=True, retrain=retrain, max_evals=6,
+                                  progress=False, **FAST)
+    assert calls and rep.met and acc(small) == rep.metric >= rep.limit
