@@ -345,7 +345,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
 
     chosen = None
     per_hyp = max(2, max_evals // len(hyps))
-    bar = progress_bar(total=per_hyp * len(hyps), desc="verify", disable=quiet or mode == "data-free")
+    bar = progress_bar(total=per_hyp * len(hyps), desc="verify",
+                       disable=True if mode == "data-free" else quiet)
     for hyp, s_h in hyps:
         grid = lambda_grid(table, s_h, n=160)
         allocs = [choose(table, s_h, float(lam)) for lam in grid]
