@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/auto.py` as well as `python -m bench.auto`
@@ -182,8 +181,10 @@ def main(argv=None):
     ap.add_argument("--data-free", type=float, nargs="*", default=[0.002, 0.01])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    from bench._common import machine_text
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    lines = ["# auto_compress (issue 19)", "",
+    lines = ["# auto_compress (issue 19)", "", machine_text() + ".",
              f"Load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
              "(the machine is shared; times are wall clock under that load).", ""]
     out = []
