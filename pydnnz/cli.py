@@ -92,10 +92,26 @@ def cmd_compress(args) -> int:
         bad = [k for k in chosen if tensors[k].dtype.kind != "f" or tensors[k].ndim < 2]
         if bad:
             raise UsageError(f"--layers selects {bad[0]!r}, which is not a float tensor with 2+ dimensions")
+    elif args.auto:  # the embedding tables count in the file too
+        chosen = [k for k, v in tensors.items() if v.ndim >= 2 and v.dtype.kind == "f"
+                  and not any(fnmatch.fnmatch(k.lower(), pat) for pat in EMBEDDING_OR_NORM[1:])]
     else:
         chosen = [k for k, v in tensors.items() if default_layer_selection(k, v)]
     lossy = {}
-    if args.quantize or args.prune:
+    auto = None
+    if args.auto:  # data-free: weight-space error only, a heuristic (see pydnnz.compress.allocate)
+        if args.quantize or args.prune is not None:
+            raise UsageError("--auto chooses the method and its parameters: drop --quantize/--prune")
+        if args.budget is None or not args.budget >= 0:
+            raise UsageError("--auto needs --budget B >= 0: the mean relative squared error of the weights "
+                             "(e.g. 0.002)")
+        from .compress.allocate import data_free_lossy
+
+        lossy, rules, err = data_free_lossy({k: tensors[k].astype(np.float32) for k in chosen}, args.budget)
+        auto = {"budget": args.budget, "mean_relative_sq_error": err, "rules": rules}
+    elif args.budget is not None:
+        raise UsageError("--budget goes with --auto")
+    elif args.quantize or args.prune:
         lossy = compress_weights({k: tensors[k] for k in chosen}, method=args.quantize,
                                  k=args.k, prune=args.prune, unified=args.unified, seed=args.seed)
     out = dict(tensors)
@@ -107,6 +123,8 @@ def cmd_compress(args) -> int:
                      f"{encoded.nbytes / tensors[name].nbytes:.4f}"])
     recipe = {"prune": args.prune, "quantize": args.quantize, "k": args.k if args.quantize else None,
               "encoding": args.encoding, "unified": args.unified, "seed": args.seed, "layers": chosen}
+    if auto is not None:
+        recipe = {"auto": auto, "encoding": args.encoding, "layers": chosen}
     metadata = dict(metadata)
     metadata.update({"pydnnz.recipe": json.dumps(recipe), "pydnnz.source": src.name})
     save_file(out, dst, metadata=metadata)
@@ -344,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "tensor with 2+ dimensions except embeddings and norms")
     c.add_argument("--unified", action="store_true", help="one codebook per layer type instead of per layer")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--auto", action="store_true",
+                   help="data-free automatic choice per tensor (RD quantizer, UQ or dense) of the fewest "
+                        "bytes within --budget; a weight-space heuristic, for a metric budget use "
+                        "pydnnz.torch.auto_compress")
+    c.add_argument("--budget", type=float, metavar="B",
+                   help="with --auto: the mean relative squared error of the weights, ||W-Q(W)||^2/||W||^2 "
+                        "averaged over tensors (e.g. 0.002)")
     c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     c.add_argument("--workers", type=int, metavar="N", help="compress N tensors at once in N processes "
                    "(default: all cores when streaming); the output bytes do not depend on N")

@@ -9,7 +9,7 @@ import numpy as np
 from ._core import as_weights, check_k, check_p, make_rng
 from .lowrank import slr
 from .pruning import prune as _prune, prune_global
-from .quantize import METHODS, quantize
+from .quantize import EXTRA_METHODS, METHODS, quantize
 from ..errors import InvalidArgumentError
 
 __all__ = ["compress_weights", "infer_layer_type"]
@@ -88,8 +88,9 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
         raise InvalidArgumentError(f"weights must be a dict of name -> array, got {type(weights).__name__}")
     if method is None:
         method = "prune"
-    if method not in METHODS + ("slr", "prune"):
-        raise InvalidArgumentError(f"unknown method {method!r} (expected one of {METHODS + ('slr', 'prune')})")
+    if method not in METHODS + EXTRA_METHODS + ("slr", "prune"):
+        raise InvalidArgumentError(
+            f"unknown method {method!r} (expected one of {METHODS + EXTRA_METHODS + ('slr', 'prune')})")
     if prune_scope not in ("layer", "global"):
         raise InvalidArgumentError(f"prune_scope must be 'layer' or 'global', got {prune_scope!r}")
     if method == "prune" and prune is None:

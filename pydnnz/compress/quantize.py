@@ -474,10 +474,17 @@ def _fit(method, sd, k, rng, opts):
         return _fit_uq(sd, k, rng, **opts)
     if method == "ecsq":
         return _fit_ecsq(sd, k, rng, **opts)
+    if method == "rdq":  # rate-distortion-optimised rounding on a uniform grid (compress/rdq.py)
+        from .rdq import fit_rdq
+
+        return fit_rdq(sd, k, rng, **opts)
     raise InvalidArgumentError(f"unknown quantizer {method!r} (expected one of {METHODS})")
 
 
 METHODS = ("cws", "pws", "uq", "ecsq")
+# Quantizers that take their step from options rather than from k alone (not in METHODS, whose
+# members all work from k alone): "rdq" (pydnnz.compress.rdq).
+EXTRA_METHODS = ("rdq",)
 
 
 def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, include_zeros=False,
@@ -505,9 +512,9 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
     arrays = [as_weights(weights)] if single else [as_weights(w, f"weights[{i}]") for i, w in enumerate(weights)]
     if not arrays:
         raise InvalidArgumentError("quantize needs at least one tensor")
-    if not isinstance(method, str) or method not in METHODS:
-        raise InvalidArgumentError(f"unknown quantizer {method!r} (expected one of {METHODS})")
-    if not (method == "uq" and opts.get("delta") is not None and k is None):
+    if not isinstance(method, str) or method not in METHODS + EXTRA_METHODS:
+        raise InvalidArgumentError(f"unknown quantizer {method!r} (expected one of {METHODS + EXTRA_METHODS})")
+    if not ((method == "uq" and opts.get("delta") is not None or method == "rdq") and k is None):
         k = check_k(k)
     rng = make_rng(seed)
     if masks is not None:

@@ -1,6 +1,8 @@
 """PyTorch integration: compress a model, save it, load it and run it from the compressed layers.
 
     compress_model(model, recipe, *, inplace=False, finetune=None)  layers -> Compressed* modules
+    auto_compress(model, evaluate, budget, ...)                     the smallest file within a metric
+                                                                    budget, and its replayable recipe
     save_model(model, path, metadata=None)                          .dnnz with every param and buffer
     load_model(path, model, strict=True)                            weights from the file, architecture
                                                                     from `model`; compressed layers run
@@ -31,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pydnnz.torch needs PyTorch, which is not installed (pip install torch); "
         "the rest of pydnnz works without it") from exc
 
+from ._auto import AutoReport, auto_compress
 from ._compress import compress_model, decompress_model
 from ._gradual import prune_gradually
 from ._io import ModelMismatchError, load_model, model_tensors, read_metadata, save_model
@@ -39,6 +42,8 @@ from ._recipe import parse_recipe
 
 __all__ = [
     "compress_model",
+    "auto_compress",
+    "AutoReport",
     "decompress_model",
     "prune_gradually",
     "save_model",

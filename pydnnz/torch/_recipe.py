@@ -11,8 +11,10 @@ matches keep their dense weights. Keys of a rule (every one optional):
               A rule with neither match nor type applies to Linear, Conv1d and Conv2d layers;
               embeddings are compressed only when a rule names them (by type or by name).
     method    "cws" (k-means weight sharing), "pws" (probabilistic quantization), "uq" (uniform),
-              "ecsq" (entropy-constrained), "prune" (magnitude pruning alone), "pr_cws", "pr_pws",
-              "pr_uq", "pr_ecsq" (pruning, then the quantizer), or "none" (leave the layer dense;
+              "ecsq" (entropy-constrained), "rdq" (uniform step + rate-distortion-optimised
+              rounding, options {"step": Δ, "rdo": c}; see pydnnz.compress.rdq),
+              "prune" (magnitude pruning alone), "pr_cws", "pr_pws",
+              "pr_uq", "pr_ecsq", "pr_rdq" (pruning, then the quantizer), or "none" (leave the layer dense;
               useful to exclude a layer before a broader rule). Default "cws".
               "pr-cws", "prcws" and "pruCWS" spell "pr_cws" too.
     k         number of shared values (codebook size), an int >= 2. Default 32.
@@ -50,7 +52,7 @@ _TYPE_ALIASES = {
     "linear": ("Linear",), "dense": ("Linear",), "conv1d": ("Conv1d",), "conv2d": ("Conv2d",),
     "conv": ("Conv1d", "Conv2d"), "embedding": ("Embedding",),
 }
-QUANTIZERS = ("cws", "pws", "uq", "ecsq")
+QUANTIZERS = ("cws", "pws", "uq", "ecsq", "rdq")
 METHODS = ("none", "prune") + QUANTIZERS + tuple(f"pr_{q}" for q in QUANTIZERS)
 KEYS = ("match", "layers", "type", "method", "k", "prune", "unified", "encoding", "seed",
         "lam", "lambda", "options")

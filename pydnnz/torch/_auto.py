@@ -1,0 +1,435 @@
+"""auto_compress: the smallest file whose metric stays within a budget, found automatically.
+
+The steps (each with a tqdm bar; `time_limit` stops the search early with the best verified result):
+
+1. candidates: for every Linear / Conv1d / Conv2d / Embedding weight, RDQ settings (uniform step
+   Δ = rms·2^(-j/2), rate-distortion-optimised rounding with a dead zone, pydnnz.compress.rdq),
+   optional UQ k-levels, and "dense"; each with its real encoded size and squared error
+   (pydnnz.compress.allocate).
+2. sensitivity: each layer alone is quantized at a probe setting and the degradation is measured
+   (the user's metric, or the output error on `calibration` batches when given); s = degradation /
+   squared error. Data-free (neither): s = 1 / ||W||², i.e. relative weight-space error.
+3. allocation: one Lagrange multiplier λ; every layer independently takes argmin s·D + λ·bytes
+   (the knapsack optimum on the convex hull of real sizes). The predicted degradation Σ s·D picks
+   a first λ.
+4. verification: the allocation is applied and the real metric measured; λ is then searched
+   (expansion, then bisection on the λ grid) for the largest λ whose measured metric stays
+   within the budget: a wrong prediction backs off to a smaller λ.
+5. the result: compress_model with the recipe of the chosen allocation (one rule per layer,
+   replayable bit for bit), the final metric measured on the compressed model itself, and the file
+   size measured by save_model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._progress import progress_bar
+from ..errors import InvalidArgumentError
+
+__all__ = ["auto_compress", "AutoReport"]
+
+_TYPES = {nn.Linear: "Linear", nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn.Embedding: "Embedding"}
+
+
+@dataclass
+class AutoReport:
+    """What auto_compress chose and measured. ``save(path)`` writes the recipe file (a JSON list
+    of compress_model rules, replayable with ``compress_model(model, json.load(f))``);
+    ``save_report(path)`` writes everything below as JSON."""
+
+    recipe: list
+    layers: list
+    mode: str                 # "metric", "calibration" (proxy for sensitivities) or "data-free"
+    baseline: float | None
+    metric: float | None      # measured on the compressed model (None in data-free mode)
+    limit: float | None       # the metric the result must not cross
+    higher_is_better: bool
+    met: bool                 # the final metric is within the budget (data-free: prediction)
+    file_bytes: int
+    float32_bytes: int
+    psi: float                # file bytes / float32 bytes of every parameter and buffer
+    weight_bytes: int         # encoded bytes of the compressed layers
+    lam: float
+    hypothesis: str           # which sensitivities gave the chosen allocation
+    seconds: float
+    evaluations: int
+    seed: int
+    history: list = field(default_factory=list)
+    phases: dict = field(default_factory=dict)
+
+    def save(self, path) -> None:
+        """Write the recipe file (what `dnnz compress --recipe` and compress_model read)."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.recipe, f, indent=1, sort_keys=True)
+            f.write("\n")
+
+    def save_report(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=1, sort_keys=True)
+            f.write("\n")
+
+    def summary(self) -> str:
+        m = "" if self.metric is None else f", metric {self.metric:.4f} (baseline {self.baseline:.4f}, limit {self.limit:.4f})"
+        return (f"auto_compress [{self.mode}]: {self.file_bytes} bytes, psi {self.psi:.4f}{m}, "
+                f"{self.evaluations} evaluations, {self.seconds:.1f} s")
+
+
+def _glob_literal(name: str) -> str:
+    """A fnmatch pattern matching exactly `name` ([, ], *, ? escaped)."""
+    return "".join(f"[{c}]" if c in "[]*?" else c for c in name)
+
+
+def _parse_budget(budget, baseline, higher_is_better):
+    if isinstance(budget, str):
+        s = budget.strip()
+        if not s.endswith("%"):
+            raise InvalidArgumentError(f"budget {budget!r}: a number (absolute) or a string like '1%' (relative)")
+        try:
+            allowed = float(s[:-1]) / 100.0 * abs(baseline)
+        except ValueError:
+            raise InvalidArgumentError(f"budget {budget!r}: not a percentage") from None
+    elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        allowed = float(budget)
+    else:
+        raise InvalidArgumentError(f"budget must be a number or a string like '1%', got {budget!r}")
+    if not (allowed >= 0 and math.isfinite(allowed)):
+        raise InvalidArgumentError(f"budget must be >= 0 and finite, got {budget!r}")
+    return allowed
+
+
+def _layers(model, include_embeddings):
+    out = []
+    for name, m in model.named_modules():
+        t = _TYPES.get(type(m))
+        if t is None or (t == "Embedding" and (not include_embeddings or m.max_norm is not None)):
+            continue
+        out.append((name, m, t))
+    return out
+
+
+def _output_error(model, calibration, reference):
+    """Relative squared error of the model's outputs on the calibration batches."""
+    num = den = 0.0
+    with torch.inference_mode():
+        for batch, ref in zip(calibration, reference):
+            out = model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            num += float(torch.sum((out.float() - ref) ** 2))
+            den += float(torch.sum(ref ** 2))
+    return num / max(den, 1e-30)
+
+
+def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_better: bool = False,
+                  calibration=None, retrain=None, time_limit: float | None = None, seed: int = 0,
+                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 24,
+                  progress: bool | None = None):
+    """Compress `model` into the fewest file bytes whose metric stays within `budget`.
+
+    Args:
+        model: the float model (not modified).
+        evaluate: ``evaluate(model) -> float``, the metric on your held-out data. By default LOWER
+            is better (a loss, an MSE); pass ``higher_is_better=True`` for accuracy-like metrics.
+            None: the metric is the relative output error on `calibration` (if given), or the
+            data-free heuristic (weights only, see below).
+        budget: the allowed degradation of the metric from the uncompressed model's value: a number
+            is ABSOLUTE (0.003 = MSE may grow by 0.003; 0.001 = accuracy may drop by 0.1 point),
+            a string "x%" is RELATIVE to the baseline metric ("1%"). Data-free: the allowed mean
+            relative squared error of the layers' weights, ||W - Q(W)||² / ||W||² (e.g. 0.002).
+        calibration: optional list of input batches (a tensor or a tuple of model arguments each);
+            when given, per-layer sensitivities come from the output error on them (cheap) instead
+            of from `evaluate`; the budget is still checked with `evaluate` when there is one.
+        retrain: optional ``retrain(model)`` training loop: each verification then fine-tunes the
+            shared values (compress_model's ``finetune``) before measuring. The recipe then replays
+            bit-exact only together with the same retraining.
+        time_limit: seconds; the search stops at the limit with the best verified allocation.
+        seed: recorded in the rules (the RD quantizer itself draws no random numbers, so the result
+            is deterministic for a given model, metric and seed).
+        include_embeddings: compress nn.Embedding tables too (they count in the file).
+        steps, rdos, uq_ks: the candidate grid (see pydnnz.compress.allocate).
+        max_evals: at most this many verifications of allocations with the real metric.
+
+    Returns:
+        (compressed model, AutoReport). ``report.save("recipe.json")`` writes the recipe;
+        ``compress_model(model, report.recipe)`` rebuilds the same compressed model bit for bit.
+
+    Example:
+        >>> import torch, pydnnz.torch as pt
+        >>> _ = torch.manual_seed(0); model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+        >>> x = torch.randn(256, 32); y = model(x).detach()
+        >>> mse = lambda m: float(torch.mean((m(x).detach() - y) ** 2))
+        >>> small, report = pt.auto_compress(model, mse, 1e-3)
+        >>> report.metric <= report.limit, report.psi < 0.5
+        (True, True)
+    """
+    from ..compress.allocate import materialize
+    from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, DEFAULT_UQ_KS, candidate_table, choose, lambda_grid, rule_for
+    from ._compress import _copy_model, compress_model
+    from ._io import save_model
+
+    t0 = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"auto_compress: expected an nn.Module, got {type(model).__name__}")
+    if evaluate is not None and not callable(evaluate):
+        raise InvalidArgumentError("auto_compress: evaluate must be a callable model -> float")
+    if retrain is not None and not callable(retrain):
+        raise InvalidArgumentError("auto_compress: retrain must be a callable taking the model")
+    if budget is None:
+        raise InvalidArgumentError("auto_compress: give a budget (allowed metric degradation)")
+    if time_limit is not None and not (time_limit > 0):
+        raise InvalidArgumentError(f"auto_compress: time_limit must be > 0 seconds, got {time_limit!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidArgumentError(f"auto_compress: seed must be an int >= 0, got {seed!r}")
+    torch.manual_seed(seed)
+    quiet = None if progress is None else not progress
+    work = _copy_model(model).eval()
+    layers = _layers(work, include_embeddings)
+    if not layers:
+        raise InvalidArgumentError("auto_compress: the model has no Linear/Conv1d/Conv2d/Embedding layer")
+    originals = {name: m.weight.detach().to("cpu", torch.float32).numpy().copy() for name, m, _ in layers}
+    modules = {name: m for name, m, _ in layers}
+    phases = {}
+    evals = [0]
+
+    def over_time():
+        return time_limit is not None and time.perf_counter() - t0 > time_limit
+
+    # --- the metric and its direction -----------------------------------------------------------
+    if calibration is not None:
+        calibration = list(calibration)
+        if not calibration:
+            raise InvalidArgumentError("auto_compress: calibration holds no batch")
+        with torch.inference_mode():
+            reference = []
+            for b in calibration:
+                out = work(*b) if isinstance(b, (tuple, list)) else work(b)
+                reference.append((out[0] if isinstance(out, (tuple, list)) else out).float().clone())
+    mode = "metric" if evaluate is not None else ("calibration" if calibration is not None else "data-free")
+
+    def measure(m):
+        evals[0] += 1
+        if evaluate is not None:
+            v = evaluate(m)
+        else:
+            v = _output_error(m, calibration, reference)
+        v = float(v)
+        if not math.isfinite(v):
+            return math.inf if not higher_is_better else -math.inf
+        return v
+
+    def degradation(v, base):
+        return (base - v) if higher_is_better else (v - base)
+
+    def proxy(m):  # what sensitivities are measured with
+        if calibration is not None:
+            return _output_error(m, calibration, reference)
+        return measure(m)
+
+    def set_weights(values):
+        with torch.no_grad():
+            for name, v in values.items():
+                modules[name].weight.copy_(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+
+    if mode == "data-free":
+        baseline = None
+        hib = False
+        allowed = _parse_budget(budget, 1.0, False)
+    else:
+        t = time.perf_counter()
+        baseline = measure(work)
+        hib = higher_is_better if evaluate is not None else False
+        allowed = _parse_budget(budget, baseline, hib)
+        phases["baseline"] = round(time.perf_counter() - t, 3)
+    limit = None if baseline is None else (baseline - allowed if hib else baseline + allowed)
+
+    # --- 1. candidates on real encoded sizes ----------------------------------------------------
+    t = time.perf_counter()
+    table = candidate_table(originals, steps=DEFAULT_STEPS if steps is None else steps,
+                            rdos=DEFAULT_RDOS if rdos is None else rdos,
+                            uq_ks=DEFAULT_UQ_KS if uq_ks is None else uq_ks, progress=progress)
+    phases["candidates"] = round(time.perf_counter() - t, 3)
+
+    # --- 2. sensitivities ------------------------------------------------------------------------
+    t = time.perf_counter()
+    sens = {}
+    if mode == "data-free":
+        n_layers = len(originals)
+        for name, w in originals.items():
+            energy = float(np.sum(w.astype(np.float64) ** 2))
+            sens[name] = 1.0 / (n_layers * energy) if energy > 0 else 0.0
+    else:
+        bar = progress_bar(list(originals), desc="sensitivity", disable=quiet)
+        for name in bar:
+            cands = table[name]
+            w = originals[name]
+            rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+            s = None
+            for factor in (0.5, 1.0, 2.0):  # probe steps rms·factor, plain rounding; coarser if no effect
+                probe = [c for c in cands if c.method == "rdq" and c.options["rdo"] == 0.0]
+                if not probe or rms == 0.0:
+                    break
+                c = min(probe, key=lambda c: abs(math.log(c.options["step"] / (rms * factor))))
+                if c.distortion <= 0:
+                    continue
+                set_weights({name: materialize(w, c)})
+                d = proxy(work) if calibration is not None else degradation(proxy(work), baseline)
+                set_weights({name: w})
+                floor = (allowed / 50.0) if calibration is None else 1e-6
+                if d > floor:
+                    s = d / c.distortion
+                    break
+                if over_time():
+                    break
+            sens[name] = s
+        known = [v for v in sens.values() if v]
+        tiny = (min(known) * 1e-2) if known else 1e-12
+        for name in sens:
+            if not sens[name]:
+                sens[name] = tiny
+    phases["sensitivity"] = round(time.perf_counter() - t, 3)
+
+    # --- 3/4. allocation and verification -------------------------------------------------------
+    # Sensitivity hypotheses, each searched on the real metric: the measured one (when there is
+    # data), "equal" (one absolute step for every layer, like NNCodec's global QP) and "relative"
+    # (the same relative error in every layer). The prediction only seeds the search; the metric
+    # decides, and the smallest verified allocation over all hypotheses wins.
+    t = time.perf_counter()
+    energy = {n: float(np.sum(w.astype(np.float64) ** 2)) for n, w in originals.items()}
+    relative = {n: (1.0 / (len(originals) * e) if e > 0 else 0.0) for n, e in energy.items()}
+    if mode == "data-free":
+        hyps = [("relative", relative)]
+    else:
+        hyps = [("measured", sens), ("equal", {n: 1.0 for n in originals}), ("relative", relative)]
+
+    def nbytes(alloc):
+        return sum(table[n][i].nbytes for n, i in alloc.items())
+
+    history = []
+    cache = {}
+    passed = []  # (bytes, order, alloc, lam, hypothesis)
+
+    def recipe_of(alloc):
+        rules = [rule_for(_glob_literal(n), table[n][i]) for n, i in sorted(alloc.items())]
+        for r in rules:
+            if r["method"] != "none":
+                r["seed"] = seed
+        return rules
+
+    def verify(alloc, lam, hyp, pred):
+        key = tuple(sorted(alloc.items()))
+        if key in cache:
+            return cache[key]
+        if retrain is not None:
+            cand_model = compress_model(work, recipe_of(alloc), finetune=retrain, progress=False)
+        else:
+            set_weights({n: materialize(originals[n], table[n][i]) for n, i in alloc.items()})
+            cand_model = work
+        v = measure(cand_model)
+        if retrain is None:
+            set_weights(originals)
+        ok = degradation(v, baseline) <= allowed
+        history.append({"hypothesis": hyp, "lam": lam, "bytes": nbytes(alloc), "predicted": pred,
+                        "metric": v, "ok": ok})
+        if ok:
+            passed.append((nbytes(alloc), len(passed), alloc, lam, hyp))
+        cache[key] = ok
+        return ok
+
+    chosen = None
+    per_hyp = max(2, max_evals // len(hyps))
+    bar = progress_bar(total=per_hyp * len(hyps), desc="verify",
+                       disable=True if mode == "data-free" else quiet)
+    for hyp, s_h in hyps:
+        grid = lambda_grid(table, s_h, n=160)
+        allocs = [choose(table, s_h, float(lam)) for lam in grid]
+        preds = [sum(s_h[n] * table[n][i].distortion for n, i in a.items()) for a in allocs]
+        if mode == "data-free":
+            ok_idx = [i for i, p in enumerate(preds) if p <= allowed]
+            best = max(ok_idx) if ok_idx else 0
+            chosen = (allocs[best], float(grid[best]), hyp, preds[best] <= allowed)
+            break
+        if hyp == "measured":  # the largest λ whose prediction is within the budget
+            fits = [i for i, p in enumerate(preds) if p <= allowed]
+            i = max(fits) if fits else 0
+        elif passed:  # the allocation of this hypothesis closest in bytes to the best so far
+            target = min(passed)[0]
+            i = min(range(len(allocs)), key=lambda j: abs(nbytes(allocs[j]) - target))
+        else:
+            i = len(grid) // 2
+        lo, hi = -1, len(grid)  # lo: largest index known to pass; hi: smallest known to fail
+        step = max(1, len(grid) // 40)
+        n = 0
+        while n < per_hyp and not over_time() and hi - lo > 1:
+            ok = verify(allocs[i], float(grid[i]), hyp, preds[i])
+            n += 1
+            bar.update(1)
+            if ok:
+                lo = i
+                nxt = i + step if hi == len(grid) else (lo + hi) // 2
+            else:
+                hi = i
+                nxt = i - step if lo == -1 else (lo + hi) // 2
+            step *= 2
+            nxt = min(max(nxt, lo + 1), hi - 1)
+            if nxt <= lo or nxt >= hi:
+                break
+            i = nxt
+        if over_time():
+            break
+    bar.close()
+    if chosen is None:
+        if passed:
+            _, _, alloc, lam, hyp = min(passed, key=lambda p: (p[0], p[1]))
+            chosen = (alloc, lam, hyp, True)
+        else:  # nothing verified within the budget: every layer dense (no loss)
+            chosen = ({n: 0 for n in originals}, 0.0, "dense", False)
+    phases["search"] = round(time.perf_counter() - t, 3)
+
+    # --- 5. the compressed model, its metric and its file ---------------------------------------
+    t = time.perf_counter()
+    alloc, lam, hyp, met = chosen
+    recipe = recipe_of(alloc)
+    if all(r["method"] == "none" for r in recipe):
+        recipe = recipe[:1]
+    final = compress_model(model, recipe, finetune=retrain, progress=progress)
+    metric = None
+    if mode != "data-free":
+        metric = measure(final)
+        met = degradation(metric, baseline) <= allowed
+    fd, path = tempfile.mkstemp(suffix=".dnnz")
+    os.close(fd)
+    try:
+        save_model(final, path)
+        file_bytes = os.path.getsize(path)
+    finally:
+        os.unlink(path)
+    f32 = 4 * (sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
+                                                                 if b.is_floating_point()))
+    stats = {s["layer"]: s for s in json.loads(final.dnnz_metadata["pydnnz.layers"])}
+    rows = []
+    for n, i in sorted(alloc.items()):
+        c = table[n][i]
+        st = stats.get(n, {})
+        rows.append({"layer": n, "type": _TYPES[type(modules[n])], "choice": c.describe(), "method": c.method,
+                     "k": c.k, "options": c.options, "encoding": st.get("encoding", "dense"),
+                     "nbytes": st.get("nbytes", c.nbytes), "float32_bytes": 4 * int(originals[n].size),
+                     "sq_error": c.distortion, "sensitivity": sens.get(n),
+                     "predicted": sens.get(n, 0.0) * c.distortion})
+    phases["final"] = round(time.perf_counter() - t, 3)
+    report = AutoReport(recipe=recipe, layers=rows, mode=mode, baseline=baseline, metric=metric, limit=limit,
+                        higher_is_better=hib, met=bool(met), file_bytes=int(file_bytes), float32_bytes=int(f32),
+                        psi=file_bytes / f32 if f32 else 0.0, weight_bytes=int(sum(r["nbytes"] for r in rows)),
+                        lam=float(lam), hypothesis=hyp, seconds=time.perf_counter() - t0, evaluations=evals[0],
+                        seed=seed, history=history, phases=phases)
+    final.dnnz_metadata["pydnnz.auto"] = json.dumps({"mode": mode, "baseline": baseline, "metric": metric,
+                                                     "limit": limit, "lam": report.lam, "hypothesis": hyp,
+                                                     "seed": seed})
+    return final, report
