@@ -1,5 +1,7 @@
-/* enc.h: lossless layer encodings (dense, csc, im): section validation, decoding, and
- * y = x @ W.T computed from the encoded form (spec/encodings.md describes every byte).
+/* enc.h: the encodings' shared declarations (validation fields and errors, limits) and the API
+ * of the plain lossless encodings dense, im and csc (their code: dense.c, im.c, csc.c; the
+ * shared kernels: kern.h): section validation, decoding, and y = x @ W.T computed from the
+ * encoded form (spec/encodings.md describes every byte).
  *
  * W is (rows = out_features, cols = in_features), x is (batch, cols) row-major float32,
  * y is (batch, rows) row-major float32. Validation runs once (from_sections / encode); the
@@ -75,11 +77,5 @@ int dnnz_enc_csc_matmul(const struct dnnz_csc *m, const float *x, int64_t batch,
 #define DNNZ_ENC_MAX_DIM 0x7fffffffLL
 #define DNNZ_ENC_MAX_K (1LL << 24)
 #define DNNZ_ENC_MAX_BITS 24
-
-/* The arguments every encoding's matmul shares (internal, not for Python): a matrix, batch >= 0,
- * batch * rows and batch * cols without overflow, and x / y present whenever they are read or
- * written. DNNZ_OK or DNNZ_E_ARGUMENT. */
-int dnnz_enc_check_matmul_args(const void *m, const float *x, int64_t batch, const float *y, int64_t rows,
-                               int64_t cols);
 
 #endif /* DNNZ_ENC_H */

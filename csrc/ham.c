@@ -11,274 +11,14 @@
  */
 #include "ham.h"
 
-#include "cpu.h"
+#include "kern.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(DNNZ_NO_SIMD) /* DNNZ_NO_SIMD: portable-only build */
-#define DNNZ_X86 1
-#include <immintrin.h>
-#else
-#define DNNZ_X86 0
-#endif
-
-#define T_AVX2 __attribute__((target("avx2,fma")))
-#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,fma,avx2")))
 
 #define KC DNNZ_HAM_KC
 #define TR DNNZ_HAM_TASK_ROWS
-
-static int fail(struct dnnz_enc_err *err, int field, int64_t where, int status)
-{
-    if (err) {
-        err->field = field;
-        err->where = where;
-    }
-    return status;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* codebook lookup                                                                             */
-/* ------------------------------------------------------------------------------------------ */
-
-static void lookup_ref(const void *idx, int width, int n, const float *cb, float *w)
-{
-    if (width == 1) {
-        const uint8_t *p = idx;
-        for (int j = 0; j < n; j++)
-            w[j] = cb[p[j]];
-    } else if (width == 2) {
-        const uint16_t *p = idx;
-        for (int j = 0; j < n; j++)
-            w[j] = cb[p[j]];
-    } else {
-        const uint32_t *p = idx;
-        for (int j = 0; j < n; j++)
-            w[j] = cb[p[j]];
-    }
-}
-
-#if DNNZ_X86
-static T_AVX2 void lookup_avx2(const void *idx, int width, int n, const float *cb, int64_t k, float *w)
-{
-    int j = 0;
-    if (width == 1 && k <= 16) {
-        float cbp[16] __attribute__((aligned(32))) = {0};
-        memcpy(cbp, cb, (size_t)k * 4);
-        const __m256 c0 = _mm256_load_ps(cbp), c1 = _mm256_load_ps(cbp + 8);
-        const __m256i seven = _mm256_set1_epi32(7);
-        for (; j + 8 <= n; j += 8) {
-            __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)idx + j)));
-            __m256 lo = _mm256_permutevar8x32_ps(c0, iv), hi = _mm256_permutevar8x32_ps(c1, iv);
-            _mm256_storeu_ps(w + j, _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(iv, seven))));
-        }
-    } else {
-        for (; j + 8 <= n; j += 8) {
-            __m256i iv;
-            if (width == 1)
-                iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)idx + j)));
-            else if (width == 2)
-                iv = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)idx + j)));
-            else
-                iv = _mm256_loadu_si256((const __m256i *)((const uint32_t *)idx + j));
-            _mm256_storeu_ps(w + j, _mm256_i32gather_ps(cb, iv, 4));
-        }
-    }
-    if (j < n)
-        lookup_ref((const uint8_t *)idx + (size_t)j * width, width, n - j, cb, w + j);
-}
-
-static T_AVX512 void lookup_avx512(const void *idx, int width, int n, const float *cb, int64_t k, float *w)
-{
-    int j = 0;
-    if (width == 1 && k <= 64) {
-        float cbp[64] __attribute__((aligned(64))) = {0};
-        memcpy(cbp, cb, (size_t)k * 4);
-        const __m512 c0 = _mm512_load_ps(cbp), c1 = _mm512_load_ps(cbp + 16);
-        const __m512 c2 = _mm512_load_ps(cbp + 32), c3 = _mm512_load_ps(cbp + 48);
-        const uint8_t *p = idx;
-        if (k <= 16) {
-            for (; j + 16 <= n; j += 16) {
-                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + j)));
-                _mm512_storeu_ps(w + j, _mm512_permutexvar_ps(iv, c0));
-            }
-        } else if (k <= 32) {
-            for (; j + 16 <= n; j += 16) {
-                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + j)));
-                _mm512_storeu_ps(w + j, _mm512_permutex2var_ps(c0, iv, c1));
-            }
-        } else {
-            const __m512i b5 = _mm512_set1_epi32(32);
-            for (; j + 16 <= n; j += 16) {
-                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + j)));
-                __m512 lo = _mm512_permutex2var_ps(c0, iv, c1), hi = _mm512_permutex2var_ps(c2, iv, c3);
-                _mm512_storeu_ps(w + j, _mm512_mask_blend_ps(_mm512_test_epi32_mask(iv, b5), lo, hi));
-            }
-        }
-    } else {
-        for (; j + 16 <= n; j += 16) {
-            __m512i iv;
-            if (width == 1)
-                iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)idx + j)));
-            else if (width == 2)
-                iv = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)idx + j)));
-            else
-                iv = _mm512_loadu_si512((const void *)((const uint32_t *)idx + j));
-            _mm512_storeu_ps(w + j, _mm512_i32gather_ps(iv, cb, 4));
-        }
-    }
-    if (j < n)
-        lookup_ref((const uint8_t *)idx + (size_t)j * width, width, n - j, cb, w + j);
-}
-#endif
-
-void dnnz_ham_lookup(int path, const void *idx, int width, int n, const float *cb, int64_t k, float *w)
-{
-#if DNNZ_X86
-    if (path == DNNZ_CPU_AVX512)
-        return lookup_avx512(idx, width, n, cb, k, w);
-    if (path == DNNZ_CPU_AVX2)
-        return lookup_avx2(idx, width, n, cb, k, w);
-#endif
-    (void)path;
-    (void)k;
-    lookup_ref(idx, width, n, cb, w);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* gather dot (sham, batch 1)                                                                  */
-/* ------------------------------------------------------------------------------------------ */
-
-static float gdot_ref(const float *w, const uint8_t *col, int cb, int n, const float *x)
-{
-    float s[4] = {0, 0, 0, 0};
-    int j = 0;
-    for (; j + 4 <= n; j += 4)
-        for (int l = 0; l < 4; l++)
-            s[l] += w[j + l] * x[dnnz_ham_rd(col, cb, j + l)];
-    for (; j < n; j++)
-        s[0] += w[j] * x[dnnz_ham_rd(col, cb, j)];
-    return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-#if DNNZ_X86
-static T_AVX2 float gdot_avx2(const float *w, const uint8_t *col, int cb, int n, const float *x)
-{
-    __m256 acc = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256i iv;
-        if (cb == 1)
-            iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(col + j)));
-        else if (cb == 2)
-            iv = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(col + 2 * j)));
-        else
-            iv = _mm256_loadu_si256((const __m256i *)(col + 4 * j));
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_i32gather_ps(x, iv, 4), acc);
-    }
-    float t[8];
-    _mm256_storeu_ps(t, acc);
-    float s = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
-    for (; j < n; j++)
-        s += w[j] * x[dnnz_ham_rd(col, cb, j)];
-    return s;
-}
-
-static T_AVX512 float gdot_avx512(const float *w, const uint8_t *col, int cb, int n, const float *x)
-{
-    __m512 acc = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        __m512i iv;
-        if (cb == 1)
-            iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(col + j)));
-        else if (cb == 2)
-            iv = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(col + 2 * j)));
-        else
-            iv = _mm512_loadu_si512((const void *)(col + 4 * j));
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_i32gather_ps(iv, x, 4), acc);
-    }
-    float s = _mm512_reduce_add_ps(acc);
-    for (; j < n; j++)
-        s += w[j] * x[dnnz_ham_rd(col, cb, j)];
-    return s;
-}
-#endif
-
-float dnnz_ham_gather_dot(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *x)
-{
-#if DNNZ_X86
-    if (path == DNNZ_CPU_AVX512)
-        return gdot_avx512(w, col, col_bytes, n, x);
-    if (path == DNNZ_CPU_AVX2)
-        return gdot_avx2(w, col, col_bytes, n, x);
-#endif
-    (void)path;
-    return gdot_ref(w, col, col_bytes, n, x);
-}
-
-#define LN DNNZ_HAM_LANES
-
-static void lanes_ref(const float *w, const uint8_t *col, int cb, int n, const float *xt, float *acc)
-{
-    for (int j = 0; j < n; j++) {
-        const float *xr = xt + dnnz_ham_rd(col, cb, j) * LN;
-        for (int l = 0; l < LN; l++)
-            acc[l] += w[j] * xr[l];
-    }
-}
-
-#if DNNZ_X86
-typedef float v8f_l __attribute__((vector_size(32)));
-typedef float v16f_l __attribute__((vector_size(64)));
-
-/* One kernel per column-index width so the index load is a plain load (through 1-byte-aligned
- * types: a section may sit at any offset of a memory map). */
-typedef uint16_t u16_ua __attribute__((aligned(1)));
-typedef uint32_t u32_ua __attribute__((aligned(1)));
-#define DEFINE_LANES(NAME, TGT, V, NV, IT)                                                      \
-    static TGT void NAME(const float *w, const IT *col, int n, const float *xt, float *acc)     \
-    {                                                                                           \
-        V a[NV];                                                                                \
-        memcpy(a, acc, sizeof a);                                                               \
-        for (int j = 0; j < n; j++) {                                                           \
-            const V *xr = (const V *)(xt + (size_t)col[j] * LN); /* 64-byte aligned rows */     \
-            for (int v = 0; v < NV; v++)                                                        \
-                a[v] += w[j] * xr[v];                                                           \
-        }                                                                                       \
-        memcpy(acc, a, sizeof a);                                                               \
-    }
-DEFINE_LANES(lanes_avx2_1, T_AVX2, v8f_l, 2, uint8_t)
-DEFINE_LANES(lanes_avx2_2, T_AVX2, v8f_l, 2, u16_ua)
-DEFINE_LANES(lanes_avx2_4, T_AVX2, v8f_l, 2, u32_ua)
-DEFINE_LANES(lanes_avx512_1, T_AVX512, v16f_l, 1, uint8_t)
-DEFINE_LANES(lanes_avx512_2, T_AVX512, v16f_l, 1, u16_ua)
-DEFINE_LANES(lanes_avx512_4, T_AVX512, v16f_l, 1, u32_ua)
-#endif
-
-void dnnz_ham_lanes(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *xt, float *acc)
-{
-#if DNNZ_X86
-    /* colidx sections are little-endian; so are the x86 hosts these kernels run on */
-    if (path == DNNZ_CPU_AVX512) {
-        if (col_bytes == 1)
-            return lanes_avx512_1(w, col, n, xt, acc);
-        if (col_bytes == 2)
-            return lanes_avx512_2(w, (const u16_ua *)(const void *)col, n, xt, acc);
-        return lanes_avx512_4(w, (const u32_ua *)(const void *)col, n, xt, acc);
-    }
-    if (path == DNNZ_CPU_AVX2) {
-        if (col_bytes == 1)
-            return lanes_avx2_1(w, col, n, xt, acc);
-        if (col_bytes == 2)
-            return lanes_avx2_2(w, (const u16_ua *)(const void *)col, n, xt, acc);
-        return lanes_avx2_4(w, (const u32_ua *)(const void *)col, n, xt, acc);
-    }
-#endif
-    (void)path;
-    lanes_ref(w, col, col_bytes, n, xt, acc);
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* 4-row tile times up to 4 batch rows                                                         */
@@ -342,13 +82,13 @@ typedef float v16fu __attribute__((vector_size(64), aligned(4)));
                 out[i * 4 + b] = s;                                                               \
             }                                                                                     \
     }
-DEFINE_TILE_VEC(tile_avx2_1, T_AVX2, v8f, v8fu, 8, 1)
-DEFINE_TILE_VEC(tile_avx2_2, T_AVX2, v8f, v8fu, 8, 2)
-DEFINE_TILE_VEC(tile_avx2_3, T_AVX2, v8f, v8fu, 8, 3)
-DEFINE_TILE_VEC(tile_avx512_1, T_AVX512, v16f, v16fu, 16, 1)
-DEFINE_TILE_VEC(tile_avx512_2, T_AVX512, v16f, v16fu, 16, 2)
-DEFINE_TILE_VEC(tile_avx512_3, T_AVX512, v16f, v16fu, 16, 3)
-DEFINE_TILE_VEC(tile_avx512_4, T_AVX512, v16f, v16fu, 16, 4)
+DEFINE_TILE_VEC(tile_avx2_1, DNNZ_T_AVX2, v8f, v8fu, 8, 1)
+DEFINE_TILE_VEC(tile_avx2_2, DNNZ_T_AVX2, v8f, v8fu, 8, 2)
+DEFINE_TILE_VEC(tile_avx2_3, DNNZ_T_AVX2, v8f, v8fu, 8, 3)
+DEFINE_TILE_VEC(tile_avx512_1, DNNZ_T_AVX512, v16f, v16fu, 16, 1)
+DEFINE_TILE_VEC(tile_avx512_2, DNNZ_T_AVX512, v16f, v16fu, 16, 2)
+DEFINE_TILE_VEC(tile_avx512_3, DNNZ_T_AVX512, v16f, v16fu, 16, 3)
+DEFINE_TILE_VEC(tile_avx512_4, DNNZ_T_AVX512, v16f, v16fu, 16, 4)
 #endif
 
 /* The tile kernel for `path` and a batch block of bt rows; *max_bt = the block it handles best
@@ -383,7 +123,7 @@ static inline int64_t stream_count(const struct dnnz_ham_streams *s, int64_t r)
 {
     if (!s->count_ptr)
         return s->per_stream;
-    return (int64_t)(dnnz_ham_rd(s->count_ptr, s->count_bytes, r + 1) - dnnz_ham_rd(s->count_ptr, s->count_bytes, r));
+    return (int64_t)(dnnz_rd_le(s->count_ptr, s->count_bytes, r + 1) - dnnz_rd_le(s->count_ptr, s->count_bytes, r));
 }
 
 struct check_ctx {
@@ -403,7 +143,7 @@ static void check_task(void *vc, int64_t task, int worker)
     int64_t r0 = task * c->per_task, r1 = r0 + c->per_task < s->n_streams ? r0 + c->per_task : s->n_streams;
     c->status[task] = DNNZ_OK;
     for (int64_t r = r0; r < r1; r++) {
-        uint64_t start = dnnz_ham_rd(s->offsets, s->off_bytes, r), end = dnnz_ham_rd(s->offsets, s->off_bytes, r + 1);
+        uint64_t start = dnnz_rd_le(s->offsets, s->off_bytes, r), end = dnnz_rd_le(s->offsets, s->off_bytes, r + 1);
         int64_t n = stream_count(s, r);
         dnnz_bit_reader rd;
         uint32_t flags = 0;
@@ -428,27 +168,27 @@ int dnnz_ham_check_streams(const uint8_t *lengths, int64_t k, const struct dnnz_
     if (k > 0) {
         int st = dnnz_huf_check_lengths(lengths, (size_t)k, NULL, &max_len);
         if (st != DNNZ_OK)
-            return fail(err, DNNZ_FIELD_LENGTHS, -1, st);
+            return dnnz_fail(err, DNNZ_FIELD_LENGTHS, -1, st);
     }
-    if (dnnz_ham_rd(s->offsets, s->off_bytes, 0) != 0)
-        return fail(err, DNNZ_FIELD_OFFSETS, 0, DNNZ_E_CORRUPT);
+    if (dnnz_rd_le(s->offsets, s->off_bytes, 0) != 0)
+        return dnnz_fail(err, DNNZ_FIELD_OFFSETS, 0, DNNZ_E_CORRUPT);
     for (int64_t r = 0; r < s->n_streams; r++) {
-        uint64_t a = dnnz_ham_rd(s->offsets, s->off_bytes, r), b = dnnz_ham_rd(s->offsets, s->off_bytes, r + 1);
+        uint64_t a = dnnz_rd_le(s->offsets, s->off_bytes, r), b = dnnz_rd_le(s->offsets, s->off_bytes, r + 1);
         int64_t n = stream_count(s, r);
         /* every code has 1..max_len bits */
         if (b < a || b - a < (uint64_t)n || (uint64_t)n * (max_len ? max_len : 1) < b - a)
-            return fail(err, DNNZ_FIELD_OFFSETS, r + 1, DNNZ_E_CORRUPT);
+            return dnnz_fail(err, DNNZ_FIELD_OFFSETS, r + 1, DNNZ_E_CORRUPT);
         total_syms += n;
     }
     if (total_syms > 0 && k == 0)
-        return fail(err, DNNZ_FIELD_LENGTHS, -1, DNNZ_E_TRUNCATED);
-    uint64_t end = dnnz_ham_rd(s->offsets, s->off_bytes, s->n_streams);
+        return dnnz_fail(err, DNNZ_FIELD_LENGTHS, -1, DNNZ_E_TRUNCATED);
+    uint64_t end = dnnz_rd_le(s->offsets, s->off_bytes, s->n_streams);
     if (end > (uint64_t)s->payload_len * 8)
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRUNCATED);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRUNCATED);
     if (dnnz_bit_bytes(end) != (uint64_t)s->payload_len)
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
     if ((end & 7) && (s->payload[s->payload_len - 1] & (0xFFu >> (end & 7))))
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
     if (total_syms == 0)
         return DNNZ_OK;
 
@@ -466,7 +206,7 @@ int dnnz_ham_check_streams(const uint8_t *lengths, int64_t k, const struct dnnz_
         dnnz_cpu_parallel(n_tasks, check_task, &c);
         for (int64_t i = 0; i < n_tasks; i++)
             if (status[i] != DNNZ_OK) {
-                st = fail(err, DNNZ_FIELD_PAYLOAD, where[i], status[i]);
+                st = dnnz_fail(err, DNNZ_FIELD_PAYLOAD, where[i], status[i]);
                 break;
             }
     }
@@ -480,12 +220,6 @@ int dnnz_ham_check_streams(const uint8_t *lengths, int64_t k, const struct dnnz_
 /* ham                                                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
-static void wr_le(uint8_t *p, int width, int64_t i, uint64_t v)
-{
-    for (int b = 0; b < width; b++)
-        p[i * width + b] = (uint8_t)(v >> (8 * b));
-}
-
 int dnnz_ham_encode(const uint8_t *lengths, int64_t k, const void *indices, int32_t idx_bytes,
                     int64_t rows, int64_t cols, uint8_t *offsets, int32_t off_bytes,
                     uint8_t *payload, int64_t payload_cap)
@@ -497,7 +231,7 @@ int dnnz_ham_encode(const uint8_t *lengths, int64_t k, const void *indices, int3
         if (rows * cols != 0)
             return DNNZ_E_ARGUMENT;
         for (int64_t r = 0; r <= rows; r++)
-            wr_le(offsets, off_bytes, r, 0);
+            dnnz_wr_le(offsets, off_bytes, r, 0);
         return DNNZ_OK;
     }
     dnnz_huf_ctable ct;
@@ -511,7 +245,7 @@ int dnnz_ham_encode(const uint8_t *lengths, int64_t k, const void *indices, int3
             st = DNNZ_E_LIMIT;
             break;
         }
-        wr_le(offsets, off_bytes, r, pos);
+        dnnz_wr_le(offsets, off_bytes, r, pos);
         st = dnnz_huf_encode(&ct, &w, (const uint8_t *)indices + (size_t)(r * cols) * idx_bytes, (unsigned)idx_bytes,
                              (size_t)cols, NULL);
     }
@@ -521,7 +255,7 @@ int dnnz_ham_encode(const uint8_t *lengths, int64_t k, const void *indices, int3
     if (st == DNNZ_OK && end > lim)
         st = DNNZ_E_LIMIT;
     if (st == DNNZ_OK)
-        wr_le(offsets, off_bytes, rows, end);
+        dnnz_wr_le(offsets, off_bytes, rows, end);
     dnnz_huf_ctable_free(&ct);
     return st;
 }
@@ -531,25 +265,22 @@ int dnnz_ham_validate(const struct dnnz_ham *m, struct dnnz_enc_err *err)
     if (!m)
         return DNNZ_E_ARGUMENT;
     if (m->rows < 0 || m->cols < 0 || m->k < 0)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->rows > DNNZ_ENC_MAX_DIM || m->cols > DNNZ_ENC_MAX_DIM || m->k > DNNZ_HUF_MAX_SYMBOLS)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
     if ((m->off_bytes != 4 && m->off_bytes != 8) || (m->rows * m->cols > 0 && m->k < 1))
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->codebook_len != m->k || (m->k && !m->codebook))
-        return fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
-    for (int64_t i = 0; i < m->k; i++) {
-        uint32_t u;
-        memcpy(&u, &m->codebook[i], 4);
-        if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN */
-            return fail(err, DNNZ_FIELD_CODEBOOK, i, DNNZ_E_CORRUPT);
-    }
+        return dnnz_fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    int64_t nan = dnnz_find_bad_value(m->codebook, m->k, 0);
+    if (nan >= 0)
+        return dnnz_fail(err, DNNZ_FIELD_CODEBOOK, nan, DNNZ_E_CORRUPT);
     if (m->lengths_len != m->k || (m->k && !m->lengths))
-        return fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->offsets_len != m->rows + 1 || !m->offsets)
-        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->payload_len < 0 || (m->payload_len && !m->payload))
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
     struct dnnz_ham_streams s = {m->rows, m->cols, NULL, 0, m->offsets, m->off_bytes, m->payload, m->payload_len};
     return dnnz_ham_check_streams(m->lengths, m->k, &s, err);
 }
@@ -587,7 +318,7 @@ static void ham_matmul_task(void *vc, int64_t task, int worker)
         dnnz_bit_reader rd[4];
         for (int i = 0; i < 4; i++) {
             /* missing rows of the last group decode row r again (discarded) */
-            pos[i] = dnnz_ham_rd(m->offsets, m->off_bytes, r + (i < nr ? i : 0));
+            pos[i] = dnnz_rd_le(m->offsets, m->off_bytes, r + (i < nr ? i : 0));
             if (width > 1 && i < nr)
                 dnnz_bit_reader_init(&rd[i], m->payload, (size_t)m->payload_len, pos[i]);
         }
@@ -607,7 +338,7 @@ static void ham_matmul_task(void *vc, int64_t task, int worker)
                 int kc = dk - s0 < KC ? dk - s0 : KC;
                 int64_t k0 = d0 + s0;
                 for (int i = 0; i < nr; i++)
-                    dnnz_ham_lookup(c->path, ib + i * stride + (size_t)s0 * width, width, kc, m->codebook, m->k,
+                    dnnz_kern_lookup(c->path, ib + i * stride + (size_t)s0 * width, width, kc, m->codebook, m->k,
                                     wb + i * KC);
                 for (int64_t b = 0; b < c->batch; b += mbt) {
                     int bt = c->batch - b < mbt ? (int)(c->batch - b) : mbt;
@@ -631,11 +362,11 @@ static void ham_decode_task(void *vc, int64_t task, int worker)
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
     for (int64_t r = r0; r < r1; r++) {
         dnnz_bit_reader rd;
-        dnnz_bit_reader_init(&rd, m->payload, (size_t)m->payload_len, dnnz_ham_rd(m->offsets, m->off_bytes, r));
+        dnnz_bit_reader_init(&rd, m->payload, (size_t)m->payload_len, dnnz_rd_le(m->offsets, m->off_bytes, r));
         for (int64_t k0 = 0; k0 < m->cols; k0 += KC) {
             int kc = m->cols - k0 < KC ? (int)(m->cols - k0) : KC;
             dnnz_huf_decode_reader(c->t, &rd, ib, (size_t)kc);
-            dnnz_ham_lookup(c->path, ib, width, kc, m->codebook, m->k, c->y + r * m->cols + k0);
+            dnnz_kern_lookup(c->path, ib, width, kc, m->codebook, m->k, c->y + r * m->cols + k0);
         }
     }
 }

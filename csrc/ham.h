@@ -50,16 +50,6 @@ int dnnz_ham_matmul(const struct dnnz_ham *m, const float *x, int64_t batch, flo
 #define DNNZ_HAM_KC 1024      /* symbols decoded per stream and chunk */
 #define DNNZ_HAM_TASK_ROWS 64 /* output rows per parallel task (multiple of 4) */
 
-/* Little-endian unsigned integer i of `width` bytes. */
-static inline uint64_t dnnz_ham_rd(const uint8_t *p, int width, int64_t i)
-{
-    const uint8_t *q = p + i * width;
-    uint64_t v = 0;
-    for (int b = width - 1; b >= 0; b--)
-        v = (v << 8) | q[b];
-    return v;
-}
-
 /* Symbols in stream r: a constant (count_ptr NULL) or count_ptr[r + 1] - count_ptr[r]. */
 struct dnnz_ham_streams {
     int64_t n_streams;
@@ -78,17 +68,5 @@ struct dnnz_ham_streams {
  * next offset. Sets err (DNNZ_FIELD_LENGTHS / OFFSETS / PAYLOAD, where = stream). */
 int dnnz_ham_check_streams(const uint8_t *lengths, int64_t k, const struct dnnz_ham_streams *s,
                            struct dnnz_enc_err *err);
-
-/* Codebook lookup w[j] = cb[idx[j]] for j < n (idx of width 1, 2 or 4), on CPU path `path`;
- * cb holds k values. */
-void dnnz_ham_lookup(int path, const void *idx, int width, int n, const float *cb, int64_t k, float *w);
-
-/* sum_j w[j] * x[col[j]] (col of width col_bytes) on CPU path `path`. */
-float dnnz_ham_gather_dot(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *x);
-
-/* Batch lanes: acc[l] += sum_j w[j] * xt[col[j] * DNNZ_HAM_LANES + l] for l < DNNZ_HAM_LANES
- * (xt = a chunk of x transposed, DNNZ_HAM_LANES batch rows side by side). */
-#define DNNZ_HAM_LANES 16
-void dnnz_ham_lanes(int path, const float *w, const uint8_t *col, int col_bytes, int n, const float *xt, float *acc);
 
 #endif /* DNNZ_HAM_H */

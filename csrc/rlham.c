@@ -16,35 +16,18 @@
  */
 #include "rlham.h"
 
-#include "cpu.h"
+#include "kern.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define DNNZ_X86 1
-#else
-#define DNNZ_X86 0
-#endif
-
-#define T_AVX2 __attribute__((target("avx2,fma")))
-#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx2")))
 
 #define KC DNNZ_HAM_KC
 #define TR DNNZ_HAM_TASK_ROWS
-#define RD dnnz_ham_rd
+#define RD dnnz_rd_le
 #define LANES 16   /* batch padding of the transposed x */
 #define TILE 64    /* batch lanes per register tile */
 #define MAX_EXTRA 30 /* extra bits of the largest bucket: runs stay below 2^31 */
-
-static int fail(struct dnnz_enc_err *err, int field, int64_t where, int status)
-{
-    if (err) {
-        err->field = field;
-        err->where = where;
-    }
-    return status;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* the code: decode table + symbol map                                                         */
@@ -184,12 +167,6 @@ static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, s
 /* encode                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-static void wr_le(uint8_t *p, int width, int64_t i, uint64_t v)
-{
-    for (int b = 0; b < width; b++)
-        p[i * width + b] = (uint8_t)(v >> (8 * b));
-}
-
 static int rl_class_of(uint64_t run, int32_t d, unsigned *extra_bits, uint32_t *extra)
 {
     if (run < (uint64_t)d) {
@@ -214,7 +191,7 @@ int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, in
         run_classes * k + 1 > DNNZ_HUF_MAX_SYMBOLS)
         return DNNZ_E_ARGUMENT;
     if (rows == 0) {
-        wr_le(offsets, off_bytes, 0, 0);
+        dnnz_wr_le(offsets, off_bytes, 0, 0);
         return DNNZ_OK;
     }
     const uint32_t eob = (uint32_t)(run_classes * k);
@@ -229,7 +206,7 @@ int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, in
             st = DNNZ_E_LIMIT;
             break;
         }
-        wr_le(offsets, off_bytes, r, at);
+        dnnz_wr_le(offsets, off_bytes, r, at);
         int64_t p0 = rowptr[r], p1 = rowptr[r + 1];
         if (p0 < 0 || p1 < p0 || p1 - p0 > cols) {
             st = DNNZ_E_ARGUMENT;
@@ -278,7 +255,7 @@ int dnnz_rlham_encode(const uint8_t *lengths, int64_t k, int32_t direct_runs, in
     if (st == DNNZ_OK && end > lim)
         st = DNNZ_E_LIMIT;
     if (st == DNNZ_OK)
-        wr_le(offsets, off_bytes, rows, end);
+        dnnz_wr_le(offsets, off_bytes, rows, end);
     dnnz_huf_ctable_free(&ct);
     return st;
 }
@@ -328,48 +305,45 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
     if (!m)
         return DNNZ_E_ARGUMENT;
     if (m->rows < 0 || m->cols < 0 || m->k < 0)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->rows > DNNZ_ENC_MAX_DIM || m->cols > DNNZ_ENC_MAX_DIM || m->k > DNNZ_HUF_MAX_SYMBOLS)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
     if (m->off_bytes < 1 || m->off_bytes > 8 || m->direct_runs < 1 || m->run_classes < m->direct_runs ||
         m->run_classes - m->direct_runs > MAX_EXTRA + 1)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if ((int64_t)m->run_classes * m->k + 1 > DNNZ_HUF_MAX_SYMBOLS)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
     const int64_t n_alpha = (int64_t)m->run_classes * m->k + 1;
     if (m->codebook_len != m->k || (m->k && !m->codebook))
-        return fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
-    for (int64_t i = 0; i < m->k; i++) {
-        uint32_t u;
-        memcpy(&u, &m->codebook[i], 4);
-        if ((u & 0x7fffffffu) > 0x7f800000u || u == 0) /* NaN, or +0.0 (zeros are the runs) */
-            return fail(err, DNNZ_FIELD_CODEBOOK, i, DNNZ_E_CORRUPT);
-    }
+        return dnnz_fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    int64_t bad = dnnz_find_bad_value(m->codebook, m->k, 1); /* NaN, or +0.0 (zeros are the runs) */
+    if (bad >= 0)
+        return dnnz_fail(err, DNNZ_FIELD_CODEBOOK, bad, DNNZ_E_CORRUPT);
     if (m->lengths_len != n_alpha || !m->lengths)
-        return fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < n_alpha ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < n_alpha ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     uint32_t n_used = 0;
     int st = dnnz_huf_check_lengths(m->lengths, (size_t)n_alpha, &n_used, NULL);
     if (st != DNNZ_OK)
-        return fail(err, DNNZ_FIELD_LENGTHS, -1, st);
+        return dnnz_fail(err, DNNZ_FIELD_LENGTHS, -1, st);
     if (m->rows > 0 && m->lengths[n_alpha - 1] == 0) /* every row ends with the end-of-row code */
-        return fail(err, DNNZ_FIELD_LENGTHS, n_alpha - 1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_LENGTHS, n_alpha - 1, DNNZ_E_CORRUPT);
     const int64_t off_len = (m->rows + 1) * m->off_bytes;
     if (m->offsets_len != off_len || !m->offsets)
-        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < off_len ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < off_len ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->payload_len < 0 || (m->payload_len && !m->payload))
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
     if (RD(m->offsets, m->off_bytes, 0) != 0)
-        return fail(err, DNNZ_FIELD_OFFSETS, 0, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_OFFSETS, 0, DNNZ_E_CORRUPT);
     for (int64_t r = 0; r < m->rows; r++) /* each row holds at least its end-of-row code */
         if (RD(m->offsets, m->off_bytes, r + 1) <= RD(m->offsets, m->off_bytes, r))
-            return fail(err, DNNZ_FIELD_OFFSETS, r + 1, DNNZ_E_CORRUPT);
+            return dnnz_fail(err, DNNZ_FIELD_OFFSETS, r + 1, DNNZ_E_CORRUPT);
     uint64_t end = RD(m->offsets, m->off_bytes, m->rows);
     if (end > (uint64_t)m->payload_len * 8)
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRUNCATED);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRUNCATED);
     if (dnnz_bit_bytes(end) != (uint64_t)m->payload_len)
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
     if ((end & 7) && (m->payload[m->payload_len - 1] & (0xFFu >> (end & 7))))
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_TRAILING);
     if (m->rows == 0)
         return DNNZ_OK;
 
@@ -385,7 +359,7 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
         dnnz_cpu_parallel(n_tasks, check_task, &x);
         for (int64_t i = 0; i < n_tasks; i++)
             if (status[i] != DNNZ_OK) {
-                st = fail(err, DNNZ_FIELD_PAYLOAD, where[i], status[i]);
+                st = dnnz_fail(err, DNNZ_FIELD_PAYLOAD, where[i], status[i]);
                 break;
             }
     }
@@ -393,83 +367,6 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
     free(where);
     rl_code_free(&c);
     return st;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* batch tiles: acc[0..tw) += sum_j w[j] * xt[col[j] * bp + (0..tw)]                            */
-/* ------------------------------------------------------------------------------------------ */
-
-typedef void (*axpy_fn)(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp, float *acc);
-
-static void axpy_ref(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp, float *acc, int tw)
-{
-    for (int j = 0; j < n; j++) {
-        const float *xr = xt + (int64_t)col[j] * bp;
-        for (int b = 0; b < tw; b++)
-            acc[b] += w[j] * xr[b];
-    }
-}
-
-#define DEFINE_AXPY_REF(TW)                                                                             \
-    static void axpy_ref_##TW(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp, \
-                              float *acc)                                                              \
-    {                                                                                                  \
-        axpy_ref(w, col, n, xt, bp, acc, TW);                                                          \
-    }
-DEFINE_AXPY_REF(16)
-DEFINE_AXPY_REF(32)
-DEFINE_AXPY_REF(48)
-DEFINE_AXPY_REF(64)
-
-#if DNNZ_X86
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8fu __attribute__((vector_size(32), aligned(4)));
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v16fu __attribute__((vector_size(64), aligned(4)));
-
-#define DEFINE_AXPY_VEC(NAME, ATTR, VT, VTU, VW, NV)                                                   \
-    static ATTR void NAME(const float *w, const uint32_t *col, int n, const float *xt, int64_t bp,     \
-                          float *acc)                                                                  \
-    {                                                                                                  \
-        VT a[NV];                                                                                      \
-        for (int v = 0; v < NV; v++)                                                                   \
-            a[v] = *(const VTU *)(acc + v * VW);                                                       \
-        for (int j = 0; j < n; j++) {                                                                  \
-            const float *xr = xt + (int64_t)col[j] * bp;                                               \
-            const float wj = w[j];                                                                     \
-            for (int v = 0; v < NV; v++)                                                               \
-                a[v] += wj * *(const VTU *)(xr + v * VW);                                              \
-        }                                                                                              \
-        for (int v = 0; v < NV; v++)                                                                   \
-            *(VTU *)(acc + v * VW) = a[v];                                                             \
-    }
-DEFINE_AXPY_VEC(axpy_avx2_16, T_AVX2, v8f, v8fu, 8, 2)
-DEFINE_AXPY_VEC(axpy_avx2_32, T_AVX2, v8f, v8fu, 8, 4)
-DEFINE_AXPY_VEC(axpy_avx2_48, T_AVX2, v8f, v8fu, 8, 6)
-DEFINE_AXPY_VEC(axpy_avx2_64, T_AVX2, v8f, v8fu, 8, 8)
-DEFINE_AXPY_VEC(axpy_avx512_16, T_AVX512, v16f, v16fu, 16, 1)
-DEFINE_AXPY_VEC(axpy_avx512_32, T_AVX512, v16f, v16fu, 16, 2)
-DEFINE_AXPY_VEC(axpy_avx512_48, T_AVX512, v16f, v16fu, 16, 3)
-DEFINE_AXPY_VEC(axpy_avx512_64, T_AVX512, v16f, v16fu, 16, 4)
-#endif
-
-/* The kernel for a tile of tw lanes (16, 32, 48 or 64). */
-static axpy_fn pick_axpy(int path, int tw)
-{
-    int i = tw / LANES - 1;
-#if DNNZ_X86
-    if (path == DNNZ_CPU_AVX512) {
-        static const axpy_fn f[4] = {axpy_avx512_16, axpy_avx512_32, axpy_avx512_48, axpy_avx512_64};
-        return f[i];
-    }
-    if (path == DNNZ_CPU_AVX2) {
-        static const axpy_fn f[4] = {axpy_avx2_16, axpy_avx2_32, axpy_avx2_48, axpy_avx2_64};
-        return f[i];
-    }
-#endif
-    (void)path;
-    static const axpy_fn f[4] = {axpy_ref_16, axpy_ref_32, axpy_ref_48, axpy_ref_64};
-    return f[i];
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -523,7 +420,7 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
                 rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
                 for (int i = 0; i < nr; i++)
                     for (int64_t b = 0; b < batch; b++)
-                        sum[i][b] += dnnz_ham_gather_dot(x->path, w + i * KC, (const uint8_t *)(col + i * KC), 4,
+                        sum[i][b] += dnnz_kern_gather_dot(x->path, w + i * KC, col + i * KC, 4,
                                                          n[i], x->x + b * m->cols);
             } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
             for (int i = 0; i < nr; i++)
@@ -539,7 +436,7 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
                         continue;
                     for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
                         int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
-                        pick_axpy(x->path, tw)(w + i * KC, col + i * KC, n[i], x->xt + b0, bp, acc + i * bp + b0);
+                        dnnz_kern_lanes(x->path, w + i * KC, col + i * KC, 4, n[i], x->xt + b0, bp, tw, acc + i * bp + b0);
                     }
                 }
             } while (!(s[0].state && s[1].state && s[2].state && s[3].state));

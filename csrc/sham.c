@@ -8,23 +8,14 @@
  */
 #include "sham.h"
 
-#include "cpu.h"
+#include "kern.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define KC DNNZ_HAM_KC
 #define TR DNNZ_HAM_TASK_ROWS
-#define RD dnnz_ham_rd
-
-static int fail(struct dnnz_enc_err *err, int field, int64_t where, int status)
-{
-    if (err) {
-        err->field = field;
-        err->where = where;
-    }
-    return status;
-}
+#define RD dnnz_rd_le
 
 int dnnz_sham_encode(const uint8_t *lengths, int64_t k, const void *vindex, int32_t v_bytes,
                      const uint8_t *rowptr, int32_t ptr_bytes, int64_t rows, uint8_t *offsets,
@@ -80,52 +71,49 @@ int dnnz_sham_validate(const struct dnnz_sham *m, struct dnnz_enc_err *err)
     if (!m)
         return DNNZ_E_ARGUMENT;
     if (m->rows < 0 || m->cols < 0 || m->k < 0 || m->nnz < 0)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->rows > DNNZ_ENC_MAX_DIM || m->cols > DNNZ_ENC_MAX_DIM || m->k > DNNZ_HUF_MAX_SYMBOLS)
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_LIMIT);
     int pb = m->ptr_bytes, ib = m->idx_bytes;
     if (!(pb == 1 || pb == 2 || pb == 4 || pb == 8) || !(ib == 1 || ib == 2 || ib == 4) ||
         (m->off_bytes != 4 && m->off_bytes != 8))
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->nnz > m->rows * m->cols || (pb < 8 && (uint64_t)m->nnz >> (8 * pb)) ||
         (ib < 4 && m->cols > ((int64_t)1 << (8 * ib))) || (m->nnz > 0 && m->k < 1))
-        return fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PARAMS, -1, DNNZ_E_CORRUPT);
     if (m->rowptr_len != m->rows + 1 || !m->rowptr)
-        return fail(err, DNNZ_FIELD_ROWPTR, -1, m->rowptr_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, -1, m->rowptr_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->colidx_len != m->nnz || (m->nnz && !m->colidx))
-        return fail(err, DNNZ_FIELD_COLIDX, -1, m->colidx_len < m->nnz ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_COLIDX, -1, m->colidx_len < m->nnz ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->codebook_len != m->k || (m->k && !m->codebook))
-        return fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
-    for (int64_t i = 0; i < m->k; i++) {
-        uint32_t u;
-        memcpy(&u, &m->codebook[i], 4);
-        if ((u & 0x7fffffffu) > 0x7f800000u || u == 0) /* NaN, or +0.0 (zeros are left out) */
-            return fail(err, DNNZ_FIELD_CODEBOOK, i, DNNZ_E_CORRUPT);
-    }
+        return dnnz_fail(err, DNNZ_FIELD_CODEBOOK, -1, m->codebook_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+    int64_t bad = dnnz_find_bad_value(m->codebook, m->k, 1); /* NaN, or +0.0 (zeros are left out) */
+    if (bad >= 0)
+        return dnnz_fail(err, DNNZ_FIELD_CODEBOOK, bad, DNNZ_E_CORRUPT);
     if (m->lengths_len != m->k || (m->k && !m->lengths))
-        return fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_LENGTHS, -1, m->lengths_len < m->k ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->offsets_len != m->rows + 1 || !m->offsets)
-        return fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
+        return dnnz_fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->payload_len < 0 || (m->payload_len && !m->payload))
-        return fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
     if (RD(m->rowptr, pb, 0) != 0)
-        return fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
     uint64_t prev = 0;
     for (int64_t r = 0; r < m->rows; r++) {
         uint64_t next = RD(m->rowptr, pb, r + 1);
         if (next < prev || next > (uint64_t)m->nnz || next - prev > (uint64_t)m->cols)
-            return fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
+            return dnnz_fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
         int64_t last = -1;
         for (uint64_t p = prev; p < next; p++) {
             int64_t c = (int64_t)RD(m->colidx, ib, (int64_t)p);
             if (c <= last || c >= m->cols)
-                return fail(err, DNNZ_FIELD_COLIDX, (int64_t)p, DNNZ_E_CORRUPT);
+                return dnnz_fail(err, DNNZ_FIELD_COLIDX, (int64_t)p, DNNZ_E_CORRUPT);
             last = c;
         }
         prev = next;
     }
     if (prev != (uint64_t)m->nnz)
-        return fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
+        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
     struct dnnz_ham_streams s = {m->rows, 0, m->rowptr, pb, m->offsets, m->off_bytes, m->payload, m->payload_len};
     return dnnz_ham_check_streams(m->lengths, m->k, &s, err);
 }
@@ -139,7 +127,7 @@ struct sham_ctx {
     int path;
 };
 
-#define LN DNNZ_HAM_LANES
+#define LN 16 /* batch lanes per transposed chunk of x */
 
 static void sham_matmul_task(void *vc, int64_t task, int worker)
 {
@@ -187,15 +175,15 @@ static void sham_matmul_task(void *vc, int64_t task, int worker)
             for (int i = 0; i < nr; i++) {
                 if (!n[i])
                     continue;
-                dnnz_ham_lookup(c->path, ib + i * stride, width, (int)n[i], m->codebook, m->k, wb);
+                dnnz_kern_lookup(c->path, ib + i * stride, width, (int)n[i], m->codebook, m->k, wb);
                 const uint8_t *col = m->colidx + p[i] * (uint64_t)xb;
                 if (c->batch == 1) {
-                    c->y[r + i] += dnnz_ham_gather_dot(c->path, wb, col, xb, (int)n[i], c->x);
+                    c->y[r + i] += dnnz_kern_gather_dot(c->path, wb, col, xb, (int)n[i], c->x);
                 } else {
                     /* each non-zero: one multiply-add over LN contiguous batch lanes */
                     for (int64_t b0 = 0; b0 < c->batch; b0 += LN) {
                         float acc[LN] __attribute__((aligned(64))) = {0};
-                        dnnz_ham_lanes(c->path, wb, col, xb, (int)n[i], c->x + b0 * m->cols, acc);
+                        dnnz_kern_lanes(c->path, wb, col, xb, (int)n[i], c->x + b0 * m->cols, LN, LN, acc);
                         int64_t lanes = c->batch - b0 < LN ? c->batch - b0 : LN;
                         for (int64_t l = 0; l < lanes; l++)
                             c->y[(b0 + l) * m->rows + r + i] += acc[l];
@@ -225,7 +213,7 @@ static void sham_decode_task(void *vc, int64_t task, int worker)
         while (p < pe) {
             int n = pe - p < KC ? (int)(pe - p) : KC;
             dnnz_huf_decode_reader(c->t, &rd, ib, (size_t)n);
-            dnnz_ham_lookup(c->path, ib, width, n, m->codebook, m->k, wb);
+            dnnz_kern_lookup(c->path, ib, width, n, m->codebook, m->k, wb);
             for (int j = 0; j < n; j++)
                 row[RD(m->colidx, m->idx_bytes, (int64_t)p + j)] = wb[j];
             p += (uint64_t)n;
