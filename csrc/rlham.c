@@ -41,9 +41,20 @@
 #define MAP_EOR ((uint64_t)1 << 55)
 #define MAP_EXTRA(e) ((unsigned)((e) >> 56))
 
+/* Fast table entry, indexed by the next DNNZ_HUF_TABLE_BITS bits of a row: the code that
+ * prefix starts with, resolved down to what the walk needs in one load (the code length folded
+ * in takes the Huffman table and the symbol map off the dependency chain): bits 0..20 the value
+ * index, 21..52 the smallest run of the class, 53..57 the extra bits, 58..61 the code length
+ * (0: a code longer than the table, or a prefix no code starts with: take the exact path),
+ * 62 end of row. */
+#define FAST_LEN(f) ((unsigned)((f) >> 58) & 15u)
+#define FAST_EXTRA(f) ((unsigned)((f) >> 53) & 31u)
+#define FAST_EOR ((uint64_t)1 << 62)
+
 struct rl_code {
     dnnz_huf_dtable t;
     uint64_t *map;      /* symbol -> MAP_* entry */
+    uint64_t *fast;     /* prefix -> FAST_* entry (1 << DNNZ_HUF_TABLE_BITS entries) */
     int refill2;        /* a code and its extra bits may need more than one refill's 56 bits */
 };
 
@@ -51,7 +62,9 @@ static void rl_code_free(struct rl_code *c)
 {
     dnnz_huf_dtable_free(&c->t);
     free(c->map);
+    free(c->fast);
     c->map = NULL;
+    c->fast = NULL;
 }
 
 /* Run class c: the smallest run it codes and its number of extra bits (spec: rlham, run classes).
@@ -74,7 +87,8 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
     size_t n = (size_t)(m->run_classes * m->k + 1);
     DNNZ_CHECK(dnnz_huf_dtable_init(&c->t, m->lengths, n));
     c->map = malloc(n * sizeof *c->map);
-    if (!c->map) {
+    c->fast = malloc(((size_t)1 << DNNZ_HUF_TABLE_BITS) * sizeof *c->fast);
+    if (!c->map || !c->fast) {
         rl_code_free(c);
         return DNNZ_E_ALLOC;
     }
@@ -86,6 +100,19 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
     }
     c->map[n - 1] = MAP_EOR;
     c->refill2 = c->t.max_len + rl_class_extra(m->direct_runs, m->run_classes - 1) > 56;
+    _Static_assert(DNNZ_HUF_TABLE_BITS <= 15 && MAX_EXTRA <= 31 && DNNZ_HUF_TABLE_BITS + MAX_EXTRA <= 56,
+                   "fast entry fields, and a code with its extra bits fits one refill");
+    for (size_t p = 0; p < ((size_t)1 << DNNZ_HUF_TABLE_BITS); p++) {
+        uint32_t e = c->t.single[p];
+        unsigned len = e & 63;
+        if (len == 0 || (e & DNNZ_HUF_INVALID)) {
+            c->fast[p] = 0;
+            continue;
+        }
+        uint64_t me = c->map[e >> 8];
+        c->fast[p] = (uint64_t)len << 58 |
+                     ((me & MAP_EOR) ? FAST_EOR : ((uint64_t)MAP_EXTRA(me) << 53 | (me & (((uint64_t)1 << 53) - 1))));
+    }
     return DNNZ_OK;
 }
 
@@ -97,12 +124,11 @@ struct rl_row {
     int state;       /* 0 going, 1 end-of-row read, -1 a run passed the row end */
 };
 
-/* One pair of row s into *col / *w (w = codebook value); 0 when the row ended (state set). */
-DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
-                        float *w)
+/* rl_pair for a code longer than the fast table (or a prefix no code starts with). */
+static int rl_pair_exact(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
+                         float *w)
 {
     dnnz_bit_reader *r = &s->r;
-    dnnz_bit_refill(r);
     uint64_t e = c->map[dnnz_huf_decode_symbol(&c->t, r, &s->flags)];
     if (e & MAP_EOR) {
         s->state = 1;
@@ -125,6 +151,36 @@ DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols,
     return 1;
 }
 
+/* One pair of row s into *col / *w (w = codebook value); 0 when the row ended (state set). */
+DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
+                        float *w)
+{
+    dnnz_bit_reader *r = &s->r;
+    dnnz_bit_refill(r);
+    uint64_t f = c->fast[r->acc >> (64 - DNNZ_HUF_TABLE_BITS)];
+    unsigned len = FAST_LEN(f);
+    if (DNNZ_UNLIKELY(len == 0))
+        return rl_pair_exact(c, cb, cols, s, col, w);
+    if (DNNZ_UNLIKELY(f & FAST_EOR)) {
+        dnnz_bit_skip(r, len);
+        s->state = 1;
+        return 0;
+    }
+    /* code and extra bits (<= 11 + 30) are within the >= 56 refilled bits; branch-free extra
+     * bits: (a >> 1) >> (63 - nb) is the top nb bits of a, and 0 for nb = 0 */
+    unsigned nb = FAST_EXTRA(f);
+    uint64_t p = s->pos + MAP_BASE(f) + (((r->acc << len) >> 1) >> (63 - nb));
+    dnnz_bit_skip(r, len + nb);
+    if (DNNZ_UNLIKELY(p >= cols)) {
+        s->state = -1;
+        return 0;
+    }
+    *col = (uint32_t)p;
+    *w = cb[MAP_V(f)];
+    s->pos = p + 1;
+    return 1;
+}
+
 /* Up to KC pairs of row s into col[] / w[]; returns how many. */
 static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col, float *w)
 {
@@ -134,33 +190,67 @@ static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, str
     return n;
 }
 
-/* Four rows at once, round robin (four independent bit-reader dependency chains for the
- * out-of-order core to overlap): pairs of row i go to col[i * KC ..] / w[i * KC ..], n[i] of
- * them. Returns when a row's buffer is full or every row has ended. */
-static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row s[4], uint32_t *col,
-                      float *w, int n[4])
+/* Four rows at once, round robin (four independent dependency chains for the out-of-order core
+ * to overlap): pairs of row i go to col[i * KC ..] / w[i * KC ..], n[i] of them. Returns when a
+ * row's buffer is full or every row has ended. The rows' readers all read src[0..size).
+ *
+ * The common pair takes the fast path: a row's whole state is its bit position and next column
+ * (locals, in registers), one unaligned 8-byte load at the position gives >= 57 bits, one fast
+ * table load resolves the code and its class, and the extra bits come from the same register.
+ * Everything else (a code longer than the table, end of row, a run past the row end, a prefix no
+ * code starts with, the last 8 bytes of src) goes through rl_pair on the row's reader, exactly as
+ * the one-row walk does; results are the same pair for pair. */
+static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, const uint8_t *src, size_t size,
+                      struct rl_row s[4], uint32_t *col, float *w, int n[4])
 {
-    n[0] = n[1] = n[2] = n[3] = 0;
-    /* all four going: no per-row state tests (a row's state changes only in its own rl_pair) */
-    while (!(s[0].state | s[1].state | s[2].state | s[3].state) && (n[0] | n[1] | n[2] | n[3]) < KC) {
-        n[0] += rl_pair(c, cb, cols, &s[0], col + n[0], w + n[0]);
-        n[1] += rl_pair(c, cb, cols, &s[1], col + KC + n[1], w + KC + n[1]);
-        n[2] += rl_pair(c, cb, cols, &s[2], col + 2 * KC + n[2], w + 2 * KC + n[2]);
-        n[3] += rl_pair(c, cb, cols, &s[3], col + 3 * KC + n[3], w + 3 * KC + n[3]);
+    const uint64_t *const fast = c->fast;
+    const uint64_t plim = size >= 8 ? ((uint64_t)size - 8) * 8 : 0;
+    const int can = size >= 8;
+    uint64_t p0 = dnnz_bit_reader_tell(&s[0].r), p1 = dnnz_bit_reader_tell(&s[1].r);
+    uint64_t p2 = dnnz_bit_reader_tell(&s[2].r), p3 = dnnz_bit_reader_tell(&s[3].r);
+    uint64_t c0 = s[0].pos, c1 = s[1].pos, c2 = s[2].pos, c3 = s[3].pos;
+    int g0 = s[0].state == 0, g1 = s[1].state == 0, g2 = s[2].state == 0, g3 = s[3].state == 0;
+    int n0 = 0, n1 = 0, n2 = 0, n3 = 0;
+#define RL_STEP(I)                                                                                 \
+    if (g##I) {                                                                                    \
+        if (DNNZ_LIKELY(can && p##I <= plim)) {                                                    \
+            uint64_t a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                     \
+            uint64_t f_ = fast[a_ >> (64 - DNNZ_HUF_TABLE_BITS)];                                  \
+            unsigned len_ = FAST_LEN(f_), nb_ = FAST_EXTRA(f_);                                    \
+            uint64_t q_ = c##I + MAP_BASE(f_) + (((a_ << len_) >> 1) >> (63 - nb_));               \
+            if (DNNZ_LIKELY(len_ != 0 && !(f_ & FAST_EOR) && q_ < cols)) {                         \
+                col[I * KC + n##I] = (uint32_t)q_;                                                 \
+                w[I * KC + n##I] = cb[MAP_V(f_)];                                                  \
+                n##I++;                                                                            \
+                c##I = q_ + 1;                                                                     \
+                p##I += len_ + nb_;                                                                \
+                goto done##I;                                                                      \
+            }                                                                                      \
+        }                                                                                          \
+        dnnz_bit_reader_init(&s[I].r, src, size, p##I);                                            \
+        s[I].pos = c##I;                                                                           \
+        n##I += rl_pair(c, cb, cols, &s[I], col + I * KC + n##I, w + I * KC + n##I);                \
+        p##I = dnnz_bit_reader_tell(&s[I].r);                                                      \
+        c##I = s[I].pos;                                                                           \
+        g##I = s[I].state == 0;                                                                    \
+    }                                                                                              \
+    done##I:
+    while ((g0 | g1 | g2 | g3) && (n0 | n1 | n2 | n3) < KC) {
+        RL_STEP(0)
+        RL_STEP(1)
+        RL_STEP(2)
+        RL_STEP(3)
+        ;
     }
-    if ((n[0] | n[1] | n[2] | n[3]) >= KC)
-        return;
-    for (;;) {
-        int going = 0;
-        for (int i = 0; i < 4; i++) {
-            if (s[i].state == 0) {
-                n[i] += rl_pair(c, cb, cols, &s[i], col + i * KC + n[i], w + i * KC + n[i]);
-                going = 1;
-            }
+#undef RL_STEP
+    const uint64_t pe[4] = {p0, p1, p2, p3}, ce[4] = {c0, c1, c2, c3};
+    for (int i = 0; i < 4; i++) {
+        if (s[i].state == 0) { /* ended rows keep their reader where rl_pair left it */
+            dnnz_bit_reader_init(&s[i].r, src, size, pe[i]);
+            s[i].pos = ce[i];
         }
-        if (!going || (n[0] | n[1] | n[2] | n[3]) >= KC)
-            break;
     }
+    n[0] = n0, n[1] = n1, n[2] = n2, n[3] = n3;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -417,7 +507,7 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
         if (batch <= GATHER_MAX_BATCH) {
             float sum[4][GATHER_MAX_BATCH] = {{0}};
             do {
-                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
+                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, m->payload, (size_t)m->payload_len, s, col, w, n);
                 for (int i = 0; i < nr; i++)
                     for (int64_t b = 0; b < batch; b++)
                         sum[i][b] += dnnz_kern_gather_dot(x->path, w + i * KC, col + i * KC, 4,
@@ -430,7 +520,7 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
             float *acc = x->acc + (size_t)(task * 4) * (size_t)bp;
             memset(acc, 0, (size_t)(4 * bp) * sizeof *acc);
             do {
-                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, s, col, w, n);
+                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, m->payload, (size_t)m->payload_len, s, col, w, n);
                 for (int i = 0; i < nr; i++) {
                     if (!n[i])
                         continue;
