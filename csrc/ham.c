@@ -1,13 +1,15 @@
-/* ham.c: the `ham` encoding and the kernels it shares with `sham` (see ham.h).
+/* ham.c: the `ham` encoding (pydnnz/encodings/ham.py) and the stream machinery it shares with
+ * `sham` and `rlham` (see ham.h).
  *
- * matmul: a task is a block of DNNZ_HAM_TASK_ROWS output rows. Four rows at a time, for each
- * chunk of DNNZ_HAM_KC input columns, the four row streams are decoded together (interleaved:
- * four independent dependency chains, dnnz_huf_decode4_u8_at) into small L1-resident index
- * buffers, the indices become weights by a codebook lookup held in vector registers (a
- * permute for k <= 64 on AVX-512, k <= 16 on AVX2; a gather above), and the 4-row tile is
- * multiplied with up to 4 batch rows at a time, 16 accumulators in registers. The dense matrix
- * never exists. Every output is summed by one task in a fixed order: results do not depend on
- * the thread count (they do between CPU paths: FMA contraction and lane order).
+ * matmul runs on the kern.h tile driver: a task is a block of DNNZ_KERN_TASK_ROWS output rows;
+ * four rows at a time, for each slice of HAM_TILE_KC input columns, the four row streams are
+ * decoded together (interleaved: four independent dependency chains, multi-symbol table,
+ * dnnz_huf_decode4_u8_at) into L1-resident index buffers, the indices become weights by a
+ * codebook lookup held in vector registers (a permute for k <= 64 on AVX-512, k <= 16 on AVX2;
+ * a gather above), and the register-blocked micro-kernel multiplies the 4-row tile with every
+ * batch row: each tile is decoded once per call whatever the batch. The dense matrix never
+ * exists. Every output is summed by one task in a fixed order: results do not depend on the
+ * thread count (they do between CPU paths: FMA contraction and lane order).
  */
 #include "ham.h"
 
@@ -16,108 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #define KC DNNZ_HAM_KC
 #define TR DNNZ_HAM_TASK_ROWS
-
-/* ------------------------------------------------------------------------------------------ */
-/* 4-row tile times up to 4 batch rows                                                         */
-/* ------------------------------------------------------------------------------------------ */
-
-/* out[i * 4 + b] = sum_j w[i * KC + j] * x[b * xs + j] for i < 4, b < BT, j < n. */
-typedef void (*tile_fn)(const float *w, const float *x, int64_t xs, int n, float *out);
-
-#define DEFINE_TILE_REF(BT)                                                                     \
-    static void tile_ref_##BT(const float *w, const float *x, int64_t xs, int n, float *out)    \
-    {                                                                                           \
-        for (int i = 0; i < 4; i++)                                                             \
-            for (int b = 0; b < BT; b++) {                                                      \
-                float s[4] = {0, 0, 0, 0};                                                      \
-                int j = 0;                                                                      \
-                for (; j + 4 <= n; j += 4)                                                      \
-                    for (int l = 0; l < 4; l++)                                                 \
-                        s[l] += w[i * KC + j + l] * x[b * xs + j + l];                          \
-                for (; j < n; j++)                                                              \
-                    s[0] += w[i * KC + j] * x[b * xs + j];                                      \
-                out[i * 4 + b] = (s[0] + s[1]) + (s[2] + s[3]);                                 \
-            }                                                                                   \
-    }
-DEFINE_TILE_REF(1)
-DEFINE_TILE_REF(2)
-DEFINE_TILE_REF(3)
-DEFINE_TILE_REF(4)
-
-#if DNNZ_X86
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8fu __attribute__((vector_size(32), aligned(4)));
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v16fu __attribute__((vector_size(64), aligned(4)));
-
-#define DEFINE_TILE_VEC(NAME, TGT, V, VU, VW, BT)                                                 \
-    static TGT void NAME(const float *w, const float *x, int64_t xs, int n, float *out)          \
-    {                                                                                             \
-        V acc[4][BT];                                                                             \
-        for (int i = 0; i < 4; i++)                                                               \
-            for (int b = 0; b < BT; b++)                                                          \
-                acc[i][b] = (V){0};                                                               \
-        int j = 0;                                                                                \
-        for (; j + VW <= n; j += VW) {                                                            \
-            V w0 = *(const VU *)(w + j), w1 = *(const VU *)(w + KC + j);                          \
-            V w2 = *(const VU *)(w + 2 * KC + j), w3 = *(const VU *)(w + 3 * KC + j);             \
-            for (int b = 0; b < BT; b++) {                                                        \
-                V xv = *(const VU *)(x + b * xs + j);                                             \
-                acc[0][b] += w0 * xv;                                                             \
-                acc[1][b] += w1 * xv;                                                             \
-                acc[2][b] += w2 * xv;                                                             \
-                acc[3][b] += w3 * xv;                                                             \
-            }                                                                                     \
-        }                                                                                         \
-        for (int i = 0; i < 4; i++)                                                               \
-            for (int b = 0; b < BT; b++) {                                                        \
-                float s = 0;                                                                      \
-                for (int l = 0; l < VW; l++)                                                      \
-                    s += acc[i][b][l];                                                            \
-                for (int jj = j; jj < n; jj++)                                                    \
-                    s += w[i * KC + jj] * x[b * xs + jj];                                         \
-                out[i * 4 + b] = s;                                                               \
-            }                                                                                     \
-    }
-DEFINE_TILE_VEC(tile_avx2_1, DNNZ_T_AVX2, v8f, v8fu, 8, 1)
-DEFINE_TILE_VEC(tile_avx2_2, DNNZ_T_AVX2, v8f, v8fu, 8, 2)
-DEFINE_TILE_VEC(tile_avx2_3, DNNZ_T_AVX2, v8f, v8fu, 8, 3)
-DEFINE_TILE_VEC(tile_avx512_1, DNNZ_T_AVX512, v16f, v16fu, 16, 1)
-DEFINE_TILE_VEC(tile_avx512_2, DNNZ_T_AVX512, v16f, v16fu, 16, 2)
-DEFINE_TILE_VEC(tile_avx512_3, DNNZ_T_AVX512, v16f, v16fu, 16, 3)
-DEFINE_TILE_VEC(tile_avx512_4, DNNZ_T_AVX512, v16f, v16fu, 16, 4)
-#endif
-
-/* The tile kernel for `path` and a batch block of bt rows; *max_bt = the block it handles best
- * (AVX2 has 16 vector registers: 4 x 3 accumulators is its largest tile). */
-static tile_fn pick_tile(int path, int bt)
-{
-#if DNNZ_X86
-    if (path == DNNZ_CPU_AVX512) {
-        static const tile_fn f[4] = {tile_avx512_1, tile_avx512_2, tile_avx512_3, tile_avx512_4};
-        return f[bt - 1];
-    }
-    if (path == DNNZ_CPU_AVX2) {
-        static const tile_fn f[3] = {tile_avx2_1, tile_avx2_2, tile_avx2_3};
-        return f[(bt > 3 ? 3 : bt) - 1];
-    }
-#endif
-    (void)path;
-    static const tile_fn f[4] = {tile_ref_1, tile_ref_2, tile_ref_3, tile_ref_4};
-    return f[bt - 1];
-}
-
-static int max_bt(int path)
-{
-    return path == DNNZ_CPU_AVX2 ? 3 : 4;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* stream validation (ham and sham)                                                            */
-/* ------------------------------------------------------------------------------------------ */
 
 static inline int64_t stream_count(const struct dnnz_ham_streams *s, int64_t r)
 {
@@ -294,62 +196,97 @@ struct ham_ctx {
     int path;
 };
 
-#define DKC 4096 /* 1-byte symbols decoded per stream at a time (4 x 4 KiB stay in L1) */
+#define HAM_TILE_KC 2048 /* symbols per stream and tile: long decode runs, 4 x 8 KiB of weights */
+_Static_assert(HAM_TILE_KC <= DNNZ_KERN_KC_MAX && HAM_TILE_KC % 16 == 0, "a kern.h slice width");
 
-static void ham_matmul_task(void *vc, int64_t task, int worker)
+/* Tiles of rows that hold every entry of W (ham; rlham whose runs are all 0): see ham.h. */
+const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_t k0, int64_t kc, int64_t kcp,
+                           float *wbuf, int64_t *cursor, int64_t *stride)
 {
-    const struct ham_ctx *c = vc;
-    const struct dnnz_ham *m = c->m;
-    const int width = (int)c->t->out_width;
-    /* 1-byte symbols: DKC per stream; wider ones: KC per stream (same buffer) */
-    const int dkc = width == 1 ? DKC : KC;
-    const size_t stride = (size_t)(dkc + 64) * width;
-    uint8_t ib[4 * (KC + 64) * 4] __attribute__((aligned(64)));
-    float wb[4 * KC] __attribute__((aligned(64)));
-    float out[16];
-    const int mbt = max_bt(c->path);
-    (void)worker;
-    _Static_assert(DKC + 64 <= (KC + 64) * 4, "index buffer holds DKC 1-byte symbols per stream");
-    memset(wb, 0, sizeof wb);
-    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
-    for (int64_t r = r0; r < r1; r += 4) {
-        int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+    const struct dnnz_ham_rows *h = c->aux;
+    const dnnz_huf_dtable *t = h->t;
+    const int width = (int)t->out_width;
+    const size_t bstride = (size_t)(HAM_TILE_KC + 64) * 4; /* bytes per row buffer */
+    uint8_t ib[4 * (HAM_TILE_KC + 64) * 4] __attribute__((aligned(64)));
+    (void)r;
+    (void)k0;
+    *stride = kcp;
+    if (width == 1) {
         uint64_t pos[4];
-        dnnz_bit_reader rd[4];
-        for (int i = 0; i < 4; i++) {
-            /* missing rows of the last group decode row r again (discarded) */
-            pos[i] = dnnz_rd_le(m->offsets, m->off_bytes, r + (i < nr ? i : 0));
-            if (width > 1 && i < nr)
-                dnnz_bit_reader_init(&rd[i], m->payload, (size_t)m->payload_len, pos[i]);
-        }
-        for (int64_t b = 0; b < c->batch; b++)
-            for (int i = 0; i < nr; i++)
-                c->y[b * m->rows + r + i] = 0.0f;
-        for (int64_t d0 = 0; d0 < m->cols; d0 += dkc) {
-            int dk = m->cols - d0 < dkc ? (int)(m->cols - d0) : dkc;
-            if (width == 1) {
-                uint8_t *const o[4] = {ib, ib + stride, ib + 2 * stride, ib + 3 * stride};
-                dnnz_huf_decode4_u8_at(c->t, m->payload, (size_t)m->payload_len, pos, o, (size_t)dk);
-            } else {
-                for (int i = 0; i < nr; i++)
-                    dnnz_huf_decode_reader(c->t, &rd[i], ib + i * stride, (size_t)dk);
-            }
-            for (int s0 = 0; s0 < dk; s0 += KC) {
-                int kc = dk - s0 < KC ? dk - s0 : KC;
-                int64_t k0 = d0 + s0;
-                for (int i = 0; i < nr; i++)
-                    dnnz_kern_lookup(c->path, ib + i * stride + (size_t)s0 * width, width, kc, m->codebook, m->k,
-                                    wb + i * KC);
-                for (int64_t b = 0; b < c->batch; b += mbt) {
-                    int bt = c->batch - b < mbt ? (int)(c->batch - b) : mbt;
-                    pick_tile(c->path, bt)(wb, c->x + b * m->cols + k0, m->cols, kc, out);
-                    for (int bb = 0; bb < bt; bb++)
-                        for (int i = 0; i < nr; i++)
-                            c->y[(b + bb) * m->rows + r + i] += out[i * 4 + bb];
-                }
-            }
+        int64_t any = -1;
+        for (int i = 0; i < nr; i++)
+            if (cursor[i] >= 0)
+                any = cursor[i];
+        for (int i = 0; i < 4; i++) /* ended and missing rows decode a discarded copy */
+            pos[i] = (uint64_t)(i < nr && cursor[i] >= 0 ? cursor[i] : any >= 0 ? any : 0);
+        uint8_t *const o[4] = {ib, ib + bstride, ib + 2 * bstride, ib + 3 * bstride};
+        if (any >= 0)
+            dnnz_huf_decode4_u8_at(t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
+        for (int i = 0; i < nr; i++)
+            if (cursor[i] >= 0)
+                cursor[i] = (int64_t)pos[i];
+    } else {
+        for (int i = 0; i < nr; i++) {
+            if (cursor[i] < 0)
+                continue;
+            dnnz_bit_reader rd;
+            dnnz_bit_reader_init(&rd, h->payload, (size_t)h->payload_len, (uint64_t)cursor[i]);
+            dnnz_huf_decode_reader(t, &rd, ib + i * bstride, (size_t)kc);
+            cursor[i] = (int64_t)dnnz_bit_reader_tell(&rd);
         }
     }
+    for (int i = 0; i < 4; i++) {
+        float *dst = wbuf + i * kcp;
+        if (i >= nr || cursor[i] < 0) {
+            memset(dst, 0, (size_t)kcp * 4);
+            continue;
+        }
+        uint8_t *idx = ib + i * bstride;
+        if (h->eor >= 0) {
+            /* the row ends at its first end-of-row symbol: it and everything decoded after it
+             * (the next row's bits) become the zero the extended codebook holds at index eor */
+            int64_t j = 0;
+            if (width == 1) {
+                const uint8_t *e = memchr(idx, (int)h->eor, (size_t)kc);
+                j = e ? e - idx : kc;
+            } else {
+                while (j < kc && dnnz_rd_le(idx, width, j) != (uint64_t)h->eor)
+                    j++;
+            }
+            if (j < kc) {
+                for (int64_t q = j; q < kc; q++)
+                    dnnz_wr_le(idx, width, q, (uint64_t)h->eor);
+                cursor[i] = -1;
+            }
+        }
+        dnnz_kern_lookup(c->path, idx, width, (int)kc, h->codebook, h->k, dst);
+        memset(dst + kc, 0, (size_t)(kcp - kc) * 4);
+    }
+    return wbuf;
+}
+
+static int64_t ham_row_start(const struct dnnz_tiles *c, int64_t r)
+{
+    const struct dnnz_ham_rows *h = c->aux;
+    return (int64_t)dnnz_rd_le(h->offsets, h->off_bytes, r);
+}
+
+int dnnz_ham_rows_matmul(const struct dnnz_ham_rows *h, int64_t rows, int64_t cols, const float *x, int64_t batch,
+                         float *y, int path)
+{
+    struct dnnz_tiles c;
+    memset(&c, 0, sizeof c);
+    c.aux = h;
+    c.rows = rows;
+    c.cols = cols;
+    c.batch = batch;
+    c.y = y;
+    c.tile = dnnz_ham_tile;
+    c.row_start = ham_row_start;
+    c.path = path;
+    c.kc_max = HAM_TILE_KC;
+    c.rows_outer = 1;
+    return dnnz_tiles_run(&c, x);
 }
 
 static void ham_decode_task(void *vc, int64_t task, int worker)
@@ -402,8 +339,8 @@ int dnnz_ham_matmul(const struct dnnz_ham *m, const float *x, int64_t batch, flo
     }
     dnnz_huf_dtable t;
     DNNZ_CHECK(dnnz_huf_dtable_init(&t, m->lengths, (size_t)m->k));
-    struct ham_ctx c = {m, &t, x, batch, y, path};
-    dnnz_cpu_parallel((m->rows + TR - 1) / TR, ham_matmul_task, &c);
+    struct dnnz_ham_rows h = {&t, m->codebook, m->k, -1, m->offsets, m->off_bytes, m->payload, m->payload_len};
+    int st = dnnz_ham_rows_matmul(&h, m->rows, m->cols, x, batch, y, path);
     dnnz_huf_dtable_free(&t);
-    return DNNZ_OK;
+    return st;
 }

@@ -13,6 +13,7 @@
 #include "common.h"
 #include "enc.h"
 #include "huf.h"
+#include "kern.h"
 
 /* cffi:begin */
 /* Validation fields of the Huffman encodings (beside enc.h's dnnz_enc_field values). */
@@ -68,5 +69,29 @@ struct dnnz_ham_streams {
  * next offset. Sets err (DNNZ_FIELD_LENGTHS / OFFSETS / PAYLOAD, where = stream). */
 int dnnz_ham_check_streams(const uint8_t *lengths, int64_t k, const struct dnnz_ham_streams *s,
                            struct dnnz_enc_err *err);
+
+/* Rows that hold every entry of W as one Huffman stream each (ham; rlham whose runs are all 0,
+ * eor = its end-of-row symbol, else -1): the symbols index codebook[k] (k > eor when eor >= 0,
+ * codebook[eor] = 0.0: a row ends at its first end-of-row symbol, the entries after it are 0). */
+struct dnnz_ham_rows {
+    const dnnz_huf_dtable *t;
+    const float *codebook;
+    int64_t k;
+    int64_t eor;
+    const uint8_t *offsets;
+    int32_t off_bytes;
+    const uint8_t *payload;
+    int64_t payload_len;
+};
+
+/* The kern.h tile decoder of such rows: the four rows' streams decoded together (interleaved,
+ * multi-symbol table: dnnz_huf_decode4_u8_at) into L1 index buffers, looked up into the tile.
+ * The cursor is a row's bit position (-1 once its end-of-row symbol was seen). */
+const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_t k0, int64_t kc, int64_t kcp,
+                           float *wbuf, int64_t *cursor, int64_t *stride);
+
+/* y = x @ W.T for such rows through the tile driver (matrix already validated). */
+int dnnz_ham_rows_matmul(const struct dnnz_ham_rows *h, int64_t rows, int64_t cols, const float *x, int64_t batch,
+                         float *y, int path);
 
 #endif /* DNNZ_HAM_H */

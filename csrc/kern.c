@@ -373,16 +373,19 @@ static void tiles_task(void *ctx, int64_t task, int worker)
     }
 #endif
     int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
-    float wbuf[RT * KC] __attribute__((aligned(64)));
+    const int64_t kcm = c->kc_max ? c->kc_max : KC;
+    float wbuf[RT * DNNZ_KERN_KC_MAX] __attribute__((aligned(64)));
     int64_t cursor[TR];
     for (int64_t b = 0; b < c->batch; b++)
         memset(c->y + b * c->rows + r0, 0, (size_t)(r1 - r0) * 4);
     if (c->row_start)
         for (int64_t r = r0; r < r1; r++)
             cursor[r - r0] = c->row_start(c, r);
-    for (int64_t k0 = 0; k0 < c->cols; k0 += KC) {
-        int64_t kc = c->cols - k0 < KC ? c->cols - k0 : KC, kcp = (kc + 15) & ~(int64_t)15;
-        for (int64_t r = r0; r < r1; r += RT) {
+    const int64_t n_k = (c->cols + kcm - 1) / kcm, n_r = (r1 - r0 + RT - 1) / RT;
+    for (int64_t outer = 0; outer < (c->rows_outer ? n_r : n_k); outer++)
+        for (int64_t inner = 0; inner < (c->rows_outer ? n_k : n_r); inner++) {
+            int64_t k0 = (c->rows_outer ? inner : outer) * kcm, r = r0 + (c->rows_outer ? outer : inner) * RT;
+            int64_t kc = c->cols - k0 < kcm ? c->cols - k0 : kcm, kcp = (kc + 15) & ~(int64_t)15;
             int nr = r1 - r < RT ? (int)(r1 - r) : RT;
             int64_t ws;
             const float *w = c->tile(c, r, nr, k0, kc, kcp, wbuf, cursor + (r - r0), &ws);
@@ -391,11 +394,12 @@ static void tiles_task(void *ctx, int64_t task, int worker)
                 micro(w, ws, kcp, c->x + b * c->xstride + k0, c->xstride, bt, c->y + b * c->rows + r, c->rows, nr);
             }
         }
-    }
 }
 
 int dnnz_tiles_run(struct dnnz_tiles *c, const float *x)
 {
+    if (c->kc_max < 0 || c->kc_max > DNNZ_KERN_KC_MAX || c->kc_max % 16)
+        return DNNZ_E_ARGUMENT;
     if (c->rows == 0 || c->batch == 0)
         return DNNZ_OK;
     if (c->cols == 0) {

@@ -126,7 +126,8 @@ void dnnz_kern_lanes(int path, const float *w, const void *col, int col_width, i
  * columns (so tiles need no tail handling); `xperm64` asks for xp, x reordered per 64-block
  * (element 64q + 16s + i = x[64q + 4i + s], for the AVX-512 VBMI im kernels). */
 #define DNNZ_KERN_RT 4
-#define DNNZ_KERN_KC 512
+#define DNNZ_KERN_KC 512      /* default slice width */
+#define DNNZ_KERN_KC_MAX 2048 /* widest slice an encoding may ask for (kc_max) */
 #define DNNZ_KERN_TASK_ROWS 64
 
 struct dnnz_tiles;
@@ -148,6 +149,10 @@ struct dnnz_tiles {
     dnnz_row_start_fn row_start; /* optional */
     int xperm64;
     int path;
+    int64_t kc_max;           /* slice width (multiple of 16, <= DNNZ_KERN_KC_MAX); 0: DNNZ_KERN_KC */
+    int rows_outer;           /* 1: each group of RT rows goes through every slice before the next
+                               * group (stream decoders: long decode runs, one group's state);
+                               * 0: each slice goes through every group (x slice stays in cache) */
 };
 
 /* Run c (m, aux, rows, cols, batch, y, cbpad, tile, gemv, row_start, xperm64, path set). */

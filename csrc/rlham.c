@@ -27,6 +27,7 @@
 #define RD dnnz_rd_le
 #define LANES 16   /* batch padding of the transposed x */
 #define TILE 64    /* batch lanes per register tile */
+#define RS (KC + 4) /* row stride of rl_chunk4's pair buffers: a multi-pair step may pass KC */
 #define MAX_EXTRA 30 /* extra bits of the largest bucket: runs stay below 2^31 */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -51,10 +52,17 @@
 #define FAST_EXTRA(f) ((unsigned)((f) >> 53) & 31u)
 #define FAST_EOR ((uint64_t)1 << 62)
 
+/* Multi-pair entry, indexed by the same prefix: the pairs of as many whole codes as fit in it
+ * (at most 3; only codes without extra bits, runs and value indices below 256, no end of row):
+ * byte j < 3 the run of pair j, byte 3 + j its value index, byte 6 the count (0: take the
+ * fast path), byte 7 the bits they take. */
+#define MULTI_MAX 3
+
 struct rl_code {
     dnnz_huf_dtable t;
     uint64_t *map;      /* symbol -> MAP_* entry */
     uint64_t *fast;     /* prefix -> FAST_* entry (1 << DNNZ_HUF_TABLE_BITS entries) */
+    uint64_t *multi;    /* prefix -> multi-pair entry, or NULL (k > 256) */
     int refill2;        /* a code and its extra bits may need more than one refill's 56 bits */
 };
 
@@ -63,8 +71,10 @@ static void rl_code_free(struct rl_code *c)
     dnnz_huf_dtable_free(&c->t);
     free(c->map);
     free(c->fast);
+    free(c->multi);
     c->map = NULL;
     c->fast = NULL;
+    c->multi = NULL;
 }
 
 /* Run class c: the smallest run it codes and its number of extra bits (spec: rlham, run classes).
@@ -112,6 +122,28 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
         uint64_t me = c->map[e >> 8];
         c->fast[p] = (uint64_t)len << 58 |
                      ((me & MAP_EOR) ? FAST_EOR : ((uint64_t)MAP_EXTRA(me) << 53 | (me & (((uint64_t)1 << 53) - 1))));
+    }
+    if (m->k > 256)
+        return DNNZ_OK;
+    c->multi = malloc(((size_t)1 << DNNZ_HUF_TABLE_BITS) * sizeof *c->multi);
+    if (!c->multi) {
+        rl_code_free(c);
+        return DNNZ_E_ALLOC;
+    }
+    const unsigned tb = DNNZ_HUF_TABLE_BITS, tmask = (1u << tb) - 1;
+    for (uint32_t p = 0; p <= tmask; p++) {
+        uint64_t e = 0;
+        unsigned used = 0, cnt = 0;
+        while (cnt < MULTI_MAX) {
+            uint64_t f = c->fast[(p << used) & tmask];
+            unsigned len = FAST_LEN(f);
+            if (len == 0 || used + len > tb || (f & FAST_EOR) || FAST_EXTRA(f) || MAP_BASE(f) > 255 || MAP_V(f) > 255)
+                break;
+            e |= (uint64_t)MAP_BASE(f) << (8 * cnt) | (uint64_t)MAP_V(f) << (8 * (3 + cnt));
+            used += len;
+            cnt++;
+        }
+        c->multi[p] = cnt ? e | (uint64_t)cnt << 48 | (uint64_t)used << 56 : 0;
     }
     return DNNZ_OK;
 }
@@ -191,8 +223,9 @@ static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, str
 }
 
 /* Four rows at once, round robin (four independent dependency chains for the out-of-order core
- * to overlap): pairs of row i go to col[i * KC ..] / w[i * KC ..], n[i] of them. Returns when a
- * row's buffer is full or every row has ended. The rows' readers all read src[0..size).
+ * to overlap): pairs of row i go to col[i * RS ..] / w[i * RS ..], n[i] of them (at most
+ * KC + MULTI_MAX - 1). Returns when a row's buffer is full or every row has ended. The rows'
+ * readers all read src[0..size).
  *
  * The common pair takes the fast path: a row's whole state is its bit position and next column
  * (locals, in registers), one unaligned 8-byte load at the position gives >= 57 bits, one fast
@@ -211,16 +244,35 @@ static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, c
     uint64_t c0 = s[0].pos, c1 = s[1].pos, c2 = s[2].pos, c3 = s[3].pos;
     int g0 = s[0].state == 0, g1 = s[1].state == 0, g2 = s[2].state == 0, g3 = s[3].state == 0;
     int n0 = 0, n1 = 0, n2 = 0, n3 = 0;
+    const uint64_t *const multi = c->multi;
 #define RL_STEP(I)                                                                                 \
     if (g##I) {                                                                                    \
         if (DNNZ_LIKELY(can && p##I <= plim)) {                                                    \
             uint64_t a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                     \
+            if (multi) {                                                                           \
+                uint64_t e_ = multi[a_ >> (64 - DNNZ_HUF_TABLE_BITS)];                             \
+                unsigned k_ = (unsigned)(e_ >> 48) & 0xff;                                         \
+                uint64_t q0_ = c##I + (e_ & 0xff), q1_ = q0_ + 1 + ((e_ >> 8) & 0xff);             \
+                uint64_t q2_ = q1_ + 1 + ((e_ >> 16) & 0xff);                                      \
+                uint64_t ql_ = k_ == 3 ? q2_ : k_ == 2 ? q1_ : q0_;                                \
+                if (DNNZ_LIKELY(k_ != 0 && ql_ < cols)) {                                          \
+                    uint32_t *co_ = col + I * RS + n##I;                                           \
+                    float *wo_ = w + I * RS + n##I;                                                \
+                    co_[0] = (uint32_t)q0_, co_[1] = (uint32_t)q1_, co_[2] = (uint32_t)q2_;        \
+                    wo_[0] = cb[(e_ >> 24) & 0xff], wo_[1] = cb[(e_ >> 32) & 0xff];                \
+                    wo_[2] = cb[(e_ >> 40) & 0xff];                                                \
+                    n##I += (int)k_;                                                               \
+                    c##I = ql_ + 1;                                                                \
+                    p##I += e_ >> 56;                                                              \
+                    goto done##I;                                                                  \
+                }                                                                                  \
+            }                                                                                      \
             uint64_t f_ = fast[a_ >> (64 - DNNZ_HUF_TABLE_BITS)];                                  \
             unsigned len_ = FAST_LEN(f_), nb_ = FAST_EXTRA(f_);                                    \
             uint64_t q_ = c##I + MAP_BASE(f_) + (((a_ << len_) >> 1) >> (63 - nb_));               \
             if (DNNZ_LIKELY(len_ != 0 && !(f_ & FAST_EOR) && q_ < cols)) {                         \
-                col[I * KC + n##I] = (uint32_t)q_;                                                 \
-                w[I * KC + n##I] = cb[MAP_V(f_)];                                                  \
+                col[I * RS + n##I] = (uint32_t)q_;                                                 \
+                w[I * RS + n##I] = cb[MAP_V(f_)];                                                  \
                 n##I++;                                                                            \
                 c##I = q_ + 1;                                                                     \
                 p##I += len_ + nb_;                                                                \
@@ -229,7 +281,7 @@ static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, c
         }                                                                                          \
         dnnz_bit_reader_init(&s[I].r, src, size, p##I);                                            \
         s[I].pos = c##I;                                                                           \
-        n##I += rl_pair(c, cb, cols, &s[I], col + I * KC + n##I, w + I * KC + n##I);                \
+        n##I += rl_pair(c, cb, cols, &s[I], col + I * RS + n##I, w + I * RS + n##I);                \
         p##I = dnnz_bit_reader_tell(&s[I].r);                                                      \
         c##I = s[I].pos;                                                                           \
         g##I = s[I].state == 0;                                                                    \
@@ -488,8 +540,8 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
 {
     const struct rl_ctx *x = vc;
     const struct dnnz_rlham *m = x->m;
-    uint32_t col[4 * KC] __attribute__((aligned(64)));
-    float w[4 * KC] __attribute__((aligned(64)));
+    uint32_t col[4 * RS] __attribute__((aligned(64)));
+    float w[4 * RS] __attribute__((aligned(64)));
     const int64_t batch = x->batch, bp = x->bp;
     (void)worker;
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
@@ -510,7 +562,7 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
                 rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, m->payload, (size_t)m->payload_len, s, col, w, n);
                 for (int i = 0; i < nr; i++)
                     for (int64_t b = 0; b < batch; b++)
-                        sum[i][b] += dnnz_kern_gather_dot(x->path, w + i * KC, col + i * KC, 4,
+                        sum[i][b] += dnnz_kern_gather_dot(x->path, w + i * RS, col + i * RS, 4,
                                                          n[i], x->x + b * m->cols);
             } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
             for (int i = 0; i < nr; i++)
@@ -526,7 +578,8 @@ static void rl_matmul_task(void *vc, int64_t task, int worker)
                         continue;
                     for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
                         int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
-                        dnnz_kern_lanes(x->path, w + i * KC, col + i * KC, 4, n[i], x->xt + b0, bp, tw, acc + i * bp + b0);
+                        dnnz_kern_lanes(x->path, w + i * RS, col + i * RS, 4, n[i], x->xt + b0, bp, tw,
+                                        acc + i * bp + b0);
                     }
                 }
             } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
