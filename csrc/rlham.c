@@ -642,6 +642,23 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
     }
     struct rl_code c;
     DNNZ_CHECK(rl_code_init(&c, m));
+    if (m->run_classes == 1 && m->direct_runs == 1) {
+        /* Every run is 0: a row is its first n <= cols entries (zeros after them), each one
+         * symbol (its value index), then the end-of-row symbol k: ham's rows with an end-of-row
+         * mark, so the same tile decoder (multi-symbol, four interleaved streams) runs it. */
+        float *cbx = malloc((size_t)(m->k + 1) * sizeof *cbx);
+        if (!cbx) {
+            rl_code_free(&c);
+            return DNNZ_E_ALLOC;
+        }
+        memcpy(cbx, m->codebook, (size_t)m->k * sizeof *cbx);
+        cbx[m->k] = 0.0f;
+        struct dnnz_ham_rows h = {&c.t, cbx, m->k + 1, m->k, m->offsets, m->off_bytes, m->payload, m->payload_len};
+        int st = dnnz_ham_rows_matmul(&h, m->rows, m->cols, x, batch, y, path);
+        free(cbx);
+        rl_code_free(&c);
+        return st;
+    }
     struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path};
     float *xt = NULL, *acc = NULL;
     int st = DNNZ_OK;

@@ -1,0 +1,140 @@
+"""The shared C kernels (csrc/kern.c) and each encoding's fast paths, on every CPU path: the tile
+driver with the Huffman row tiles (ham; rlham whose runs are all 0, end-of-row mark included),
+rlham's fast and multi-pair walks (and their exact fallbacks: long codes, extra bits, rows that
+end early), sham and csc batch lanes. Odd shapes, k = 1 and 4096, empty rows, slices crossing
+the 2048-column tile, batch 1 / 7 / 8 / 129; results compared with float64 NumPy and across
+thread counts."""
+import numpy as np
+import pytest
+
+import pydnnz
+from pydnnz import runtime
+from pydnnz.encodings import encode
+
+PATHS = runtime.supported_cpu_paths()
+BATCHES = (1, 7, 8, 129)
+
+
+@pytest.fixture(params=PATHS)
+def cpu_path(request):
+    runtime.set_cpu_path(request.param)
+    yield request.param
+    runtime.set_cpu_path(None)
+
+
+def assert_matmul(e, w, batches=BATCHES, seed=0):
+    rng = np.random.default_rng(seed)
+    for batch in batches:
+        x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64)
+        scale = np.abs(x).astype(np.float64) @ np.abs(w.T).astype(np.float64) + 1e-30
+        y = e.matmul(x)
+        assert y.shape == (batch, w.shape[0])
+        err = np.abs(y - ref) / (scale + 1e-6)
+        assert np.all(np.abs(y - ref) <= 1e-5 * scale + 1e-6), (e.encoding, batch, float(err.max()))
+
+
+def levels(k):
+    """k non-zero float32 levels."""
+    return ((np.arange(k) - k // 2 + 0.5) / 4).astype(np.float32)
+
+
+def skewed_indices(rng, shape, k):
+    """Geometric-ish index distribution: some codes far longer than the 11-bit decode table."""
+    idx = np.minimum(rng.geometric(0.35, shape) - 1, k - 1)
+    return (idx + rng.integers(0, k, shape) * (rng.random(shape) < 0.02)) % k
+
+
+@pytest.mark.parametrize("k", [1, 2, 32, 255, 256, 300, 4096])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (7, 5), (13, 2049), (6, 4100)])
+def test_rlham_all_runs_zero_uses_row_tiles(k, rows, cols, cpu_path):
+    """No zeros but trailing ones: the encoder picks one run class with one direct run, and
+    matmul goes through the Huffman row tiles with the end-of-row mark."""
+    rng = np.random.default_rng(k * 7 + rows)
+    w = levels(k)[skewed_indices(rng, (rows, cols), k)]
+    if rows > 1:
+        w[0, :] = 0.0                          # an empty row
+        w[-1, cols // 2:] = 0.0                # a row that ends early
+    if rows > 2:
+        w[1, cols - 1:] = 0.0                  # one entry short
+    e = encode(w, "rlham")
+    assert e.params["run_classes"] == 1 and e.params["direct_runs"] == 1, e.params
+    assert np.array_equal(e.decode(), w)
+    assert_matmul(e, w)
+
+
+@pytest.mark.parametrize("k", [1, 3, 32, 256, 257, 4096])
+@pytest.mark.parametrize("sparsity", [0.3, 0.9, 0.999])
+def test_rlham_pair_walk(k, sparsity, cpu_path):
+    """Runs with and without extra bits, long codes, the multi-pair table (k <= 256) and the
+    one-pair fast table (k > 256), rows of different lengths in one group of four."""
+    rng = np.random.default_rng(k + int(sparsity * 1000))
+    rows, cols = 11, 3001
+    w = levels(k)[skewed_indices(rng, (rows, cols), k)]
+    w[rng.random((rows, cols)) < sparsity] = 0.0
+    w[2] = 0.0
+    w[5, : cols - 3] = 0.0                     # one long run, then a few entries
+    e = encode(w, "rlham")
+    assert (e.params["run_classes"], e.params["direct_runs"]) != (1, 1)
+    assert np.array_equal(e.decode(), w)
+    assert_matmul(e, w)
+
+
+@pytest.mark.parametrize("k", [1, 2, 32, 256, 257, 4096])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 17), (9, 2048), (5, 2049), (4, 4097)])
+def test_ham_row_tiles(k, rows, cols, cpu_path):
+    rng = np.random.default_rng(k + cols)
+    w = levels(k)[skewed_indices(rng, (rows, cols), k)]
+    e = encode(w, "ham")
+    assert np.array_equal(e.decode(), w)
+    assert_matmul(e, w)
+
+
+@pytest.mark.parametrize("k", [1, 33, 4096])
+def test_sham_lanes_and_gathers(k, cpu_path):
+    rng = np.random.default_rng(k)
+    rows, cols = 10, 777
+    w = levels(k)[skewed_indices(rng, (rows, cols), k)]
+    w[rng.random((rows, cols)) < 0.8] = 0.0
+    w[3] = 0.0                                 # an empty row
+    e = encode(w, "sham")
+    assert np.array_equal(e.decode(), w)
+    assert_matmul(e, w)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.6])
+@pytest.mark.parametrize("k", [None, 17, 300])
+def test_csc_lanes_gathers_and_tiles(density, k, cpu_path):
+    """csc: gathers (batch 1, few non-zeros), batch lanes in chunks of 64 (129 = 3 chunks) with
+    1-, 2- and 4-byte column indices, and dense-enough tiles."""
+    rng = np.random.default_rng(int(density * 100) + (k or 0))
+    for rows, cols in ((9, 200), (5, 70000)):
+        if k is None:
+            w = rng.standard_normal((rows, cols)).astype(np.float32)
+        else:
+            w = levels(k)[rng.integers(0, k, (rows, cols))]
+        w[rng.random((rows, cols)) >= density] = 0.0
+        w[0] = 0.0
+        e = encode(w, "csc")
+        assert np.array_equal(e.decode(), w)
+        assert_matmul(e, w, batches=(1, 7, 129))
+
+
+@pytest.mark.parametrize("name", ["ham", "rlham", "sham", "csc", "im", "dense"])
+def test_thread_count_does_not_change_results(name, cpu_path):
+    rng = np.random.default_rng(1)
+    w = levels(16)[rng.integers(0, 16, (200, 333))]
+    if name in ("sham", "csc"):
+        w[rng.random(w.shape) < 0.7] = 0.0
+    e = encode(w, name)
+    x = rng.standard_normal((9, 333)).astype(np.float32)
+    old = pydnnz.get_num_threads()
+    try:
+        pydnnz.set_num_threads(1)
+        y1 = e.matmul(x)
+        y1b = e.matmul(x[:1])
+        pydnnz.set_num_threads(3)
+        assert np.array_equal(e.matmul(x), y1)
+        assert np.array_equal(e.matmul(x[:1]), y1b)
+    finally:
+        pydnnz.set_num_threads(old)
