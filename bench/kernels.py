@@ -1,6 +1,7 @@
 """Dot products from the compressed form vs dense baselines, measured in the same run.
 
     python -m bench.kernels [--quick] [--json] [--paths best|all] [--shapes NAME,...] [--threads 1,all]
+    python -m bench.kernels --targets     # issue 15's targets: the runs they need, then a summary
 
 One record per (matrix, encoding, batch, threads, CPU path): encoded bytes, the order-0 entropy
 bound of the index stream (bits/weight H0, bound = H0 * n / 8 + 4 k codebook bytes) and the gap
@@ -36,7 +37,17 @@ SHAPES = {  # name: (out, in)
     "deepdta-1024x512": (512, 1024),
 }
 VARIANTS = [("k2", 2, 0.0), ("k16", 16, 0.0), ("k32", 32, 0.0), ("k256", 256, 0.0),
-            ("p90-k32", 32, 0.9), ("p99-k32", 32, 0.99)]
+            ("p90-k32", 32, 0.9), ("p99-k32", 32, 0.99), ("k4096", 4096, 0.0)]
+DEFAULT_VARIANTS = ("k2", "k16", "k32", "k256", "p90-k32", "p99-k32")
+# Targets (issue 15), ratios of pydnnz to torch dense in the same run, one thread unless stated:
+# (label, encoding, variant, batch, threads, limit); "ham" rows of the ratio rlham / ham below.
+TARGET_MATRIX = "vgg19-4096x4096"
+TARGETS = [("ham batch 1", "ham", "k32", 1, 1, 1.5), ("ham batch 8", "ham", "k32", 8, 1, 0.5),
+           ("ham batch 128", "ham", "k32", 128, 1, 1.2),
+           ("sham 90% pruned batch 1", "sham", "p90-k32", 1, 1, 0.3),
+           ("rlham 90% pruned batch 1", "rlham", "p90-k32", 1, 1, 0.3),
+           ("ham batch 1, all cores", "ham", "k32", 1, "all", 1.0)]
+HUFFMAN_TARGETS = [("k32", 1.5e9), ("k4096", 5e8)]  # symbols/s of the ham batch-1 kernel
 BATCHES = (1, 8, 128)
 QUICK_SHAPES = ("deepdta-1024x1024", "vgg19-4096x4096")
 QUICK_VARIANTS = ("k32", "p90-k32")
@@ -63,10 +74,15 @@ def main():
     ap.add_argument("--variants", default=None, help="comma-separated variants (k2,k16,k32,k256,p90-k32,p99-k32)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes")
     ap.add_argument("--threads", default="1,all", help="thread settings to run, e.g. 1,all")
+    ap.add_argument("--targets", action="store_true",
+                    help=f"run {TARGET_MATRIX} k32/k4096/p90-k32 at batch 1, 8, 128 on 1 and all threads "
+                         "and print issue 15's targets against the measured ratios")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return run_child(args)
+    if args.targets:
+        args.shapes, args.variants, args.batches, args.threads = TARGET_MATRIX, "k32,k4096,p90-k32", "1,8,128", "1,all"
     records = []
     for threads in args.threads.split(","):
         # the child runs as a module from the repository root, so that the in-place pydnnz imports
@@ -85,7 +101,38 @@ def main():
                 print(line, flush=True)
             else:
                 print_record(rec, header=len(records) == 1)
+    if args.targets:
+        print_targets(records)
     return 0
+
+
+def print_targets(records):
+    """Issue 15's targets against this run's ratios (pass / MISS), from the records of one run."""
+    import os as _os
+    def find(enc, variant, batch, threads):
+        for r in records:
+            if (r["matrix"], r["encoding"], r["variant"], r["batch"]) == (TARGET_MATRIX, enc, variant, batch) and \
+                    r["threads"] == (threads if threads != "all" else (_os.cpu_count() or 1)):
+                return r
+        return None
+    print(f"\n# Targets (issue 15), {TARGET_MATRIX}, ratio pydnnz / torch dense measured in this run")
+    print(f"{'target':34} {'limit':>7} {'ratio':>7}  result")
+    for label, enc, variant, batch, threads, limit in TARGETS:
+        r = find(enc, variant, batch, threads)
+        v = r["ratio_torch"] if r else None
+        print(f"{label:34} {limit:7.2f} " + (f"{v:7.2f}  {'pass' if v <= limit else 'MISS'}" if r else "      -  not run"))
+    for variant in ("k32", "k4096", "p90-k32"):
+        for batch in (1, 8, 128):
+            a, b = find("rlham", variant, batch, 1), find("ham", variant, batch, 1)
+            if a and b:
+                v = a["t_pydnnz"] / b["t_pydnnz"]
+                print(f"{f'rlham / ham {variant} batch {batch}':34} {1.2:7.2f} {v:7.2f}  {'pass' if v <= 1.2 else 'MISS'}")
+    for variant, limit in HUFFMAN_TARGETS:
+        r = find("ham", variant, 1, 1)
+        if r:
+            rate = r["shape"][0] * r["shape"][1] / r["t_pydnnz"]
+            print(f"{f'Huffman symbols/s, ham {variant} b1':34} {limit / 1e9:6.2f}G {rate / 1e9:6.2f}G  "
+                  f"{'pass' if rate >= limit else 'MISS'} (decode + lookup + multiply-add)")
 
 
 def print_record(r, header=False):
@@ -153,7 +200,7 @@ def run_child(args):
             f" (threadpoolctl not installed: kernel not reported; OPENBLAS_NUM_THREADS={threads})"
     shapes = args.shapes.split(",") if args.shapes else (QUICK_SHAPES if args.quick else list(SHAPES))
     variants = args.variants.split(",") if args.variants else \
-        (QUICK_VARIANTS if args.quick else [v[0] for v in VARIANTS])
+        (QUICK_VARIANTS if args.quick else list(DEFAULT_VARIANTS))
     batches = [int(b) for b in args.batches.split(",")] if args.batches else \
         (QUICK_BATCHES if args.quick else BATCHES)
     paths = runtime.supported_cpu_paths()[::-1]
