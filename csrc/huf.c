@@ -431,9 +431,63 @@ int dnnz_huf_encode_at(const uint8_t *lengths, size_t n_alphabet, const void *sy
 void dnnz_huf_dtable_free(dnnz_huf_dtable *t)
 {
     free(t->single);
+    free(t->sub);
+    free(t->sub_off);
+    free(t->sub_bits);
+    t->sub = NULL;
+    t->sub_off = NULL;
+    t->sub_bits = NULL;
     t->single = NULL;
     t->multi = NULL;
     t->sorted = NULL;
+}
+
+/* Second-level tables (see huf.h): a primary prefix's table resolves as many bits as its longest
+ * code needs beyond TB; a complete code covers every entry. Work and memory are bounded by the
+ * number of used symbols and DNNZ_HUF_SUB_MAX_ENTRIES. */
+static void build_sub_tables(dnnz_huf_dtable *t, const uint32_t count[MAXL + 1])
+{
+    const size_t tsize = (size_t)1 << TB;
+    uint8_t *bits = calloc(tsize, 1);
+    uint32_t *off = malloc(tsize * sizeof *off);
+    if (!bits || !off)
+        goto fail;
+    for (unsigned l = TB + 1; l <= t->max_len; l++)
+        for (uint32_t i = 0; i < count[l]; i++) {
+            uint32_t p = (t->first[l] + i) >> (l - TB);
+            if (bits[p] < l - TB)
+                bits[p] = (uint8_t)(l - TB);
+        }
+    size_t total = 0;
+    for (size_t p = 0; p < tsize; p++) {
+        off[p] = (uint32_t)total;
+        total += bits[p] ? (size_t)1 << bits[p] : 0;
+        if (total > DNNZ_HUF_SUB_MAX_ENTRIES)
+            goto fail;
+    }
+    /* one spare entry: the branch-free decoder reads sub[off] for short prefixes too */
+    uint32_t *sub = malloc((total + 1) * sizeof *sub);
+    if (!sub)
+        goto fail;
+    for (size_t j = 0; j <= total; j++)
+        sub[j] = DNNZ_HUF_INVALID | 1; /* unreachable in a complete code */
+    for (unsigned l = TB + 1; l <= t->max_len; l++)
+        for (uint32_t i = 0; i < count[l]; i++) {
+            uint32_t code = t->first[l] + i, p = code >> (l - TB), rem = l - TB;
+            uint32_t span = 1u << (bits[p] - rem), base = off[p] + ((code & ((1u << rem) - 1)) << (bits[p] - rem));
+            uint32_t e = (t->sorted[t->index[l] + i] << 8) | l;
+            for (uint32_t j = 0; j < span; j++)
+                sub[base + j] = e;
+        }
+    for (size_t p = 0; p < tsize; p++) /* offset << 5 | bits: one load per lookup */
+        off[p] = off[p] << 5 | bits[p];
+    t->sub = sub;
+    t->sub_off = off;
+    t->sub_bits = bits;
+    return;
+fail:
+    free(bits);
+    free(off);
 }
 
 int dnnz_huf_dtable_init(dnnz_huf_dtable *t, const uint8_t *lengths, size_t n_alphabet)
@@ -490,6 +544,8 @@ int dnnz_huf_dtable_init(dnnz_huf_dtable *t, const uint8_t *lengths, size_t n_al
         }
         t->single[p] = e;
     }
+    if (ml > TB && ml <= TB + DNNZ_HUF_SUB_MAX_BITS)
+        build_sub_tables(t, count); /* best effort: without them, the canonical search */
     if (t->multi) {
         const unsigned maxsyms = 6 / width;
         uint32_t full = 1;
@@ -525,6 +581,16 @@ int dnnz_huf_dtable_init(dnnz_huf_dtable *t, const uint8_t *lengths, size_t n_al
 
 uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint32_t *flags)
 {
+    if (t->sub) {
+        uint32_t p = (uint32_t)(r->acc >> (64 - TB));
+        unsigned b = t->sub_bits[p];
+        if (DNNZ_LIKELY(b)) {
+            uint32_t e = t->sub[(t->sub_off[p] >> 5) + (uint32_t)((r->acc << TB) >> (64 - b))];
+            dnnz_bit_skip(r, e & 63);
+            *flags |= e & DNNZ_HUF_INVALID;
+            return e >> 8;
+        }
+    }
     uint64_t v = r->acc >> (64 - MAXL);
     for (unsigned l = TB + 1; l <= t->max_len; l++) {
         if (v < t->limit[l]) {
@@ -595,7 +661,28 @@ uint32_t dnnz_huf_decode_long(const dnnz_huf_dtable *t, dnnz_bit_reader *r, uint
         T *const oend = o + n;                                                                \
         uint32_t flags = 0;                                                                   \
         const uint64_t *multi = t->multi;                                                     \
-        if (multi && sizeof(T) < 4) {                                                         \
+        if (t->sub && !t->multi_full && t->syms_per_refill >= 2) {                            \
+            /* large alphabets (most codes past the primary table): both levels inline and    \
+             * branch-free, the reader state in registers, 2+ symbols per refill */            \
+            const uint32_t *single = t->single, *sub = t->sub, *sob = t->sub_off;              \
+            const uint32_t spr2 = t->syms_per_refill;                                         \
+            RD_LOCALS(a, r);                                                                  \
+            (void)alim;                                                                       \
+            while ((size_t)(oend - o) >= spr2 && RD_CAN_REFILL(a, r)) {                       \
+                RD_REFILL_FAST(a);                                                            \
+                for (uint32_t s_ = 0; s_ < spr2; s_++) {                                      \
+                    uint32_t p_ = (uint32_t)(aacc >> (64 - TB)), so_ = sob[p_];               \
+                    uint32_t e1_ = single[p_];                                                \
+                    uint32_t e2_ = sub[(so_ >> 5) + (uint32_t)(((aacc << TB) >> 1) >> (63 - (so_ & 31)))]; \
+                    uint32_t e_ = (e1_ & 63) ? e1_ : e2_;                                     \
+                    *o++ = (T)(e_ >> 8);                                                      \
+                    flags |= e_ & DNNZ_HUF_INVALID;                                           \
+                    aacc <<= (e_ & 63);                                                       \
+                    aav -= (e_ & 63);                                                         \
+                }                                                                             \
+            }                                                                                 \
+            RD_SAVE(a, r);                                                                    \
+        } else if (multi && sizeof(T) < 4) {                                                  \
             const ptrdiff_t room = 4 * (6 / (ptrdiff_t)sizeof(T)) + 8 / (ptrdiff_t)sizeof(T); \
             RD_LOCALS(a, r);                                                                  \
             (void)alim;                                                                       \

@@ -130,7 +130,19 @@ typedef struct {
     uint32_t syms_per_refill; /* symbols decodable after one refill: 56 / max(max_len, 1) */
     uint32_t multi_full;    /* 1 when every multi[] entry holds at least one symbol (no code
                              * longer than DNNZ_HUF_TABLE_BITS, no prefix without a code) */
+    /* Second level for codes longer than DNNZ_HUF_TABLE_BITS (large alphabets): the long codes
+     * of a primary prefix p resolve in sub[(sub_off[p] >> 5) + the next sub_bits[p] bits]
+     * (sub_off[p] & 31 == sub_bits[p], 0 for a prefix without long codes); entries as single[]
+     * (length | symbol << 8, the length counting the primary bits). NULL when there is no long
+     * code or a code is longer than DNNZ_HUF_TABLE_BITS + DNNZ_HUF_SUB_MAX_BITS (then the
+     * canonical search of dnnz_huf_decode_long). */
+    uint32_t *sub;
+    uint32_t *sub_off;
+    uint8_t *sub_bits;
 } dnnz_huf_dtable;
+
+#define DNNZ_HUF_SUB_MAX_BITS 12      /* bits a second-level table resolves at most */
+#define DNNZ_HUF_SUB_MAX_ENTRIES (1u << 20) /* all second-level tables together (4 MiB) */
 
 #define DNNZ_HUF_INVALID 0x40u
 
