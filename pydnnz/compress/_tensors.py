@@ -18,16 +18,21 @@ class QuantizedTensor:
     k <= 65536, int32 beyond). ``mask`` is the boolean pruning mask (True = kept) when the tensor
     was pruned before quantization, else None. ``method`` and ``params`` record how it was made.
 
+    Per-channel quantization (``granularity="channel"`` or a block of rows) adds ``row_scale``:
+    float32, one value per block of ``scale_rows`` consecutive rows (dimension 0); the tensor is
+    then ``codebook[indices] * row_scale[r // scale_rows]`` for row r, the codebook holding the
+    shared row-normalised values. Both are None for a per-tensor codebook.
+
     >>> import numpy as np
     >>> q = QuantizedTensor(np.array([-1.0, 0.0, 2.0], np.float32), np.array([[0, 2], [1, 1]], np.uint8))
     >>> q.k, q.shape, np.asarray(q).tolist()
     (3, (2, 2), [[-1.0, 2.0], [0.0, 0.0]])
     """
 
-    __slots__ = ("codebook", "indices", "mask", "method", "params")
+    __slots__ = ("codebook", "indices", "mask", "method", "params", "row_scale", "scale_rows")
 
     def __init__(self, codebook, indices, mask=None, *, method: str = "", params=None,
-                 validate: bool = True):
+                 validate: bool = True, row_scale=None, scale_rows=None):
         codebook = np.asarray(codebook)
         indices = np.asarray(indices)
         if validate:
@@ -54,11 +59,21 @@ class QuantizedTensor:
                 if mask.dtype != np.bool_ or mask.shape != indices.shape:
                     raise ShapeError(f"mask must be a bool array of shape {indices.shape}")
             codebook = codebook + np.float32(0.0)  # -0.0 -> +0.0: one zero, the positive one
+        if row_scale is not None:
+            from ..encodings.scaled import check_row_scale
+
+            rows = int(indices.shape[0]) if indices.ndim else 1
+            row_scale, scale_rows = check_row_scale(np.ascontiguousarray(row_scale, dtype=np.float32),
+                                                    scale_rows, rows, InvalidArgumentError)
+        elif scale_rows is not None:
+            raise InvalidArgumentError("scale_rows given without row_scale")
         self.codebook = codebook
         self.indices = indices
         self.mask = mask
         self.method = method
         self.params = dict(params or {})
+        self.row_scale = row_scale
+        self.scale_rows = scale_rows
 
     @property
     def shape(self) -> tuple:
@@ -82,8 +97,18 @@ class QuantizedTensor:
         return np.dtype(np.float32)
 
     def to_dense(self) -> np.ndarray:
-        """The float32 tensor ``codebook[indices]``."""
-        return self.codebook[self.indices]
+        """The float32 tensor ``codebook[indices]`` (times the row scales, when present)."""
+        out = self.codebook[self.indices]
+        if self.row_scale is None:
+            return out
+        rows = out.shape[0]
+        s = np.repeat(self.row_scale, self.scale_rows)[:rows]
+        return (out.reshape(rows, -1) * s[:, None]).reshape(out.shape)
+
+    def normalized(self) -> "QuantizedTensor":
+        """The same indices and codebook without the row scales (what an encoding stores)."""
+        return QuantizedTensor(self.codebook, self.indices, self.mask, method=self.method,
+                               params=self.params, validate=False)
 
     def __array__(self, dtype=None, copy=None):
         out = self.to_dense()
@@ -98,10 +123,12 @@ class QuantizedTensor:
             raise InvalidArgumentError("codebook holds non-finite values")
         uniq, remap = np.unique(codebook + np.float32(0.0), return_inverse=True)
         return QuantizedTensor(uniq, remap.reshape(-1)[self.indices], self.mask, method=self.method,
-                               params=self.params)
+                               params=self.params, row_scale=self.row_scale, scale_rows=self.scale_rows)
 
     def __repr__(self) -> str:
         extra = f", pruned={1 - self.mask.mean():.3f}" if self.mask is not None and self.mask.size else ""
+        if self.row_scale is not None:
+            extra += f", scale_rows={self.scale_rows}"
         return f"QuantizedTensor(shape={self.shape}, k={self.k}, method={self.method!r}{extra})"
 
 

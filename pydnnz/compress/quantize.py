@@ -488,7 +488,7 @@ EXTRA_METHODS = ("rdq",)
 
 
 def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, include_zeros=False,
-             seed=0, **opts):
+             seed=0, granularity="tensor", **opts):
     """Quantize one tensor, or several with ONE shared ("unified") codebook.
 
     ``weights`` is an array (returns a QuantizedTensor) or a list of arrays (returns a list of
@@ -501,6 +501,14 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
     codebook entry (the paper's Pr-X, at most k+1 values in all); ``include_zeros=True``
     quantizes the pruned tensors zeros included and forces pruned positions back to zero
     afterwards (what the authors' code does). The codebook holds exactly the values used.
+
+    ``granularity``: "tensor" (default: the codebook's values are the weights), "channel" (each
+    output row r, dimension 0, gets a float32 scale s_r = max |w| of the row after pruning; the
+    codebook is fitted on the normalised values w / s_r, shared by all rows, and the tensor is
+    ``codebook[indices] * s_r``) or an int B (one scale per block of B consecutive rows). The
+    scales travel in ``row_scale`` / ``scale_rows``; pruned zeros stay exact zeros. Use it when
+    rows have very different ranges (depthwise convs, the first conv of a CNN): one per-tensor
+    codebook then spends its levels on the widest rows and flattens the narrow ones.
 
     >>> import numpy as np
     >>> w = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
@@ -530,6 +538,17 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
         prune = check_p(prune)
         arrays, masks = map(list, zip(*(_prune(a, prune) for a in arrays)))
     pruned = masks is not None
+    scales = None
+    if granularity is not None and granularity != "tensor":
+        from ..encodings.scaled import block_scales, granularity_block
+
+        if any(a.ndim < 2 for a in arrays):
+            raise InvalidArgumentError("granularity='channel' or a row block needs tensors with ndim >= 2 "
+                                       "(rows = dimension 0)")
+        blocks = [granularity_block(granularity, a.shape[0]) for a in arrays]
+        scales = [block_scales(a, b) for a, b in zip(arrays, blocks)]
+        arrays = [(a.reshape(a.shape[0], -1) / np.repeat(s, b)[:a.shape[0], None]).astype(np.float32)
+                  .reshape(a.shape) for a, s, b in zip(arrays, scales, blocks)]
     if pruned and not include_zeros:
         parts = [a[m & (a != 0)] for a, m in zip(arrays, masks)]
     else:
@@ -566,8 +585,10 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
     params = {"method": method, "k": k, "prune": prune, "include_zeros": bool(include_zeros),
               "group_k": int(codebook.size), **info}
     name = ("pr_" if pruned else "") + method
+    if scales is not None:
+        params["granularity"] = "channel" if granularity == "channel" else int(granularity)
     out = []
-    for i, m in zip(idx, masks if pruned else [None] * len(idx)):
+    for j, (i, m) in enumerate(zip(idx, masks if pruned else [None] * len(idx))):
         i = remap[i]
         if len(idx) > 1:
             # each tensor keeps the entries of the shared codebook it uses (spec/compress.md: the
@@ -578,11 +599,14 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
         else:
             cb_t = codebook
         out.append(QuantizedTensor(cb_t, i.astype(index_dtype(cb_t.size)), m, method=name,
-                                   params=dict(params), validate=False))
+                                   params=dict(params), validate=False,
+                                   row_scale=None if scales is None else scales[j],
+                                   scale_rows=None if scales is None else blocks[j]))
     return out[0] if single else out
 
 
-def cws(w, k=32, *, seed=0, prune=None, n_init=5, max_iter=10000, include_zeros=False, init=None):
+def cws(w, k=32, *, seed=0, prune=None, n_init=5, max_iter=10000, include_zeros=False, init=None,
+        granularity="tensor"):
     """CWS: weight sharing by 1-D k-means (the k shared values minimise the squared error).
 
     The paper fits sklearn ``MiniBatchKMeans`` (k-means++ seeded on only 3k sampled weights).
@@ -600,11 +624,12 @@ def cws(w, k=32, *, seed=0, prune=None, n_init=5, max_iter=10000, include_zeros=
     >>> cws(w, 4).k
     4
     """
-    return quantize(w, "cws", k, seed=seed, prune=prune, include_zeros=include_zeros,
+    return quantize(w, "cws", k, granularity=granularity,
+                    seed=seed, prune=prune, include_zeros=include_zeros,
                     n_init=n_init, max_iter=max_iter, init=init)
 
 
-def pws(w, k=32, *, seed=0, prune=None, include_zeros=False):
+def pws(w, k=32, *, seed=0, prune=None, include_zeros=False, granularity="tensor"):
     """PWS: probabilistic quantization (unbiased stochastic rounding between quantiles).
 
     The representatives are the quantiles of the weights at levels i/(k-1), i = 0..k-1 (numpy's
@@ -622,10 +647,12 @@ def pws(w, k=32, *, seed=0, prune=None, include_zeros=False):
     >>> q.codebook.tolist()
     [-1.0, -0.5, 0.0, 0.5, 1.0]
     """
-    return quantize(w, "pws", k, seed=seed, prune=prune, include_zeros=include_zeros)
+    return quantize(w, "pws", k, granularity=granularity, seed=seed, prune=prune,
+                    include_zeros=include_zeros)
 
 
-def uq(w, k=32, *, mode="search", delta=None, deltas=None, prune=None, include_zeros=False, seed=0):
+def uq(w, k=32, *, mode="search", delta=None, deltas=None, prune=None, include_zeros=False, seed=0,
+       granularity="tensor"):
     """UQ: uniform quantization q = δ·rint(w/δ) (round half to even), 0 always on the grid.
 
     Step rules (the codebook is the set of levels actually used, <= k):
@@ -649,12 +676,13 @@ def uq(w, k=32, *, mode="search", delta=None, deltas=None, prune=None, include_z
     >>> [round(float(v), 3) for v in q.codebook]
     [-0.244, 0.0, 0.244, 0.488]
     """
-    return quantize(w, "uq", k, seed=seed, prune=prune, include_zeros=include_zeros, mode=mode,
+    return quantize(w, "uq", k, granularity=granularity,
+                    seed=seed, prune=prune, include_zeros=include_zeros, mode=mode,
                     delta=delta, deltas=deltas)
 
 
 def ecsq(w, k=32, *, lam=None, n_clusters=None, max_iter=50, tol=0.0, distortion="squared",
-         stop_at_k=True, prune=None, include_zeros=False, seed=0):
+         stop_at_k=True, prune=None, include_zeros=False, seed=0, granularity="tensor"):
     """ECSQ: entropy-constrained scalar quantization (Chou, Lookabaugh and Gray 1989).
 
     Starts from ``n_clusters`` (default 3k) equal-count chunks of the sorted weights (centre =
@@ -678,7 +706,8 @@ def ecsq(w, k=32, *, lam=None, n_clusters=None, max_iter=50, tol=0.0, distortion
     >>> ecsq(w, 8).k <= 8
     True
     """
-    return quantize(w, "ecsq", k, seed=seed, prune=prune, include_zeros=include_zeros, lam=lam,
+    return quantize(w, "ecsq", k, granularity=granularity,
+                    seed=seed, prune=prune, include_zeros=include_zeros, lam=lam,
                     n_clusters=n_clusters, max_iter=max_iter, tol=tol, distortion=distortion,
                     stop_at_k=stop_at_k)
 

@@ -478,6 +478,9 @@ def encode(matrix, encoding="auto"):
     >>> bool((e.decode() == w).all())
     True
     """
+    if getattr(matrix, "row_scale", None) is not None:  # per-channel scales (see .scaled)
+        from .scaled import encode_scaled
+        return encode_scaled(matrix, encoding)
     m = matrix if isinstance(matrix, MatrixInput) else MatrixInput(matrix)
     if encoding == "auto":
         best = None
@@ -513,6 +516,9 @@ def from_sections(encoding, shape, params, sections):
     True
     """
     cls = get_encoding(encoding)
+    if isinstance(params, dict) and "row_scale_rows" in params:  # per-channel scales (see .scaled)
+        from .scaled import scaled_from_sections
+        return scaled_from_sections(encoding, shape, params, sections)
     shape = _check_shape(shape)
     params = cls._check_params(params)
     expected = cls._section_dtypes(params)

@@ -68,6 +68,8 @@ def _lossy(rule, members):
     kwargs = dict(rule.options)
     if rule.lam is not None:
         kwargs["lam"] = rule.lam
+    if rule.granularity != "tensor":
+        kwargs["granularity"] = rule.granularity
     out = compress_weights(weights, method, k=rule.k, prune=rule.prune, unified=rule.unified,
                            layer_types=kinds, types=tuple(sorted(set(kinds.values()))),
                            seed=rule.seed, **kwargs)

@@ -27,6 +27,10 @@ matches keep their dense weights. Keys of a rule (every one optional):
               ("dense", "csc", "im", "ham", "sham", ...).
     seed      random seed of the lossy method (k-means initialisation, stochastic rounding). Default 0.
     lam       ECSQ's rate-distortion trade-off λ (alias "lambda"); only for ecsq / pr_ecsq.
+    granularity  "tensor" (default: one codebook of weight values per tensor, or per kind with
+              unified), "channel" (a float32 scale per output row, max |w| of the row, and a shared
+              codebook of row-normalised values) or an int B (one scale per block of B rows).
+              For cws, pws, uq, ecsq and their pr_ variants. See spec/torch.md, "Per-channel".
     options   a dict of further keyword arguments passed as they are to the pydnnz.compress method.
 
 Example:
@@ -55,7 +59,7 @@ _TYPE_ALIASES = {
 QUANTIZERS = ("cws", "pws", "uq", "ecsq", "rdq")
 METHODS = ("none", "prune") + QUANTIZERS + tuple(f"pr_{q}" for q in QUANTIZERS)
 KEYS = ("match", "layers", "type", "method", "k", "prune", "unified", "encoding", "seed",
-        "lam", "lambda", "options")
+        "lam", "lambda", "granularity", "options")
 DEFAULT_K = 32
 DEFAULT_PRUNE = 90.0
 
@@ -75,6 +79,7 @@ class Rule:
     seed: int = 0
     lam: float | None = None
     options: dict = field(default_factory=dict)
+    granularity: object = "tensor"
 
     def matches(self, name: str, type_name: str) -> bool:
         types = self.types or (DEFAULT_TYPES if not self.patterns else LAYER_TYPES)
@@ -105,6 +110,8 @@ class Rule:
             out.update(unified=self.unified, encoding=self.encoding, seed=self.seed)
             if self.lam is not None:
                 out["lam"] = self.lam
+            if self.granularity != "tensor":
+                out["granularity"] = self.granularity
             if self.options:
                 out["options"] = self.options
         return out
@@ -218,7 +225,17 @@ def _rule(raw, index, encodings):
         json.dumps(options)
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"{where}: 'options' must hold JSON values (it travels in the file)") from None
-    return Rule(index, patterns, types, method, k, prune, unified, encoding, seed, lam, dict(options))
+    granularity = raw.get("granularity", "tensor")
+    if granularity not in ("tensor", "channel") and (
+            isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1):
+        raise InvalidArgumentError(f"{where}: 'granularity' must be 'tensor', 'channel' or a positive int "
+                                   f"(rows per scale), got {granularity!r}")
+    if granularity != "tensor" and method in ("none", "prune"):
+        raise InvalidArgumentError(f"{where}: 'granularity' needs a quantizer, not method {method!r}")
+    if "granularity" in options:
+        raise InvalidArgumentError(f"{where}: give 'granularity' as a rule key, not in 'options'")
+    return Rule(index, patterns, types, method, k, prune, unified, encoding, seed, lam, dict(options),
+                granularity)
 
 
 def parse_recipe(recipe, encodings=None) -> list:

@@ -403,8 +403,14 @@ def run_finetune(model, layers, lossy, fn, options):
     unknown = set(options) - allowed
     if unknown:
         raise InvalidArgumentError(f"finetune_options: unknown key(s) {sorted(unknown)} (known: {sorted(allowed)})")
-    keys = {name: f"{name}.weight" for name, *_ in layers}
-    compressed = {keys[name]: lossy[name] for name in keys}
+    keys = [f"{name}.weight" for name, *_ in layers]  # lossy is keyed "<layer>.weight"
+    scaled = [key for key in keys if getattr(lossy[key], "row_scale", None) is not None]
+    if scaled:
+        from ..errors import UnsupportedError
+
+        raise UnsupportedError(f"fine-tuning with per-channel scales is not supported ({scaled[:5]}); "
+                               "fine-tune with granularity 'tensor', or compress without finetune=")
+    compressed = {key: lossy[key] for key in keys}
     was_training = model.training
     hooks = attach(model, compressed, **options)
     try:
@@ -413,4 +419,4 @@ def run_finetune(model, layers, lossy, fn, options):
     finally:
         hooks.remove()
         model.train(was_training)
-    return {name: tuned.get(key, lossy[name]) for name, key in keys.items()}
+    return {key: tuned.get(key, lossy[key]) for key in keys}
