@@ -9,6 +9,8 @@
                                                                     from the memory-mapped bytes
     CompressedLinear, CompressedConv1d, CompressedConv2d, CompressedEmbedding
     decompress_model(model)                                         Compressed* -> dense nn modules (exact)
+    compression_summary(model)                                      compressed layers, and every layer left
+                                                                    dense with the reason
     prune_gradually(model, p, steps, train_step, ...)               gradual magnitude pruning around your
                                                                     training step (before compress_model)
 
@@ -39,6 +41,7 @@ from ._gradual import prune_gradually
 from ._io import ModelMismatchError, load_model, model_tensors, read_metadata, save_model
 from ._modules import CompressedConv1d, CompressedConv2d, CompressedEmbedding, CompressedLinear
 from ._recipe import parse_recipe
+from ._report import compression_summary
 
 __all__ = [
     "compress_model",
@@ -51,6 +54,7 @@ __all__ = [
     "read_metadata",
     "model_tensors",
     "parse_recipe",
+    "compression_summary",
     "ModelMismatchError",
     "CompressedLinear",
     "CompressedConv1d",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from .._progress import progress_bar
 from ..errors import InvalidArgumentError
 from ._modules import COMPRESSED_FOR, _CompressedBase
 from ._recipe import KIND, parse_recipe, recipe_json
+from ._report import record
 
 _TYPE_NAMES = {nn.Linear: "Linear", nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn.Embedding: "Embedding"}
 
@@ -44,9 +46,15 @@ def _layers(model, rules):
                 break
     for r, n in zip(rules, claimed):
         if n == 0:
+            named = [f"{name!r} ({type(m).__name__})" for name, m in model.named_modules()
+                     if name and r.patterns and _TYPE_NAMES.get(type(m)) is None
+                     and any(fnmatch.fnmatchcase(name, p) for p in r.patterns)
+                     and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
+            also = (f"; it names {', '.join(named[:5])}, which pydnnz.torch cannot compress"
+                    if named else "")
             raise InvalidArgumentError(
-                f"{r.describe()} matches no layer; the model's Linear/Conv1d/Conv2d/Embedding layers are: "
-                f"{', '.join(seen[:30]) or '(none)'}{' ...' if len(seen) > 30 else ''}")
+                f"{r.describe()} matches no layer{also}; the model's {'/'.join(dict.fromkeys(_TYPE_NAMES.values()))} "
+                f"layers are: {', '.join(seen[:30]) or '(none)'}{' ...' if len(seen) > 30 else ''}")
     return out
 
 
@@ -125,7 +133,11 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
 
     Returns:
         The compressed model. ``model.dnnz_metadata`` holds the recipe and per-layer statistics
-        (method, k, encoding, bytes, ψ) as JSON strings; save_model writes them into the file.
+        (method, k, encoding, bytes, ψ) as JSON strings, and under ``pydnnz.dense`` every layer
+        left dense with the reason; save_model writes them into the file.
+        ``compression_summary(model)`` prints them (also logged at INFO on the "pydnnz" logger).
+        A layer that a rule's glob names but whose type has no compressed module, and a layer
+        whose k is not smaller than its weight count, raise a UserWarning.
 
     Raises:
         InvalidArgumentError naming the rule and key for a bad recipe, or a rule matching no layer.
@@ -178,11 +190,14 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
         n = int(np.prod(em.shape))
         stats.append({"layer": name, "type": tname, "method": rule.method, "rule": rule.index,
                       "k": int(value.k) if hasattr(value, "k") else int(np.unique(value).size),
+                      "rule_k": rule.k, "granularity": rule.granularity,
                       "prune": rule.prune, "encoding": em.encoding, "shape": list(em.shape),
                       "nbytes": int(em.nbytes), "float32_bytes": 4 * n,
                       "psi": round(em.nbytes / (4 * n), 6) if n else None,
                       "nonzero": float(np.count_nonzero(np.asarray(value)) / n) if n else None})
     model.dnnz_metadata = _metadata(rules, stats)
+    record(model, rules, stats, {name for name, *_ in layers}, tuple(dict.fromkeys(_TYPE_NAMES.values())),
+           lambda m: _TYPE_NAMES.get(type(m)))
     return model
 
 

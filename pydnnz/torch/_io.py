@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError
 from ._modules import COMPRESSED_FOR, _CompressedBase
+from ._state import encoded_state
 
 
 class ModelMismatchError(InvalidArgumentError):
@@ -39,7 +40,9 @@ def model_tensors(model: nn.Module) -> dict:
     """What save_model writes: every state-dict entry as a numpy array, and the weight of every
     compressed layer as its EncodedMatrix (key `<layer>.weight`)."""
     out = {}
-    for key, t in model.state_dict().items():
+    with encoded_state():  # compressed weights are written encoded, not decoded
+        state = model.state_dict()
+    for key, t in state.items():
         t = t.detach()
         if t.device.type != "cpu":
             t = t.cpu()
@@ -149,7 +152,8 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
     file_meta = dict(tensors.metadata or {})
 
     modules = dict(model.named_modules())
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    with encoded_state():
+        expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     for name, m in _compressed_modules(model).items():
         expected[_join(name, "weight")] = tuple(m.encoded.shape)
 
@@ -207,7 +211,8 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
         _set_module(model, name, cls.from_module(module, em, bias=bias))
     if raw:
         state = {k: _to_torch(v) for k, v in raw.items()}
-        meta = any(t.is_meta for t in model.state_dict(keep_vars=True).values())
+        with encoded_state():
+            meta = any(t.is_meta for t in model.state_dict(keep_vars=True).values())
         model.load_state_dict(state, strict=False, assign=meta)
     model.dnnz_metadata = file_meta
     return model
@@ -219,7 +224,7 @@ def read_metadata(path) -> dict:
 
     with safe_open(str(path)) as f:
         meta = dict(f.metadata() or {})
-    for key in ("pydnnz.recipe", "pydnnz.layers", "pydnnz.summary"):
+    for key in ("pydnnz.recipe", "pydnnz.layers", "pydnnz.summary", "pydnnz.dense"):
         if key in meta:
             try:
                 meta[key] = json.loads(meta[key])

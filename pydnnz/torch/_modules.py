@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
+from . import _state
 
 _IM2COL_BYTES = 8 << 20
 
@@ -111,7 +112,25 @@ def _bias_param(bias, out, what):
 
 
 class _CompressedBase(nn.Module):
+    def __init__(self):
+        super().__init__()
+        _state.install(self)  # state_dict() decodes, load_state_dict() keeps or re-encodes (_state.py)
+
+    @property
+    def weight(self):
+        """The dense weight, decoded on each access (float32, not kept): see pydnnz/torch/_state.py."""
+        return _state.decoded(self.encoded)
+
+    def _set_encoded(self, pname, em):
+        """Replace the encoded weight (load_state_dict with new values)."""
+        _check_fits(self, em)
+        self.encoded = em
+        if hasattr(self, "_groups"):
+            self._groups = self._split_groups()
+
+    @torch.compiler.disable
     def _run(self, x, op):
+        _state.check_not_tracing(type(self).__name__)
         out = _InferenceOnly.apply(x, op, type(self).__name__)
         if x.dtype.is_floating_point and x.dtype != torch.float32:
             out = out.to(x.dtype)
@@ -413,7 +432,9 @@ class CompressedEmbedding(_CompressedBase):
         # transient (the table is dropped at once), but it costs a full decode per call.
         return np.asarray(em.decode(), dtype=np.float32)[ids]
 
+    @torch.compiler.disable
     def forward(self, ids):
+        _state.check_not_tracing("CompressedEmbedding")
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise InvalidArgumentError(f"CompressedEmbedding: ids must be integers, got {ids.dtype}")
         flat = ids.detach().cpu().reshape(-1).to(torch.int64).numpy()
