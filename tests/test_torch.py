@@ -277,7 +277,7 @@ def test_compress_model_inplace(small):
     ({"method": "prune", "k": 4}, r"'k' makes no sense"),
     ({"method": "cws", "lam": 0.1}, r"'lam' is ECSQ's parameter"),
     ({"match": "a", "layers": "b"}, r"not both"),
-    ({"type": "LSTM"}, r"unknown layer type 'LSTM'"),
+    ({"type": "Conv3d"}, r"unknown layer type 'Conv3d'"),
     ({"unified": "yes"}, r"'unified' must be True or False"),
     ({"encoding": "zip"}, r"unknown encoding 'zip'"),
     ({"seed": -1}, r"'seed' must be >= 0"),

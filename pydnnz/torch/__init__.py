@@ -7,7 +7,9 @@
     load_model(path, model, strict=True)                            weights from the file, architecture
                                                                     from `model`; compressed layers run
                                                                     from the memory-mapped bytes
-    CompressedLinear, CompressedConv1d, CompressedConv2d, CompressedEmbedding
+    CompressedLinear, CompressedConv1d, CompressedConv2d, CompressedEmbedding,
+    CompressedConvTranspose1d/2d, CompressedLSTM, CompressedGRU, CompressedLSTMCell,
+    CompressedGRUCell, CompressedMultiheadAttention
     decompress_model(model)                                         Compressed* -> dense nn modules (exact)
     compression_summary(model)                                      compressed layers, and every layer left
                                                                     dense with the reason
@@ -39,6 +41,8 @@ from ._auto import AutoReport, auto_compress
 from ._compress import compress_model, decompress_model
 from ._gradual import prune_gradually
 from ._io import ModelMismatchError, load_model, model_tensors, read_metadata, save_model
+from ._layers import (CompressedConvTranspose1d, CompressedConvTranspose2d, CompressedGRU, CompressedGRUCell,
+                      CompressedLSTM, CompressedLSTMCell, CompressedMultiheadAttention)
 from ._modules import CompressedConv1d, CompressedConv2d, CompressedEmbedding, CompressedLinear
 from ._recipe import parse_recipe
 from ._report import compression_summary
@@ -60,4 +64,11 @@ __all__ = [
     "CompressedConv1d",
     "CompressedConv2d",
     "CompressedEmbedding",
+    "CompressedConvTranspose1d",
+    "CompressedConvTranspose2d",
+    "CompressedLSTM",
+    "CompressedGRU",
+    "CompressedLSTMCell",
+    "CompressedGRUCell",
+    "CompressedMultiheadAttention",
 ]

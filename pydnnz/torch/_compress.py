@@ -11,11 +11,14 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..errors import InvalidArgumentError
-from ._modules import COMPRESSED_FOR, _CompressedBase
+from ._layers import COMPRESSED_FOR as _MORE_LAYERS, MULTI, TYPE_NAMES as _MORE_NAMES, unsupported_reason, weight_params
+from ._modules import COMPRESSED_FOR as _BASE_LAYERS, _CompressedBase
 from ._recipe import KIND, parse_recipe, recipe_json
 from ._report import record
 
-_TYPE_NAMES = {nn.Linear: "Linear", nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn.Embedding: "Embedding"}
+_TYPE_NAMES = {nn.Linear: "Linear", nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn.Embedding: "Embedding",
+               **_MORE_NAMES}
+COMPRESSED_FOR = {**_BASE_LAYERS, **_MORE_LAYERS}
 
 
 def _encoding_names():
@@ -25,11 +28,13 @@ def _encoding_names():
     return ("auto",) + encodings.encodings()
 
 
-def _layers(model, rules):
-    """[(name, module, type name, rule)] for every layer a rule claims (method 'none' excluded)."""
+def _layers(model, rules, skipped=None):
+    """[(name, module, type name, rule)] for every layer a rule claims (method 'none' excluded).
+    Claimed layers whose configuration has no compressed module go to `skipped` (name -> reason)."""
     claimed = [0] * len(rules)
     out = []
     seen = []
+    skipped = {} if skipped is None else skipped
     for name, m in model.named_modules():
         tname = _TYPE_NAMES.get(type(m))  # exact types: subclasses may use .weight in their own way
         if tname is None:
@@ -42,7 +47,11 @@ def _layers(model, rules):
                     if tname == "Embedding" and m.max_norm is not None:
                         raise InvalidArgumentError(f"layer {name!r}: an Embedding with max_norm cannot be "
                                                    "compressed (it renormalizes its table at every lookup)")
-                    out.append((name, m, tname, r))
+                    reason = unsupported_reason(m)
+                    if reason:
+                        skipped[name] = (reason, r)
+                    else:
+                        out.append((name, m, tname, r))
                 break
     for r, n in zip(rules, claimed):
         if n == 0:
@@ -61,17 +70,20 @@ def _layers(model, rules):
 def _lossy(rule, members):
     """Run pydnnz.compress on the weights of `members` (all claimed by `rule`).
 
-    Returns {layer name: QuantizedTensor | pruned float32 ndarray}. Unified codebooks are shared
-    by the members of one kind (dense / conv / embedding), as in the 2023 paper.
+    Returns {"<layer>.<param>": QuantizedTensor | pruned float32 ndarray}, one entry per weight
+    matrix of each layer (weight_params: "weight", or e.g. LSTM's weight_ih_l0 / weight_hh_l0).
+    Unified codebooks are shared by the members of one kind (dense / conv / embedding), as in
+    the 2023 paper.
     """
     from ..compress import compress_weights
 
     weights = {}
     kinds = {}
     for name, m, tname, _ in members:
-        key = f"{name}.weight"
-        weights[key] = m.weight.detach().to("cpu", torch.float32).numpy().copy()
-        kinds[key] = KIND[tname]
+        for pname in weight_params(m):
+            key = f"{name}.{pname}"
+            weights[key] = m.get_parameter(pname).detach().to("cpu", torch.float32).numpy().copy()
+            kinds[key] = KIND[tname]
     method = rule.method[3:] if rule.method.startswith("pr_") else rule.method
     kwargs = dict(rule.options)
     if rule.lam is not None:
@@ -81,7 +93,7 @@ def _lossy(rule, members):
     out = compress_weights(weights, method, k=rule.k, prune=rule.prune, unified=rule.unified,
                            layer_types=kinds, types=tuple(sorted(set(kinds.values()))),
                            seed=rule.seed, **kwargs)
-    return {name: out[f"{name}.weight"] for name, *_ in members}
+    return {key: out[key] for key in weights}
 
 
 def _copy_model(model):
@@ -90,7 +102,8 @@ def _copy_model(model):
     memo = {}
     for m in model.modules():
         if isinstance(m, _CompressedBase):
-            for em in [m.encoded] + list(getattr(m, "_groups", [])):
+            ems = list(getattr(m, "encoded_params", lambda: {"weight": m.encoded})().values())
+            for em in ems + list(getattr(m, "_groups", [])):
                 memo[id(em)] = em
     return copy.deepcopy(model, memo)
 
@@ -166,7 +179,16 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
     if isinstance(model, _CompressedBase) or _TYPE_NAMES.get(type(model)) is not None:
         raise InvalidArgumentError("compress_model: the model is a single layer; wrap it in a container "
                                    "(e.g. nn.Sequential) so that the layer can be replaced")
-    layers = _layers(model, rules)
+    skipped = {}
+    layers = _layers(model, rules, skipped)
+    if finetune is not None:
+        multi = [name for name, m, *_ in layers if COMPRESSED_FOR[type(m)] in MULTI]
+        if multi:
+            from ..errors import UnsupportedError
+
+            raise UnsupportedError(f"compress_model: fine-tuning does not reach the weights of {multi[:5]} "
+                                   "(LSTM/GRU/MultiheadAttention do not read .weight in forward); exclude them "
+                                   "(method 'none') or compress without finetune=")
 
     # Lossy step, one call per rule (unified codebooks never cross rules).
     lossy = {}
@@ -183,21 +205,24 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
     stats = []
     bar = progress_bar(layers, desc="encoding", disable=None if progress is None else not progress)
     for name, module, tname, rule in bar:
-        value = lossy[name]
-        em = encode(value, encoding=rule.encoding)
         cls = COMPRESSED_FOR[type(module)]
-        _set_module(model, name, cls.from_module(module, em))
-        n = int(np.prod(em.shape))
-        stats.append({"layer": name, "type": tname, "method": rule.method, "rule": rule.index,
-                      "k": int(value.k) if hasattr(value, "k") else int(np.unique(value).size),
-                      "rule_k": rule.k, "granularity": rule.granularity,
-                      "prune": rule.prune, "encoding": em.encoding, "shape": list(em.shape),
-                      "nbytes": int(em.nbytes), "float32_bytes": 4 * n,
-                      "psi": round(em.nbytes / (4 * n), 6) if n else None,
-                      "nonzero": float(np.count_nonzero(np.asarray(value)) / n) if n else None})
+        ems = {}
+        for pname in weight_params(module):
+            value = lossy[f"{name}.{pname}"]
+            em = ems[pname] = encode(value, encoding=rule.encoding)
+            n = int(np.prod(em.shape))
+            stats.append({"layer": name if pname == "weight" else f"{name}.{pname}", "type": tname,
+                          "method": rule.method, "rule": rule.index,
+                          "k": int(value.k) if hasattr(value, "k") else int(np.unique(value).size),
+                          "rule_k": rule.k, "granularity": rule.granularity,
+                          "prune": rule.prune, "encoding": em.encoding, "shape": list(em.shape),
+                          "nbytes": int(em.nbytes), "float32_bytes": 4 * n,
+                          "psi": round(em.nbytes / (4 * n), 6) if n else None,
+                          "nonzero": float(np.count_nonzero(np.asarray(value)) / n) if n else None})
+        _set_module(model, name, cls.from_module(module, ems) if cls in MULTI else cls.from_module(module, ems["weight"]))
     model.dnnz_metadata = _metadata(rules, stats)
     record(model, rules, stats, {name for name, *_ in layers}, tuple(dict.fromkeys(_TYPE_NAMES.values())),
-           lambda m: _TYPE_NAMES.get(type(m)))
+           lambda m: _TYPE_NAMES.get(type(m)), skipped)
     return model
 
 

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError
-from ._modules import COMPRESSED_FOR, _CompressedBase
-from ._state import encoded_state
+from ._compress import COMPRESSED_FOR
+from ._layers import MULTI, file_params
+from ._modules import _CompressedBase
+from ._state import encoded_params, encoded_state
 
 
 class ModelMismatchError(InvalidArgumentError):
@@ -53,7 +55,8 @@ def model_tensors(model: nn.Module) -> dict:
         else:
             out[key] = t.contiguous().numpy()
     for name, m in _compressed_modules(model).items():
-        out[_join(name, "weight")] = m.encoded
+        for pname, em in encoded_params(m).items():
+            out[_join(name, pname)] = em
     return out
 
 
@@ -97,6 +100,20 @@ def _holder(model, modules, key):
     prefix, _, pname = key.rpartition(".")
     m = modules.get(prefix)
     return (prefix, m, pname) if m is not None else None
+
+
+def _compressible_owner(modules, key):
+    """(layer name, module, param name) of the layer that can hold `key` compressed, or None.
+    The outermost such module wins: `attn.out_proj.weight` belongs to the MultiheadAttention."""
+    parts = key.split(".")
+    for i in range(len(parts)):
+        name, pname = ".".join(parts[:i]), ".".join(parts[i:])
+        m = modules.get(name)
+        if m is None or not (type(m) in COMPRESSED_FOR or isinstance(m, _CompressedBase)):
+            continue
+        if pname in file_params(m):
+            return name, m, pname
+    return None
 
 
 def _to_torch(value):
@@ -155,7 +172,8 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
     with encoded_state():
         expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     for name, m in _compressed_modules(model).items():
-        expected[_join(name, "weight")] = tuple(m.encoded.shape)
+        for pname, em in encoded_params(m).items():
+            expected[_join(name, pname)] = tuple(em.shape)
 
     missing = sorted(k for k in expected if k not in tensors)
     unexpected = sorted(k for k in tensors if k not in expected)
@@ -172,7 +190,7 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
                       f"{len(unexpected)} unexpected key(s) {unexpected[:5]} skipped (strict=False)",
                       stacklevel=2)
 
-    replace = {}  # module name -> (module, EncodedMatrix)
+    replace = {}  # module name -> (module, {param name: EncodedMatrix})
     raw = {}
     for key, value in tensors.items():
         if key not in expected:
@@ -182,23 +200,39 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
             raise ShapeError(f"{path}: '{key}' has shape {shape} in the file, the model expects {expected[key]}")
         owner = _holder(model, modules, key)
         if _is_encoded(value):
-            if owner is None or owner[2] != "weight" or not (
-                    type(owner[1]) in COMPRESSED_FOR or isinstance(owner[1], _CompressedBase)):
+            layer = _compressible_owner(modules, key)
+            if layer is None:
                 what = "no module" if owner is None else f"a {type(owner[1]).__name__}'s {owner[2]!r}"
                 raise ModelMismatchError(
                     f"{path}: '{key}' is stored compressed ({value.encoding}) but belongs to {what}; "
-                    "only the weight of Linear, Conv1d, Conv2d and Embedding layers can be held compressed",
+                    "only the weights of Linear, Conv1d, Conv2d, ConvTranspose1d/2d, Embedding, LSTM, GRU, "
+                    "LSTMCell, GRUCell and MultiheadAttention layers can be held compressed",
                     unexpected=[key])
-            replace[owner[0]] = (owner[1], value)
+            replace.setdefault(layer[0], (layer[1], {}))[1][layer[2]] = value
         else:
-            if owner is not None and isinstance(owner[1], _CompressedBase) and owner[2] == "weight":
+            if owner is not None and isinstance(owner[1], _CompressedBase) and owner[2] in file_params(owner[1]):
                 raise ModelMismatchError(f"{path}: '{key}' is stored dense but the model's layer is a "
                                          f"{type(owner[1]).__name__}; load into a dense model instead")
             raw[key] = value
+    for name, (module, ems) in replace.items():
+        need = set(file_params(module))
+        if set(ems) != need:
+            raise ModelMismatchError(f"{path}: layer '{name}' ({type(module).__name__}) has only "
+                                     f"{sorted(ems)} stored compressed; a compressed {type(module).__name__} "
+                                     f"needs all of {sorted(need)} compressed", unexpected=sorted(_join(name, p) for p in ems))
 
     # Everything checked: now build the compressed layers and copy the raw tensors.
-    for name, (module, em) in replace.items():
+    for name, (module, ems) in replace.items():
         cls = type(module) if isinstance(module, _CompressedBase) else COMPRESSED_FOR[type(module)]
+        if cls in MULTI:
+            biases = {}
+            for bname, b in module.named_parameters():
+                if bname.rpartition(".")[2].startswith("bias") or bname.endswith("_bias"):
+                    key = _join(name, bname)
+                    biases[bname] = raw.pop(key) if key in raw else (
+                        np.zeros(b.shape, np.float32) if b.is_meta else b)
+            _set_module(model, name, cls.from_module(module, ems, biases))
+            continue
         bias = None
         if getattr(module, "bias", None) is not None:
             bias_key = _join(name, "bias")
@@ -208,7 +242,7 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
                 bias = module.bias
             else:
                 bias = np.zeros(module.bias.shape, dtype=np.float32)
-        _set_module(model, name, cls.from_module(module, em, bias=bias))
+        _set_module(model, name, cls.from_module(module, ems["weight"], bias=bias))
     if raw:
         state = {k: _to_torch(v) for k, v in raw.items()}
         with encoded_state():

@@ -7,8 +7,10 @@ matches keep their dense weights. Keys of a rule (every one optional):
     match     glob pattern(s) on the qualified module name ("fc*", ["smi_conv.*", "prot_conv.*"]);
               alias "layers". fnmatch syntax: `*` also crosses dots.
     type      layer type(s): "Linear" (alias "dense"), "Conv1d", "Conv2d", "conv" (= both convs),
-              "Embedding"; case-insensitive; torch classes are accepted too.
-              A rule with neither match nor type applies to Linear, Conv1d and Conv2d layers;
+              "Embedding", "ConvTranspose1d", "ConvTranspose2d", "convtranspose" (both), "LSTM",
+              "GRU", "LSTMCell", "GRUCell", "rnn" (those four), "MultiheadAttention" (alias
+              "attention"); case-insensitive; torch classes are accepted too.
+              A rule with neither match nor type applies to every supported type but Embedding;
               embeddings are compressed only when a rule names them (by type or by name).
     method    "cws" (k-means weight sharing), "pws" (probabilistic quantization), "uq" (uniform),
               "ecsq" (entropy-constrained), "rdq" (uniform step + rate-distortion-optimised
@@ -48,13 +50,20 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
 
-LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Embedding")
-DEFAULT_TYPES = ("Linear", "Conv1d", "Conv2d")
+_NEW_TYPES = ("ConvTranspose1d", "ConvTranspose2d", "LSTM", "GRU", "LSTMCell", "GRUCell", "MultiheadAttention")
+LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Embedding") + _NEW_TYPES
+DEFAULT_TYPES = ("Linear", "Conv1d", "Conv2d") + _NEW_TYPES
 # The kind decides which layers share a unified codebook (the paper: one per layer type).
-KIND = {"Linear": "dense", "Conv1d": "conv", "Conv2d": "conv", "Embedding": "embedding"}
+KIND = {"Linear": "dense", "Conv1d": "conv", "Conv2d": "conv", "Embedding": "embedding",
+        "ConvTranspose1d": "conv", "ConvTranspose2d": "conv", "LSTM": "dense", "GRU": "dense",
+        "LSTMCell": "dense", "GRUCell": "dense", "MultiheadAttention": "dense"}
 _TYPE_ALIASES = {
     "linear": ("Linear",), "dense": ("Linear",), "conv1d": ("Conv1d",), "conv2d": ("Conv2d",),
     "conv": ("Conv1d", "Conv2d"), "embedding": ("Embedding",),
+    "convtranspose1d": ("ConvTranspose1d",), "convtranspose2d": ("ConvTranspose2d",),
+    "convtranspose": ("ConvTranspose1d", "ConvTranspose2d"), "lstm": ("LSTM",), "gru": ("GRU",),
+    "lstmcell": ("LSTMCell",), "grucell": ("GRUCell",), "rnn": ("LSTM", "GRU", "LSTMCell", "GRUCell"),
+    "multiheadattention": ("MultiheadAttention",), "attention": ("MultiheadAttention",),
 }
 QUANTIZERS = ("cws", "pws", "uq", "ecsq", "rdq")
 METHODS = ("none", "prune") + QUANTIZERS + tuple(f"pr_{q}" for q in QUANTIZERS)
@@ -147,7 +156,9 @@ def _types(value, where):
             t = t.__name__
         if not isinstance(t, str) or t.lower() not in _TYPE_ALIASES:
             raise InvalidArgumentError(
-                f"{where}: unknown layer type {t!r} (known: Linear, dense, Conv1d, Conv2d, conv, Embedding)")
+                f"{where}: unknown layer type {t!r} (known: Linear, dense, Conv1d, Conv2d, conv, Embedding, "
+                "ConvTranspose1d, ConvTranspose2d, convtranspose, LSTM, GRU, LSTMCell, GRUCell, rnn, "
+                "MultiheadAttention, attention)")
         out.extend(x for x in _TYPE_ALIASES[t.lower()] if x not in out)
     return tuple(out)
 

@@ -6,6 +6,8 @@ afterwards gets one row: its name, type, the parameter names, and the reason:
 
 - ``no rule matches`` (embeddings: only when a rule names them);
 - ``rule i: method 'none'``;
+- the configuration a supported type cannot be compressed in (LSTM with proj_size,
+  MultiheadAttention with kdim/vdim, add_bias_kv or add_zero_attn), always WARNED;
 - ``type T is not supported`` (a layer type, or a subclass of one, that pydnnz.torch has no
   compressed module for) -- also WARNED when a rule's glob matched the layer's name, since the
   user asked for it;
@@ -36,7 +38,7 @@ def _weights(module):
             if p is not None and p.dtype.is_floating_point and p.dim() >= 2]
 
 
-def dense_layers(model, rules, compressed_names, supported_types, type_name_of):
+def dense_layers(model, rules, compressed_names, supported_types, type_name_of, skipped=None):
     """Rows {layer, type, params, reason} for every weight-holding module left dense, and the
     list of warnings to raise (name-matched layers of unsupported types)."""
     rows, warn = [], []
@@ -48,7 +50,14 @@ def dense_layers(model, rules, compressed_names, supported_types, type_name_of):
             continue
         tname = type_name_of(m)
         row = {"layer": name, "type": type(m).__name__, "params": params}
-        if tname is None:
+        parent = next((c for c in compressed_names if name.startswith(c + ".")), None)
+        if parent is not None:
+            continue  # owned by a compressed layer (e.g. out_proj of a MultiheadAttention)
+        if skipped and name in skipped:
+            reason, rule = skipped[name]
+            row["reason"] = reason
+            warn.append(f"layer {name!r} ({type(m).__name__}) matches {rule.describe()} but stays dense: {reason}")
+        elif tname is None:
             row["reason"] = f"type {type(m).__name__} is not supported"
             hit = [r for r in rules if r.patterns and r.method != "none"
                    and any(fnmatch.fnmatchcase(name, p) for p in r.patterns)]
@@ -82,9 +91,9 @@ def k_not_smaller(stats):
     return out
 
 
-def record(model, rules, stats, compressed_names, supported_types, type_name_of):
+def record(model, rules, stats, compressed_names, supported_types, type_name_of, skipped=None):
     """Fill model.dnnz_metadata['pydnnz.dense'], warn and log (called by compress_model)."""
-    rows, warn = dense_layers(model, rules, compressed_names, supported_types, type_name_of)
+    rows, warn = dense_layers(model, rules, compressed_names, supported_types, type_name_of, skipped)
     small = k_not_smaller(stats)
     for s in small:
         warn.append(f"layer {s['layer']!r}: k={s['k']} is not smaller than its {s['weights']} weights, so "
