@@ -128,3 +128,22 @@ def test_spec_example_is_what_the_writer_produces_and_loads_back():
     w = f["w"]
     assert isinstance(w, ScaledMatrix) and w.params == {"bits": 2, "k": 3, "row_scale_rows": 2}
     assert w.decode().tolist() == np.asarray(q).tolist()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 7), k=st.integers(2, 12), block=st.integers(1, 9),
+       encoding=st.sampled_from(["auto", "dense", "csc", "im", "ham", "sham", "rlham"]), seed=st.integers(0, 2**16),
+       prune=st.sampled_from([None, 50.0]))
+def test_scaled_round_trip_is_bit_exact(rows, cols, k, block, encoding, seed, prune):
+    rng = np.random.default_rng(seed)
+    w = (rng.normal(size=(rows, cols)) * np.exp(rng.uniform(-6, 6, size=(rows, 1)))).astype(np.float32)
+    q = quantize(w, "uq", k, prune=prune, granularity=block)
+    dense = np.asarray(q)
+    e = pydnnz.encode(q, encoding)
+    back = load(save({"w": e}))["w"]
+    for m in (e, back):
+        assert np.array_equal(m.decode().view(np.uint32), dense.view(np.uint32))
