@@ -218,3 +218,23 @@ def test_recurrent_errors_are_clear():
         small(torch.randn(3, 2, 4), (torch.zeros(1, 5, 8), torch.zeros(1, 5, 8)))
     with pytest.raises(errors.UnsupportedError, match="fine-tuning does not reach"):
         pt.compress_model(Wrap(nn.GRU(4, 4)), {"method": "uq"}, finetune=lambda m: None)
+
+
+def test_transformer_encoder_runs_the_compressed_attention_not_a_dense_fast_path(monkeypatch):
+    torch.manual_seed(8)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0),
+                                  num_layers=2, enable_nested_tensor=False).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = pt.compress_model(Wrap(model), {"method": "uq", "k": 32})
+    dense = pt.decompress_model(small).eval()
+    assert isinstance(small.layer.layers[0].self_attn, CompressedMultiheadAttention)
+    x = torch.randn(2, 5, 16)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[0, -1] = True
+    with torch.no_grad():
+        want = dense(x, src_key_padding_mask=pad)
+        from pydnnz.torch import _state
+
+        monkeypatch.setattr(_state, "decoded", lambda em: pytest.fail("a weight was decoded in forward"))
+        close(small(x, src_key_padding_mask=pad), want)

@@ -511,7 +511,10 @@ class CompressedMultiheadAttention(_MultiBase):
         self.__dict__["_encoded"] = {"in_proj_weight": in_proj}
         self.in_proj_bias = _bias_param(in_proj_bias, 3 * self.embed_dim, f"{name}.in_proj_bias")
         self.out_proj = out_proj
-        self._qkv_same_embed_dim = True
+        # False keeps nn.TransformerEncoderLayer / nn.TransformerEncoder off their fused "fast
+        # path", which would read .in_proj_weight (decoding it) and run dense; they then call this
+        # module's forward, which computes from the compressed form.
+        self._qkv_same_embed_dim = False
         self.bias_k = self.bias_v = None
         self.add_zero_attn = False
 
