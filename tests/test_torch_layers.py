@@ -238,3 +238,20 @@ def test_transformer_encoder_runs_the_compressed_attention_not_a_dense_fast_path
 
         monkeypatch.setattr(_state, "decoded", lambda em: pytest.fail("a weight was decoded in forward"))
         close(small(x, src_key_padding_mask=pad), want)
+
+
+def test_load_state_dict_of_new_dense_weights_into_every_compressed_layer():
+    small = pt.compress_model(every_layer_model().eval(), {"method": "cws", "k": 16})
+    torch.manual_seed(9)
+    other = every_layer_model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    other.eval()
+    with pytest.warns(UserWarning, match="differs from the compressed weight"):
+        small.load_state_dict(other.state_dict())
+    assert type(small["lstm"]).__name__ == "CompressedLSTM"
+    close(run_all(small), run_all(other))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small.load_state_dict(small.state_dict())  # its own decoded weights: nothing re-encoded
