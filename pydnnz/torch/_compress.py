@@ -219,7 +219,8 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
                           "nbytes": int(em.nbytes), "float32_bytes": 4 * n,
                           "psi": round(em.nbytes / (4 * n), 6) if n else None,
                           "nonzero": float(np.count_nonzero(np.asarray(value)) / n) if n else None})
-        _set_module(model, name, cls.from_module(module, ems) if cls in MULTI else cls.from_module(module, ems["weight"]))
+        new = cls.from_module(module, ems) if cls in MULTI else cls.from_module(module, ems["weight"])
+        _set_module(model, name, new)
     model.dnnz_metadata = _metadata(rules, stats)
     record(model, rules, stats, {name for name, *_ in layers}, tuple(dict.fromkeys(_TYPE_NAMES.values())),
            lambda m: _TYPE_NAMES.get(type(m)), skipped)

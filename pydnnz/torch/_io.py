@@ -219,7 +219,8 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
         if set(ems) != need:
             raise ModelMismatchError(f"{path}: layer '{name}' ({type(module).__name__}) has only "
                                      f"{sorted(ems)} stored compressed; a compressed {type(module).__name__} "
-                                     f"needs all of {sorted(need)} compressed", unexpected=sorted(_join(name, p) for p in ems))
+                                     f"needs all of {sorted(need)} compressed",
+                                     unexpected=sorted(_join(name, p) for p in ems))
 
     # Everything checked: now build the compressed layers and copy the raw tensors.
     for name, (module, ems) in replace.items():

@@ -139,7 +139,8 @@ class _CompressedConvTransposeNd(_CompressedBase):
 
     @classmethod
     def from_module(cls, module, encoded, bias="module"):
-        if tuple(encoded.shape) != tuple((module.encoded if isinstance(module, _CompressedBase) else module.weight).shape):
+        current = module.encoded if isinstance(module, _CompressedBase) else module.weight
+        if tuple(encoded.shape) != tuple(current.shape):
             raise ShapeError(f"weight shape {tuple(encoded.shape)} does not fit {module}")
         return cls(encoded, module.bias if isinstance(bias, str) else bias, stride=module.stride,
                    padding=module.padding, output_padding=module.output_padding, groups=module.groups,
