@@ -147,3 +147,12 @@ def test_scaled_round_trip_is_bit_exact(rows, cols, k, block, encoding, seed, pr
     back = load(save({"w": e}))["w"]
     for m in (e, back):
         assert np.array_equal(m.decode().view(np.uint32), dense.view(np.uint32))
+
+
+def test_doctests():
+    import doctest
+
+    from pydnnz.encodings import scaled
+
+    res = doctest.testmod(scaled, optionflags=doctest.ELLIPSIS)
+    assert res.failed == 0 and res.attempted > 0

@@ -222,3 +222,14 @@ def test_granularity_recipe_errors():
         pt.parse_recipe({"method": "prune", "granularity": "channel"})
     with pytest.raises(errors.UnsupportedError, match="per-channel scales"):
         pt.compress_model(mlp(), {"method": "uq", "granularity": "channel"}, finetune=lambda m: None)
+
+
+def test_doctests():
+    import doctest
+
+    from pydnnz.torch import _report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = doctest.testmod(_report, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.failed == 0 and res.attempted > 0
