@@ -140,7 +140,9 @@ def main(argv=None):
     ap.add_argument("--fcpe", help="torchfcpe/assets/fcpe_c_v001.pt (default: the installed wheel's)")
     ap.add_argument("--resemblyzer", help="resemblyzer/pretrained.pt (default: the installed wheel's)")
     args = ap.parse_args(argv)
+    from bench._common import machine_text
 
+    print(machine_text())
     print(f"depthwise-separable CNN (synthetic, BN, 100 classes), {args.samples} inputs")
     print(f"  {'recipe':<22} {'top-1 agree':>11} {'rel. error':>10} {'bytes':>8}")
     for name, agree, err, size in cnn_rows(args.samples):
