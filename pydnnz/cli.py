@@ -117,7 +117,10 @@ def cmd_compress(args) -> int:
     out = dict(tensors)
     rows = []
     for name in chosen:
-        encoded = encode(lossy.get(name, tensors[name]), encoding=args.encoding)
+        try:
+            encoded = encode(lossy.get(name, tensors[name]), encoding=args.encoding)
+        except DnnzError as exc:  # name the file and the tensor: a checkpoint has hundreds
+            raise type(exc)(f"{src}: tensor {name!r}: {exc}") from exc
         out[name] = encoded
         rows.append([name, "x".join(map(str, tensors[name].shape)), encoded.encoding, encoded.nbytes,
                      f"{encoded.nbytes / tensors[name].nbytes:.4f}"])

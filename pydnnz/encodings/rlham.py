@@ -15,6 +15,7 @@ from .. import _native as C
 from .._native import bytes_ptr, check, ptr
 from ._base import EncodedMatrix, check_param_keys, int_param, register
 from .ham import MAX_K, c_section_ptrs
+from .sham import n_nonzero_values
 
 MAX_SYMBOLS = huffman.MAX_SYMBOLS
 MAX_BUCKETS = 31  # classes above direct_runs: runs stay below 2**31
@@ -130,7 +131,8 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
 
     @classmethod
     def applicable(cls, m):
-        return cls._plan(m)[4] is not None
+        # The cheap bound first: too many distinct non-zero values never fit the joint alphabet.
+        return n_nonzero_values(m) < MAX_SYMBOLS and cls._plan(m)[4] is not None
 
     @classmethod
     def limits_text(cls):

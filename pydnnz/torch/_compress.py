@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._progress import progress_bar
-from ..errors import InvalidArgumentError
+from ..errors import DnnzError, InvalidArgumentError
 from ._modules import COMPRESSED_FOR, _CompressedBase
 from ._recipe import KIND, parse_recipe, recipe_json
 
@@ -170,7 +170,10 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
     bar = progress_bar(layers, desc="encoding", disable=None if progress is None else not progress)
     for name, module, tname, rule in bar:
         value = lossy[name]
-        em = encode(value, encoding=rule.encoding)
+        try:
+            em = encode(value, encoding=rule.encoding)
+        except DnnzError as exc:  # name the layer: a model has hundreds of them
+            raise type(exc)(f"compress_model: layer {name!r}: {exc}") from exc
         cls = COMPRESSED_FOR[type(module)]
         _set_module(model, name, cls.from_module(module, em))
         n = int(np.prod(em.shape))
