@@ -31,6 +31,7 @@ setup(
         "bitarray>=2.8",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        "ml_dtypes>=0.3",  # bfloat16 arrays (convert, encode, decode)
     ],
     extras_require={
         # torch is optional: pydnnz.torch needs it. Install the build you want first

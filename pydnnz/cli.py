@@ -53,14 +53,28 @@ def _check_input(path: Path) -> None:
 EMBEDDING_OR_NORM = ("*embed*", "*norm*", "*bn*", "*.ln*", "*layernorm*")
 
 
+def _is_float(array) -> bool:
+    """float16, bfloat16 (ml_dtypes), float32, and float64 whose values float32 holds exactly."""
+    dt = array.dtype
+    if dt.name == "bfloat16" or dt in (np.float16, np.float32):
+        return True
+    return dt == np.float64 and bool(np.array_equal(array.astype(np.float32), array))
+
+
 def default_layer_selection(name: str, array: np.ndarray) -> bool:
-    """Compress by default: float tensors with 2+ dimensions that are not embeddings or norms."""
-    return (array.ndim >= 2 and array.dtype.kind == "f"
+    """Compress by default: float tensors with 2+ dimensions that are not embeddings or norms
+    (float64 only when float32 holds it exactly: encodings store float32)."""
+    return (array.ndim >= 2 and array.size > 0 and _is_float(array)
             and not any(fnmatch.fnmatch(name.lower(), pat) for pat in EMBEDDING_OR_NORM))
+
+
+def _source_dtype(array) -> str:
+    return array.dtype.name if array.dtype.name in ("float16", "bfloat16", "float64") else "float32"
 
 
 def cmd_compress(args) -> int:
     from .compress import compress_weights
+    from .compress._tensors import in_source_dtype
     from .container import save_file
     from .convert import format_of, read_tensors
     from .encodings import encode
@@ -89,7 +103,7 @@ def cmd_compress(args) -> int:
         chosen = [k for k in tensors if any(fnmatch.fnmatchcase(k, g) for g in args.layers)]
         if not chosen:
             raise UsageError(f"--layers {' '.join(args.layers)}: matches no tensor of {src}")
-        bad = [k for k in chosen if tensors[k].dtype.kind != "f" or tensors[k].ndim < 2]
+        bad = [k for k in chosen if not _is_float(tensors[k]) or tensors[k].ndim < 2]
         if bad:
             raise UsageError(f"--layers selects {bad[0]!r}, which is not a float tensor with 2+ dimensions")
     elif args.auto:  # the embedding tables count in the file too
@@ -112,18 +126,28 @@ def cmd_compress(args) -> int:
     elif args.budget is not None:
         raise UsageError("--budget goes with --auto")
     elif args.quantize or args.prune:
-        lossy = compress_weights({k: tensors[k] for k in chosen}, method=args.quantize,
+        lossy = compress_weights({k: np.asarray(tensors[k], np.float32) for k in chosen}, method=args.quantize,
                                  k=args.k, prune=args.prune, unified=args.unified, seed=args.seed)
     out = dict(tensors)
     rows = []
     for name in chosen:
+        source = _source_dtype(tensors[name])
+        value = in_source_dtype(lossy[name], source) if name in lossy else tensors[name]
         try:
-            encoded = encode(lossy.get(name, tensors[name]), encoding=args.encoding)
+            encoded = encode(value, encoding=args.encoding, source_dtype=source)
         except DnnzError as exc:  # name the file and the tensor: a checkpoint has hundreds
             raise type(exc)(f"{src}: tensor {name!r}: {exc}") from exc
+        raw_bytes = tensors[name].nbytes
+        if args.encoding == "auto" and encoded.nbytes >= raw_bytes:
+            # Encodings store float32: a small or float16/bfloat16 layer can be smaller raw. Keep
+            # it raw in its own dtype (with the lossy step's values, if any).
+            out[name] = np.asarray(encoded.decode())
+            rows.append([name, "x".join(map(str, tensors[name].shape)), source, "raw (smallest)", raw_bytes,
+                         "1.0000"])
+            continue
         out[name] = encoded
-        rows.append([name, "x".join(map(str, tensors[name].shape)), encoded.encoding, encoded.nbytes,
-                     f"{encoded.nbytes / tensors[name].nbytes:.4f}"])
+        rows.append([name, "x".join(map(str, tensors[name].shape)), source, encoded.encoding, encoded.nbytes,
+                     f"{encoded.nbytes / raw_bytes:.4f}"])
     recipe = {"prune": args.prune, "quantize": args.quantize, "k": args.k if args.quantize else None,
               "encoding": args.encoding, "unified": args.unified, "seed": args.seed, "layers": chosen}
     if auto is not None:
@@ -131,7 +155,7 @@ def cmd_compress(args) -> int:
     metadata = dict(metadata)
     metadata.update({"pydnnz.recipe": json.dumps(recipe), "pydnnz.source": src.name})
     save_file(out, dst, metadata=metadata)
-    print(_table(rows, ["tensor", "shape", "encoding", "bytes", "psi"]))
+    print(_table(rows, ["tensor", "shape", "dtype", "encoding", "bytes", "psi"]))
     print(f"\n{src} ({_human(src.stat().st_size)}) -> {dst} ({_human(dst.stat().st_size)}), "
           f"{len(chosen)} tensors compressed in {time.perf_counter() - t0:.1f} s")
     return EXIT_OK
@@ -148,7 +172,7 @@ def tensor_report(name, info, tensor=None) -> dict:
     with `tensor` (the loaded tensor) the order-0 entropy bound is added, which needs the values."""
     shape = [int(d) for d in info["shape"]]
     n = int(np.prod(shape, dtype=object))
-    dtype = info["dtype"]
+    dtype = info.get("source_dtype", info["dtype"])  # an encoded float16/bfloat16 layer decodes to it
     nbytes = int(info["nbytes"])
     dense = n * _ITEMSIZE.get(dtype, 4)
     rep = {
@@ -305,7 +329,7 @@ def cmd_bench(args) -> int:
     records = []
     rng = np.random.default_rng(1)
     for name, em in layers.items():
-        dense = em.decode().reshape(em.matrix_shape)
+        dense = em.decode(dtype=np.float32).reshape(em.matrix_shape)
         n_in = dense.shape[1]
         for b in batches:
             x = rng.standard_normal((b, n_in), dtype=np.float32)

@@ -7,8 +7,10 @@
 | `.pt`, `.pth`, `.bin`| PyTorch state dict, read with `weights_only=True` (never plain pickle) | no |
 | `.npz`               | NumPy archive, read with `allow_pickle=False` | no       |
 
-Uncompressed tensors convert bit for bit; compressed `.dnnz` tensors become their exact decoded
-values in the other formats. Writes are atomic (see `pydnnz._atomic`).
+Uncompressed tensors convert bit for bit, with their dtype and shape (0-d included): bool, every
+integer type, float16, bfloat16 (as ``ml_dtypes.bfloat16`` arrays), float32, float64. Compressed
+`.dnnz` tensors become their exact decoded values, in the dtype they were compressed from
+(``EncodedMatrix.source_dtype``). Writes are atomic (see `pydnnz._atomic`).
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -51,16 +53,55 @@ def format_of(path) -> str:
     return FORMATS[ext]
 
 
+def _bfloat16():
+    """NumPy's bfloat16 (ml_dtypes); importing it also lets safetensors' NumPy API read BF16."""
+    try:
+        import ml_dtypes
+    except ImportError as exc:  # pragma: no cover - a dependency of pydnnz
+        raise UnsupportedError("bfloat16 tensors need the ml_dtypes package (pip install ml_dtypes)") from exc
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _plain(t):
+    """An ndarray of the tensor's own dtype and shape: BFloat16Tensor -> ml_dtypes.bfloat16,
+    EncodedMatrix -> its exact decoded values in its source dtype (0-d arrays stay 0-d)."""
+    if isinstance(t, np.ndarray):
+        return np.asarray(t, order="C")
+    bits = getattr(t, "bits", None)
+    if bits is not None and getattr(t, "dtype", None) == "bfloat16":
+        return np.asarray(bits, order="C").view(_bfloat16())
+    return np.asarray(t.decode(), order="C")
+
+
+def _from_npz(a):
+    """NumPy saves an ml_dtypes.bfloat16 array with the descriptor '|V2' (2-byte void, the only
+    way .npy can describe it): read such an entry back as bfloat16, bit for bit."""
+    if a.dtype.kind == "V" and a.dtype.itemsize == 2 and a.dtype.names is None:
+        return a.view(_bfloat16())
+    return a
+
+
 def _to_numpy(name, tensor, path):
     import torch
 
     if not isinstance(tensor, torch.Tensor):
         raise CorruptDataError(f"{path}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
-    tensor = tensor.detach().cpu()
+    tensor = tensor.detach().cpu().contiguous()
     if tensor.dtype == torch.bfloat16:
-        raise UnsupportedError(f"{path}: tensor {name!r} is bfloat16, which NumPy cannot hold; "
-                               "convert it to float32 first")
-    return tensor.contiguous().numpy()
+        return tensor.view(torch.int16).numpy().view(_bfloat16())
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as exc:  # complex32, float8, quantized ...: name it
+        raise UnsupportedError(f"{path}: tensor {name!r} has dtype {tensor.dtype}, which pydnnz "
+                               f"does not convert ({exc})") from exc
+
+
+def _to_torch(array):
+    import torch
+
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
 
 
 def _flatten_state_dict(obj, path, prefix=""):
@@ -93,11 +134,12 @@ def read_tensors(path, decode=True):
             tensors = {}
             for name in f.keys():
                 t = f.get(name)
-                tensors[name] = t.decode() if (decode and not isinstance(t, np.ndarray)) else t
+                tensors[name] = _plain(t) if decode else t
             return tensors, dict(f.metadata() or {})
     if kind == "safetensors":
         from safetensors import SafetensorError, safe_open as st_open
 
+        _bfloat16()  # registers "bfloat16" with NumPy, which safetensors' BF16 needs
         try:
             with st_open(str(path), framework="numpy") as f:
                 meta = dict(f.metadata() or {})
@@ -107,7 +149,7 @@ def read_tensors(path, decode=True):
     if kind == "npz":
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}, {}
+                return {k: _from_npz(z[k]) for k in z.files}, {}
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise CorruptDataError(f"{path}: not a valid .npz archive ({exc})") from exc
     # torch
@@ -132,15 +174,15 @@ def write_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
 
         save_file(tensors, path, metadata=metadata)
         return
-    arrays = {}
-    for name, t in tensors.items():
-        arrays[name] = np.ascontiguousarray(t if isinstance(t, np.ndarray) else t.decode())
+    arrays = {name: _plain(t) for name, t in tensors.items()}  # np.ascontiguousarray would make 0-d 1-d
     with atomic_path(path) as tmp:
         if kind == "safetensors":
             # safetensors' save_file writes its own named temporary beside `tmp` (which may be an
             # unnamed /proc/self/fd file, see _atomic): serialise to bytes and write them instead.
             from safetensors.numpy import save as st_save
 
+            if any(a.dtype.name == "bfloat16" for a in arrays.values()):
+                _bfloat16()  # registers "bfloat16" with NumPy, which safetensors' BF16 needs
             data = st_save(arrays, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -150,7 +192,7 @@ def write_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
         else:
             import torch
 
-            torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, str(tmp))
+            torch.save({k: _to_torch(v) for k, v in arrays.items()}, str(tmp))
 
 
 def convert(src, dst, force=False) -> dict:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._progress import progress_bar
+from ..compress._tensors import in_source_dtype
 from ..errors import DnnzError, InvalidArgumentError
 from ._modules import COMPRESSED_FOR, _CompressedBase
 from ._recipe import KIND, parse_recipe, recipe_json
@@ -169,9 +170,10 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
     stats = []
     bar = progress_bar(layers, desc="encoding", disable=None if progress is None else not progress)
     for name, module, tname, rule in bar:
-        value = lossy[name]
+        source = _SOURCE_DTYPES.get(module.weight.dtype, "float32")
+        value = in_source_dtype(lossy[name], source)  # a float16/bfloat16 layer stays one
         try:
-            em = encode(value, encoding=rule.encoding)
+            em = encode(value, encoding=rule.encoding, source_dtype=source)
         except DnnzError as exc:  # name the layer: a model has hundreds of them
             raise type(exc)(f"compress_model: layer {name!r}: {exc}") from exc
         cls = COMPRESSED_FOR[type(module)]
@@ -215,10 +217,23 @@ def decompress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         ('Linear', 4)
     """
     if isinstance(model, _CompressedBase):
-        return model.decompress()
+        return _decompressed(model)
     if not inplace:
         model = _copy_model(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, _CompressedBase):
-            _set_module(model, name, m.decompress())
+            _set_module(model, name, _decompressed(m))
     return model
+
+
+_SOURCE_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+_TORCH_DTYPES = {v: k for k, v in _SOURCE_DTYPES.items()}
+
+
+def _decompressed(layer):
+    """The dense layer, in the dtype the compressed layer came from (exact: its values were kept
+    representable in that dtype, see ``EncodedMatrix.source_dtype``)."""
+    dense = layer.decompress()
+    encoded = getattr(layer, "encoded", None)
+    dtype = _TORCH_DTYPES.get(getattr(encoded, "source_dtype", "float32"))
+    return dense.to(dtype) if dtype is not None else dense
