@@ -35,6 +35,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- helpers
+def _note_skipped(src, names) -> None:
+    """One stderr line when a checkpoint held entries that are not tensors (not converted)."""
+    if names:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        print(f"note: {src}: {len(names)} entries that are not tensors were left out ({shown})", file=sys.stderr)
+
+
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists (use --force to overwrite)")
@@ -99,6 +106,9 @@ def cmd_compress(args) -> int:
         raise UsageError(f"--encoding {args.encoding}: unknown (choose auto, {', '.join(encodings())})")
     t0 = time.perf_counter()
     tensors, metadata = read_tensors(src)
+    from .convert import SKIPPED_KEY
+
+    _note_skipped(src, json.loads(metadata.get(SKIPPED_KEY, "[]")))
     if args.layers:
         chosen = [k for k in tensors if any(fnmatch.fnmatchcase(k, g) for g in args.layers)]
         if not chosen:
@@ -277,6 +287,7 @@ def cmd_convert(args) -> int:
         from .runtime import set_max_decoded_bytes
         set_max_decoded_bytes(args.max_decoded_bytes)
     summary = convert(src, dst, force=True)
+    _note_skipped(src, summary["skipped"])
     print(f"{src} -> {dst}: {summary['tensors']} tensors, {_human(summary['bytes_in'])} -> {_human(summary['bytes_out'])}")
     return EXIT_OK
 

@@ -22,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -39,6 +40,11 @@ FORMATS = {
     ".bin": "torch",
     ".npz": "npz",
 }
+
+
+#: Metadata key read_tensors sets when a PyTorch checkpoint held entries that are not tensors
+#: (a JSON list of their dotted names, at most 1000); they are not converted.
+SKIPPED_KEY = "pydnnz.skipped_entries"
 
 
 class FileFormatError(InvalidArgumentError):
@@ -104,17 +110,29 @@ def _to_torch(array):
     return torch.from_numpy(array.copy())
 
 
-def _flatten_state_dict(obj, path, prefix=""):
-    """A state dict may be nested ({"state_dict": {...}} or module-like dicts): flatten with dots."""
+def _flatten_state_dict(obj, path, prefix="", skipped=None):
+    """A checkpoint may nest its tensors ({"state_dict": {...}}, {"model_state": ..., "optimizer_state":
+    ...}, lists of tensors): flatten with dots ("a.b.0"). Entries that are not tensors (step
+    counters, learning rates, strings, None) are no weights: their names go to `skipped`."""
+    import torch
+
     out = {}
     if not isinstance(obj, dict):
         raise CorruptDataError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
-    for key, value in obj.items():
+    items = list(obj.items())
+    while items:
+        key, value = items.pop(0)
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten_state_dict(value, path, name + "."))
-        else:
+            out.update(_flatten_state_dict(value, path, name + ".", skipped))
+        elif isinstance(value, (list, tuple)):
+            items[:0] = [(f"{key}.{i}", v) for i, v in enumerate(value)]
+        elif isinstance(value, torch.Tensor):
             out[name] = _to_numpy(name, value, path)
+        elif skipped is not None:
+            skipped.append(name)
+        else:
+            out[name] = _to_numpy(name, value, path)  # raises, naming the entry
     return out
 
 
@@ -162,7 +180,11 @@ def read_tensors(path, decode=True):
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, ...)
         raise CorruptDataError(f"{path}: not a PyTorch state dict loadable with weights_only=True "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    return _flatten_state_dict(obj, path), {}
+    skipped = []
+    tensors = _flatten_state_dict(obj, path, skipped=skipped)
+    if not tensors and skipped:
+        raise CorruptDataError(f"{path}: holds no tensor (only {len(skipped)} other entries, e.g. {skipped[0]!r})")
+    return tensors, ({SKIPPED_KEY: json.dumps(skipped[:1000])} if skipped else {})
 
 
 def write_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
@@ -205,7 +227,9 @@ def convert(src, dst, force=False) -> dict:
         raise InvalidArgumentError(f"{dst}: source and destination are the same file")
     tensors, meta = read_tensors(src, decode=format_of(dst) != "dnnz")
     write_tensors(tensors, dst, meta)
-    return {"tensors": len(tensors), "bytes_in": os.path.getsize(src), "bytes_out": os.path.getsize(dst)}
+    return {"tensors": len(tensors), "bytes_in": os.path.getsize(src), "bytes_out": os.path.getsize(dst),
+            "skipped": json.loads(meta.get(SKIPPED_KEY, "[]"))}
 
 
-__all__ = ["read_tensors", "write_tensors", "convert", "format_of", "FORMATS", "FileFormatError", "DnnzError"]
+__all__ = ["read_tensors", "write_tensors", "convert", "format_of", "FORMATS", "FileFormatError", "DnnzError",
+           "SKIPPED_KEY"]

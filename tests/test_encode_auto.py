@@ -65,3 +65,16 @@ def test_cli_error_names_file_and_tensor(tmp_path, many_values):
     from pydnnz.convert import read_tensors
 
     assert np.array_equal(read_tensors(tmp_path / "ok.dnnz")[0]["head.weight"], many_values)
+
+
+def test_auto_skips_encodings_whose_lower_bound_already_loses(monkeypatch):
+    """A random float layer (every value distinct, within the Huffman alphabet): ham/sham/rlham's
+    tables alone outweigh dense, so auto never plans a code for them."""
+    from pydnnz.encodings import ham, rlham, sham
+
+    w = np.random.default_rng(1).standard_normal((300, 300)).astype(np.float32)
+    for mod, cls in ((ham, "HuffmanAddressMap"), (sham, "SparseHuffmanAddressMap"),
+                     (rlham, "RunLengthHuffmanAddressMap")):
+        monkeypatch.setattr(getattr(mod, cls), "_plan", classmethod(lambda c, m: pytest.fail(f"{c.name} planned")))
+    e = pydnnz.encode(w)
+    assert e.encoding == "dense" and np.array_equal(e.decode(), w)

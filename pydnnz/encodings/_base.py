@@ -432,6 +432,12 @@ class EncodedMatrix:
         return "no limits"
 
     @classmethod
+    def min_nbytes(cls, m):
+        """A cheap lower bound of ``encoded_nbytes(m)`` (no planning): auto skips an encoding whose
+        bound already loses to the best size found, before any Huffman or run-length work."""
+        return 0
+
+    @classmethod
     def _encode(cls, m):
         """(params, sections) for the MatrixInput `m`."""
         raise NotImplementedError
@@ -550,6 +556,8 @@ def encode(matrix, encoding="auto", *, source_dtype=None):
     if encoding == "auto":
         best = None
         for cls in _REGISTRY.values():
+            if best is not None and cls.min_nbytes(m) >= best[0]:
+                continue  # cannot win: step aside before planning
             if cls.applicable(m):
                 size = cls.encoded_nbytes(m)
                 if best is None or size < best[0]:

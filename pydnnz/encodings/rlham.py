@@ -139,6 +139,10 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
         return f"at most {MAX_K} distinct non-zero values and (run classes x values + 1) <= {MAX_SYMBOLS}"
 
     @classmethod
+    def min_nbytes(cls, m):
+        return 5 * n_nonzero_values(m)  # codebook (4 bytes) + at least one code length per value
+
+    @classmethod
     def encoded_nbytes(cls, m):
         return cls._plan(m)[4][1][0]
 

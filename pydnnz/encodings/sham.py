@@ -49,6 +49,10 @@ class SparseHuffmanAddressMap(EncodedMatrix):
         return f"at most {MAX_K} distinct non-zero values"
 
     @classmethod
+    def min_nbytes(cls, m):
+        return 5 * n_nonzero_values(m)  # codebook + code length per distinct non-zero value
+
+    @classmethod
     def encoded_nbytes(cls, m):
         nnz, cb, _, lengths, bits = cls._plan(m)
         return ((m.rows + 1) * (ptr_bytes(nnz) + offset_bytes(bits)) + nnz * index_bytes(m.cols) +
