@@ -10,12 +10,12 @@ import numpy as np
 
 
 def human_size(n: float) -> str:
-    """A byte count with a binary unit: '512 B', '1.50 KB', '3.25 MB', '1.00 GB'."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    """A byte count with a binary unit, named as such: '512 B', '1.50 KiB', '3.25 MiB', '1.00 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
-    return f"{n:.2f} GB"  # pragma: no cover
+    return f"{n:.2f} GiB"  # pragma: no cover
 
 
 def table(rows, headers) -> str:

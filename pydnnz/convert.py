@@ -6,6 +6,8 @@
 | `.safetensors`       | safetensors                              | yes           |
 | `.pt`, `.pth`, `.bin`| PyTorch state dict, read with `weights_only=True` (never plain pickle) | no |
 | `.npz`               | NumPy archive, read with `allow_pickle=False` | no       |
+| `.onnx`              | ONNX model: its initializers (write: `template=` the original model) | no |
+| `.h5`, `.hdf5`       | Keras HDF5 weights (`.h5`, `.weights.h5`), read only | no |
 
 Uncompressed tensors convert bit for bit, with their dtype and shape (0-d included): bool, every
 integer type, float16, bfloat16 (as ``ml_dtypes.bfloat16`` arrays), float32, float64. Compressed
@@ -39,6 +41,9 @@ FORMATS = {
     ".pth": "torch",
     ".bin": "torch",
     ".npz": "npz",
+    ".onnx": "onnx",    # initializers of an ONNX model (pydnnz.convert_foreign); writing needs a template
+    ".h5": "keras",     # Keras HDF5 weights (.h5, .weights.h5), read only
+    ".hdf5": "keras",
 }
 
 
@@ -164,6 +169,10 @@ def read_tensors(path, decode=True):
                 return {k: f.get_tensor(k) for k in f.keys()}, meta
         except (SafetensorError, ValueError, TypeError) as exc:
             raise CorruptDataError(f"{path}: not a valid safetensors file ({exc})") from exc
+    if kind in ("onnx", "keras"):
+        from . import convert_foreign
+
+        return convert_foreign.read_onnx(path) if kind == "onnx" else convert_foreign.read_keras_h5(path)
     if kind == "npz":
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -187,10 +196,17 @@ def read_tensors(path, decode=True):
     return tensors, ({SKIPPED_KEY: json.dumps(skipped[:1000])} if skipped else {})
 
 
-def write_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
-    """Write `tensors` (ndarray or, for .dnnz only, EncodedMatrix) to `path`, atomically."""
+def write_tensors(tensors: dict, path, metadata: dict | None = None, template=None) -> None:
+    """Write `tensors` (ndarray or, for .dnnz only, EncodedMatrix) to `path`, atomically.
+
+    ONNX: `template` is the original model, whose graph is kept (see pydnnz.convert_foreign)."""
     path = Path(path)
     kind = format_of(path)
+    if kind == "keras":
+        raise UnsupportedError(f"{path}: pydnnz reads Keras .h5 weights but does not write them "
+                               "(write .npz, .safetensors or .dnnz)")
+    if template is not None and kind != "onnx":
+        raise InvalidArgumentError(f"{path}: a template is only used when writing ONNX")
     if kind == "dnnz":
         from .container import save_file
 
@@ -211,14 +227,20 @@ def write_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
         elif kind == "npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
+        elif kind == "onnx":
+            from .convert_foreign import write_onnx
+
+            write_onnx(arrays, tmp, template)
         else:
             import torch
 
             torch.save({k: _to_torch(v) for k, v in arrays.items()}, str(tmp))
 
 
-def convert(src, dst, force=False) -> dict:
-    """Convert `src` to `dst` (formats from the extensions). Returns a small summary dict."""
+def convert(src, dst, force=False, template=None) -> dict:
+    """Convert `src` to `dst` (formats from the extensions). Returns a small summary dict.
+
+    Writing ONNX needs `template`, the original .onnx model (its graph, with the decoded weights)."""
     src, dst = Path(src), Path(dst)
     format_of(dst)
     if dst.exists() and not force:
@@ -226,7 +248,10 @@ def convert(src, dst, force=False) -> dict:
     if src.resolve() == dst.resolve() if dst.exists() else False:
         raise InvalidArgumentError(f"{dst}: source and destination are the same file")
     tensors, meta = read_tensors(src, decode=format_of(dst) != "dnnz")
-    write_tensors(tensors, dst, meta)
+    if format_of(dst) == "onnx" and template is None:
+        raise InvalidArgumentError(f"{dst}: writing ONNX needs the original model as a template "
+                                   "(template=... / --template original.onnx)")
+    write_tensors(tensors, dst, meta, template=template)
     return {"tensors": len(tensors), "bytes_in": os.path.getsize(src), "bytes_out": os.path.getsize(dst),
             "skipped": json.loads(meta.get(SKIPPED_KEY, "[]"))}
 
