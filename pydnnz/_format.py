@@ -2,7 +2,7 @@
 
 One home so that `cli` and `demo` do not import each other. Byte sizes are written here rather
 than with tqdm.format_sizeof because that one prints bare SI-style suffixes ("1.21M") and the CLI
-prints units ("1.21 MB").
+prints units ("1.21 MiB").
 """
 from __future__ import annotations
 

@@ -501,7 +501,9 @@ def cmd_bench(args) -> int:
     batches = args.batch or [1, 8, 128]
     records = []
     rng = np.random.default_rng(1)
-    for name, em in layers.items():
+    from ._progress import progress_bar
+
+    for name, em in progress_bar(list(layers.items()), desc="bench", unit="layer"):
         dense = em.decode(dtype=np.float32).reshape(em.matrix_shape)
         n_in = dense.shape[1]
         for b in batches:

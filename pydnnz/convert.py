@@ -153,9 +153,11 @@ def read_tensors(path, decode=True):
     if kind == "dnnz":
         from .container import safe_open
 
+        from ._progress import progress_bar
+
         with safe_open(path) as f:
             tensors = {}
-            for name in f.keys():
+            for name in progress_bar(f.keys(), desc="reading", unit="tensor"):
                 t = f.get(name)
                 tensors[name] = _plain(t) if decode else t
             return tensors, dict(f.metadata() or {})
