@@ -12,6 +12,9 @@ after compression:
 - resemblyzer: the speaker encoder rebuilt from its state dict (3-layer LSTM 40->256 + Linear 256,
   as in resemblyzer/voice_encoder.py); metric = mean cosine between the dense and the compressed
   model's embeddings of 16 random 160-frame mel inputs (before: 1 by definition).
+- ONNX models: the .dnnz converted back through the original as template (`dnnz convert
+  x.dnnz y.onnx --template x.onnx`) and both run in onnxruntime on the same random input; metric =
+  cosine of their first outputs (before: 1 by definition).
 - every model: the weight-level output SNR in dB of the compressed layers, 10*log10(|XW|^2 /
   |X(W - W')|^2) for Gaussian X, worst layer (lossless: inf).
 
@@ -42,6 +45,9 @@ CHECKPOINTS = {  # name -> (package, file inside it)
     "torchfcpe": ("torchfcpe", "assets/fcpe_c_v001.pt"),
     "ccexam-svhn": ("ccexam", "weights/svhn.pth"),
     "ccexam-usps": ("ccexam", "weights/usps.pth"),
+    "basic-pitch-onnx": ("basic_pitch", "saved_models/icassp_2022/nmp.onnx"),
+    "swift-f0-onnx": ("swift_f0", "model.onnx"),
+    "silero-vad-half-onnx": ("silero_vad", "data/silero_vad_half.onnx"),
 }
 
 RECIPES = {
@@ -99,6 +105,30 @@ def resemblyzer_cosine(dense: dict, compressed: dict):
     return float(torch.nn.functional.cosine_similarity(a, b).mean())
 
 
+def onnx_cosine(original, rebuilt, seed=0):
+    """Cosine between the first outputs of two ONNX models on one random input (onnxruntime)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+    outs = []
+    for path in (original, rebuilt):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {}
+        rng = np.random.default_rng(seed)
+        for i in sess.get_inputs():
+            # symbolic sizes: 1 (batch, states), except 512 samples along the last axis of a 2-D (audio) input
+            shape = [d if isinstance(d, int) else (512 if a == len(i.shape) - 1 == 1 else 1)
+                     for a, d in enumerate(i.shape)]
+            dt = types[i.type]
+            # an int64 input is a sample rate in these models; floats are audio or states
+            feeds[i.name] = np.full(shape, 16000, dt) if dt == np.int64 else rng.standard_normal(shape).astype(dt)
+        outs.append(np.asarray(sess.run(None, feeds)[0], np.float64).ravel())
+    a, b = outs
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den else float(np.array_equal(a, b))
+
+
 def run_one(name, recipe, workdir):
     from pydnnz.cli import main
     from pydnnz.convert import read_tensors
@@ -120,6 +150,16 @@ def run_one(name, recipe, workdir):
     weights = [k for k, v in dense.items() if v.ndim >= 2 and v.dtype.kind == "f" and v.size]
     rec.update(output_bytes=dst.stat().st_size, compressed=len(chosen),
                left_raw=sorted(set(weights) - set(chosen)), snr_db=layer_snr(dense, comp, chosen))
+    if src.suffix == ".onnx":
+        rebuilt = Path(workdir) / f"{name}-{recipe}.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(["convert", str(dst), str(rebuilt), "--template", str(src), "--force"])
+        rec["metric"] = "output cosine (onnxruntime)"
+        try:
+            rec["before"], rec["after"] = 1.0, onnx_cosine(src, rebuilt)
+        except Exception as exc:  # a model whose inputs this generic driver cannot guess
+            rec["metric"] += f" not run: {type(exc).__name__}"
+            rec["before"] = rec["after"] = float("nan")
     if name == "resemblyzer":
         rec["metric"] = "embedding cosine"
         rec["before"], rec["after"] = 1.0, resemblyzer_cosine(dense, comp)

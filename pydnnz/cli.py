@@ -443,6 +443,8 @@ def cmd_convert(args) -> int:
     format_of(src)
     format_of(dst)
     _check_output(dst, args.force)
+    if format_of(dst) == "onnx" and args.template is None:
+        raise UsageError(f"{dst}: writing ONNX needs the original model: --template ORIGINAL.onnx")
     if args.max_decoded_bytes is not None:
         from .runtime import set_max_decoded_bytes
         set_max_decoded_bytes(args.max_decoded_bytes)

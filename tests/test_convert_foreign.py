@@ -74,7 +74,7 @@ def test_onnx_needs_a_matching_template(tmp_path):
     src = tmp_path / "m.onnx"
     small_onnx(src)
     convert(src, tmp_path / "m.npz")
-    assert main(["convert", str(tmp_path / "m.npz"), str(tmp_path / "x.onnx")]) == 1
+    assert main(["convert", str(tmp_path / "m.npz"), str(tmp_path / "x.onnx")]) == 2  # usage: no template
     other = tmp_path / "o.onnx"
     small_onnx(other, np.float16)
     assert main(["convert", str(tmp_path / "m.npz"), str(tmp_path / "x.onnx"), "--template", str(other)]) == 1
