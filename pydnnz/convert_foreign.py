@@ -66,7 +66,19 @@ def read_onnx(path):
             tensors[t.name] = np.asarray(numpy_helper.to_array(t))
         except Exception as exc:
             raise CorruptDataError(f"{path}: initializer {t.name!r} cannot be read ({exc})") from exc
+    if not tensors and any(a.type in (onnx_attr_graph(), onnx_attr_graphs())
+                           for node in model.graph.node for a in node.attribute):
+        raise UnsupportedError(f"{path}: the model keeps its weights inside If/Loop/Scan subgraphs, which "
+                               "pydnnz does not read (only the main graph's initializers)")
     return tensors, {"pydnnz.onnx_weights": json.dumps(onnx_weight_names(model))}
+
+
+def onnx_attr_graph():
+    return _onnx()[0].AttributeProto.GRAPH
+
+
+def onnx_attr_graphs():
+    return _onnx()[0].AttributeProto.GRAPHS
 
 
 def write_onnx(arrays: dict, path, template):

@@ -107,3 +107,16 @@ def test_keras_h5_into_dnnz_and_back_bit_exact(tmp_path):
             got = back[k.replace("/", ".")]
             assert got.dtype == v.dtype and got.shape == v.shape and got.tobytes() == v.tobytes()
     assert main(["convert", str(tmp_path / "k.dnnz"), str(tmp_path / "back.h5")]) == 1  # read only
+
+
+def test_onnx_weights_inside_subgraphs_are_refused_clearly(tmp_path):
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2, 2])], [w])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    path = tmp_path / "sub.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    assert main(["compress", str(path), "-o", str(tmp_path / "s.dnnz")]) == 1
+    assert not (tmp_path / "s.dnnz").exists()
