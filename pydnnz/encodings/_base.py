@@ -388,7 +388,10 @@ class EncodedMatrix:
             self._c_decode(out)
         out = out.reshape(self._shape)
         want = numpy_dtype(self._source_dtype) if dtype is None else np.dtype(dtype)
-        return out if want == np.float32 else out.astype(want)
+        if want == np.float32:
+            return out
+        with np.errstate(over="ignore"):  # IEEE rounding: a value past the dtype's range becomes inf
+            return out.astype(want)
 
     def matmul(self, x):
         """``x @ W.T`` for float32 `x` of shape (batch, in) or (in,), computed in C.
