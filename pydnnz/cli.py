@@ -208,6 +208,9 @@ def cmd_compress(args) -> int:
     from .shards import cmd_compress_sharded, wants_streaming
 
     if wants_streaming(args):  # sharded checkpoints, --workers, --ray: tensor by tensor (pydnnz.shards)
+        if args.recipe or args.rule or args.keep or args.prune_scope == "global":
+            raise UsageError("--recipe, --rule, --keep and --prune-scope global work on single-file compress "
+                             "only (not with sharded input, --workers or --ray yet)")
         return cmd_compress_sharded(args)
     src, dst = Path(args.input), Path(args.output)
     _check_input(src)

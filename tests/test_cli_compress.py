@@ -111,3 +111,9 @@ def test_help_lists_methods_and_encodings(capsys):
 
 def test_sizes_use_binary_units():
     assert _human(1536) == "1.50 KiB" and _human(3 * 2**20) == "3.00 MiB" and _human(12) == "12 B"
+
+
+def test_rules_are_refused_on_the_streaming_path_not_ignored(tmp_path, ckpt, capsys):
+    src, _ = ckpt
+    assert compress(src, tmp_path / "o.dnnz", "--workers", "2", "--keep", "head*") == 2
+    assert "single-file compress only" in capsys.readouterr().err
