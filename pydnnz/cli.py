@@ -207,6 +207,13 @@ def cmd_compress(args) -> int:
 
     from .shards import cmd_compress_sharded, wants_streaming
 
+    if getattr(args, "max_memory", None) is not None:  # an option value: a usage error (exit 2), not data
+        from .shards import parse_size
+
+        try:
+            parse_size(args.max_memory)
+        except InvalidArgumentError as exc:
+            raise UsageError(f"--max-memory: {exc}") from None
     if wants_streaming(args):  # sharded checkpoints, --workers, --ray: tensor by tensor (pydnnz.shards)
         if args.recipe or args.rule or args.keep or args.prune_scope == "global":
             raise UsageError("--recipe, --rule, --keep and --prune-scope global work on single-file compress "

@@ -970,11 +970,15 @@ def _plan(tensors, metadata):
     if hlen > MAX_HEADER_SIZE:
         raise InvalidArgumentError(f"the header would be {hlen} bytes, over the limit of {MAX_HEADER_SIZE}")
     header = text + b" " * (hlen - len(text))
-    # The oldest minor version that holds every key used: a file without 1.1 keys stays 1.0.
-    minor = max([0] + [_TENSOR_OPTIONAL[k] for e in entries for k in _TENSOR_OPTIONAL if k in e])
-    head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, minor, 0, hlen, 0)
+    head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, minor_version(entries), 0, hlen, 0)
     crc = crc32(header, crc32(head))
     return head + struct.pack("<I", crc) + header, chunks
+
+
+def minor_version(entries):
+    """The minor version a writer puts in the preamble: the oldest one that holds every optional key
+    the tensor entries use (a file without 1.1 keys stays 1.0, byte for byte as before)."""
+    return max([0] + [_TENSOR_OPTIONAL[k] for e in entries for k in _TENSOR_OPTIONAL if k in e])
 
 
 def _write_chunks(f, head, chunks):
