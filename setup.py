@@ -31,12 +31,17 @@ setup(
         "bitarray>=2.8",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        "ml_dtypes>=0.3",  # bfloat16 arrays (convert, encode, decode)
     ],
     extras_require={
         # torch is optional: pydnnz.torch needs it. Install the build you want first
         # (e.g. `pip install torch==2.13.0` for the CPU wheel).
         "torch": ["torch>=2.0"],
-        "test": ["pytest>=7", "hypothesis>=6.80", "scipy>=1.10", "bitarray>=2.8", "jsonschema>=4", "matplotlib>=3.6"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "scipy>=1.10", "bitarray>=2.8", "jsonschema>=4", "matplotlib>=3.6",
+                 "onnx>=1.14", "onnxruntime>=1.16", "h5py>=3.8"],
+        # Reading/writing ONNX models and Keras .h5 weights (pydnnz.convert_foreign).
+        "onnx": ["onnx>=1.14"],
+        "keras": ["h5py>=3.8"],
         "bench": ["scipy>=1.10", "matplotlib>=3.6"],
         # `dnnz compress --ray [ADDRESS]`: per-tensor tasks on a Ray cluster (pydnnz.shards)
         "ray": ["ray>=2.9"],

@@ -2,7 +2,7 @@
 
 One home so that `cli` and `demo` do not import each other. Byte sizes are written here rather
 than with tqdm.format_sizeof because that one prints bare SI-style suffixes ("1.21M") and the CLI
-prints units ("1.21 MB").
+prints units ("1.21 MiB").
 """
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 
 
 def human_size(n: float) -> str:
-    """A byte count with a binary unit: '512 B', '1.50 KB', '3.25 MB', '1.00 GB'."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    """A byte count with a binary unit, named as such: '512 B', '1.50 KiB', '3.25 MiB', '1.00 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
-    return f"{n:.2f} GB"  # pragma: no cover
+    return f"{n:.2f} GiB"  # pragma: no cover
 
 
 def table(rows, headers) -> str:

@@ -1,8 +1,8 @@
 """The `dnnz` command line: compress, info, verify, convert, bench, demo.
 
-Exit codes: 0 success, 1 a failed check (a corrupt or inconsistent file, a failed verification),
-2 a usage error (bad option, missing or unsupported file, refusing to overwrite). Errors are one
-line on stderr that names the file and what is wrong. Outputs are written atomically: a failed
+Exit codes: 0 success, 1 bad data (a corrupt, inconsistent or uncompressible file, a failed
+verification), 2 a usage error (bad option or recipe, missing or unsupported file, refusing to
+overwrite). Errors are one line on stderr that names the file and what is wrong. Outputs are written atomically: a failed
 run leaves no partial output file, and nothing is overwritten without --force.
 """
 from __future__ import annotations
@@ -35,6 +35,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- helpers
+def _note_skipped(src, names) -> None:
+    """One stderr line when a checkpoint held entries that are not tensors (not converted)."""
+    if names:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        print(f"note: {src}: {len(names)} entries that are not tensors were left out ({shown})", file=sys.stderr)
+
+
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists (use --force to overwrite)")
@@ -53,21 +60,164 @@ def _check_input(path: Path) -> None:
 EMBEDDING_OR_NORM = ("*embed*", "*norm*", "*bn*", "*.ln*", "*layernorm*")
 
 
+def _is_float(array) -> bool:
+    """float16, bfloat16 (ml_dtypes), float32, and float64 whose values float32 holds exactly."""
+    dt = array.dtype
+    if dt.name == "bfloat16" or dt in (np.float16, np.float32):
+        return True
+    return dt == np.float64 and bool(np.array_equal(array.astype(np.float32), array))
+
+
 def default_layer_selection(name: str, array: np.ndarray) -> bool:
-    """Compress by default: float tensors with 2+ dimensions that are not embeddings or norms."""
-    return (array.ndim >= 2 and array.dtype.kind == "f"
+    """Compress by default: float tensors with 2+ dimensions that are not embeddings or norms
+    (float64 only when float32 holds it exactly: encodings store float32)."""
+    return (array.ndim >= 2 and array.size > 0 and _is_float(array)
             and not any(fnmatch.fnmatch(name.lower(), pat) for pat in EMBEDDING_OR_NORM))
 
 
-def cmd_compress(args) -> int:
+def _source_dtype(array) -> str:
+    return array.dtype.name if array.dtype.name in ("float16", "bfloat16", "float64") else "float32"
+
+
+def _layer_type(name: str, array) -> str:
+    """The recipe layer type of a weight in a tensor file, from its name and rank."""
+    if "embed" in name.lower():
+        return "Embedding"
+    return {2: "Linear", 3: "Conv1d"}.get(array.ndim, "Conv2d")
+
+
+def _layer_name(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def load_recipe_file(path) -> object:
+    """A recipe from a .json or .toml file: the same rules as ``pydnnz.torch.compress_model``.
+
+    JSON: a rule (object), a list of rules, or a method name. TOML: ``[[rules]]`` tables (or
+    ``rules = [...]``), or the keys of one rule at the top level.
+    """
+    path = Path(path)
+    _check_input(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise UsageError(f"--recipe {path}: reading TOML needs Python 3.11+ or the tomli "
+                                 "package (pip install tomli); or write the recipe as JSON") from None
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"--recipe {path}: not valid TOML ({exc})") from None
+        return doc["rules"] if set(doc) == {"rules"} else doc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--recipe {path}: not valid JSON ({exc})") from None
+
+
+def _rule_option(text: str) -> dict:
+    """--rule 'GLOB=METHOD[,k=N][,prune=P][,encoding=E][,unified]' as a recipe rule."""
+    glob, sep, spec = text.partition("=")
+    if not sep or not glob or not spec:
+        raise UsageError(f"--rule {text!r}: expected GLOB=METHOD[,k=N][,prune=P][,encoding=E][,unified]")
+    method, *opts = spec.split(",")
+    rule = {"match": glob, "method": method}
+    for o in opts:
+        key, sep, value = o.partition("=")
+        if key == "unified" and not sep:
+            rule["unified"] = True
+        elif key in ("k", "seed") and sep:
+            try:
+                rule[key] = int(value)
+            except ValueError:
+                raise UsageError(f"--rule {text!r}: {key} must be an integer, got {value!r}") from None
+        elif key in ("prune", "lam") and sep:
+            try:
+                rule[key] = float(value)
+            except ValueError:
+                raise UsageError(f"--rule {text!r}: {key} must be a number, got {value!r}") from None
+        elif key == "encoding" and sep:
+            rule[key] = value
+        else:
+            raise UsageError(f"--rule {text!r}: unknown option {o!r} (k=, prune=, encoding=, seed=, lam=, unified)")
+    return rule
+
+
+def _recipe_rules(args):
+    """The recipe the options describe (a list of raw rules), or None for a lossless-only run."""
+    keep = [{"match": g, "method": "none"} for g in (args.keep or [])]
+    if args.recipe:
+        if args.quantize or args.prune is not None or args.rule:
+            raise UsageError("--recipe already says the methods: give it without --quantize, --prune or --rule")
+        raw = load_recipe_file(args.recipe)
+        raw = raw if isinstance(raw, list) else [raw]
+        return keep + raw
+    rules = [_rule_option(r) for r in (args.rule or [])]
+    if args.quantize or args.prune:
+        main = {"method": args.quantize or "prune", "unified": args.unified, "seed": args.seed,
+                "encoding": args.encoding}
+        if args.quantize:
+            main["k"] = args.k
+        if args.prune:
+            main["prune"] = args.prune
+        if args.layers:
+            main["match"] = list(args.layers)
+        rules.append(main)
+    if not rules:
+        return None
+    if args.prune_scope == "global":
+        for r in rules:
+            if r.get("method") != "none" and (r.get("prune") or r.get("method", "").startswith(("pr", "prune"))):
+                r.setdefault("options", {}).setdefault("prune_scope", "global")
+    return keep + rules
+
+
+def _lossy_by_rule(rules, layers, tensors):
+    """{tensor: lossy result} with each rule's layers compressed together (unified codebooks and a
+    global pruning threshold never cross rules), as compress_model does."""
     from .compress import compress_weights
+
+    out = {}
+    for rule in rules:
+        members = [n for n, (r, _) in layers.items() if r is rule and r.method != "none"]
+        if not members:
+            continue
+        kinds = {n: {"Linear": "dense", "Embedding": "embedding"}.get(layers[n][1], "conv") for n in members}
+        method = rule.method[3:] if rule.method.startswith("pr_") else rule.method
+        kwargs = dict(rule.options)
+        if rule.lam is not None:
+            kwargs["lam"] = rule.lam
+        result = compress_weights({n: np.asarray(tensors[n], np.float32) for n in members}, method,
+                                  k=rule.k, prune=rule.prune, unified=rule.unified, layer_types=kinds,
+                                  types=tuple(sorted(set(kinds.values()))), seed=rule.seed, **kwargs)
+        out.update({n: (result[n], rule) for n in members})
+    return out
+
+
+def cmd_compress(args) -> int:
+    from ._progress import progress_bar
+    from .compress._tensors import in_source_dtype
     from .container import save_file
-    from .convert import format_of, read_tensors
-    from .encodings import encode
+    from .convert import SKIPPED_KEY, format_of, read_tensors
+    from .encodings import encode, encodings
 
     from .shards import cmd_compress_sharded, wants_streaming
 
+    if getattr(args, "max_memory", None) is not None:  # an option value: a usage error (exit 2), not data
+        from .shards import parse_size
+
+        try:
+            parse_size(args.max_memory)
+        except InvalidArgumentError as exc:
+            raise UsageError(f"--max-memory: {exc}") from None
     if wants_streaming(args):  # sharded checkpoints, --workers, --ray: tensor by tensor (pydnnz.shards)
+        if args.recipe or args.rule or args.keep or args.prune_scope == "global":
+            raise UsageError("--recipe, --rule, --keep and --prune-scope global work on single-file compress "
+                             "only (not with sharded input, --workers or --ray yet)")
         return cmd_compress_sharded(args)
     src, dst = Path(args.input), Path(args.output)
     _check_input(src)
@@ -75,60 +225,117 @@ def cmd_compress(args) -> int:
     if format_of(dst) != "dnnz":
         raise UsageError(f"{dst}: the output of compress must be a .dnnz file")
     _check_output(dst, args.force)
-    if args.prune is not None and not 0 <= args.prune <= 100:
-        raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100]")
-    if args.k < 1:
-        raise UsageError(f"--k {args.k}: must be at least 1")
-    from .encodings import encodings
-
+    if args.prune is not None and not 0 <= args.prune < 100:
+        raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100)")
+    if args.k < 2:
+        raise UsageError(f"--k {args.k}: must be at least 2")
     if args.encoding != "auto" and args.encoding not in encodings():
         raise UsageError(f"--encoding {args.encoding}: unknown (choose auto, {', '.join(encodings())})")
+    raw_rules = _recipe_rules(args)
+    rules = None
+    if raw_rules is not None:
+        try:
+            from .torch._recipe import parse_recipe
+        except ImportError as exc:
+            raise UsageError(f"recipes need PyTorch installed ({exc})") from None
+        try:
+            rules = parse_recipe(raw_rules, ("auto",) + encodings())
+        except InvalidArgumentError as exc:
+            raise UsageError(str(exc)) from None
     t0 = time.perf_counter()
     tensors, metadata = read_tensors(src)
+    _note_skipped(src, json.loads(metadata.get(SKIPPED_KEY, "[]")))
+    candidates = {k: v for k, v in tensors.items() if v.ndim >= 2 and v.size and _is_float(v)}
     if args.layers:
         chosen = [k for k in tensors if any(fnmatch.fnmatchcase(k, g) for g in args.layers)]
         if not chosen:
             raise UsageError(f"--layers {' '.join(args.layers)}: matches no tensor of {src}")
-        bad = [k for k in chosen if tensors[k].dtype.kind != "f" or tensors[k].ndim < 2]
+        bad = [k for k in chosen if k not in candidates]
         if bad:
-            raise UsageError(f"--layers selects {bad[0]!r}, which is not a float tensor with 2+ dimensions")
+            raise UsageError(f"--layers selects {bad[0]!r}, which is not a non-empty float tensor with 2+ dimensions")
+    elif "pydnnz.onnx_weights" in metadata:  # ONNX: the initializers feeding Conv/Gemm/MatMul
+        weights = set(json.loads(metadata.pop("pydnnz.onnx_weights")))
+        chosen = [k for k in tensors if k in weights and k in candidates]
+        candidates = {k: v for k, v in candidates.items() if k in weights}
     elif args.auto:  # the embedding tables count in the file too
-        chosen = [k for k, v in tensors.items() if v.ndim >= 2 and v.dtype.kind == "f"
-                  and not any(fnmatch.fnmatch(k.lower(), pat) for pat in EMBEDDING_OR_NORM[1:])]
+        chosen = [k for k, v in candidates.items()
+                  if not any(fnmatch.fnmatch(k.lower(), pat) for pat in EMBEDDING_OR_NORM[1:])]
     else:
         chosen = [k for k, v in tensors.items() if default_layer_selection(k, v)]
-    lossy = {}
+    metadata.pop("pydnnz.onnx_weights", None)
+    layers = {}  # tensor -> (rule, layer type) for every tensor a rule claims
+    if rules is not None:
+        claimed = [0] * len(rules)
+        for name, v in candidates.items():
+            tname = _layer_type(name, v)
+            for r in rules:
+                if r.matches(_layer_name(name), tname) or r.matches(name, tname):
+                    claimed[r.index] += 1
+                    layers[name] = (r, tname)
+                    break
+        for r, n in zip(rules, claimed):
+            if n == 0:
+                raise UsageError(f"{r.describe()} matches no weight of {src} (float tensors with 2+ "
+                                 f"dimensions: {', '.join(list(candidates)[:12]) or 'none'}"
+                                 f"{' ...' if len(candidates) > 12 else ''})")
+        chosen += [n for n, (r, _) in layers.items() if r.method != "none" and n not in chosen]
+    keep = set()
+    for g in args.keep or []:
+        keep.update(k for k in tensors if fnmatch.fnmatchcase(k, g) or fnmatch.fnmatchcase(_layer_name(k), g))
+    lossy = _lossy_by_rule(rules, layers, tensors) if rules is not None else {}
     auto = None
     if args.auto:  # data-free: weight-space error only, a heuristic (see pydnnz.compress.allocate)
-        if args.quantize or args.prune is not None:
-            raise UsageError("--auto chooses the method and its parameters: drop --quantize/--prune")
+        if rules is not None:
+            raise UsageError("--auto chooses the method and its parameters: drop --quantize/--prune/--rule/--recipe")
         if args.budget is None or not args.budget >= 0:
             raise UsageError("--auto needs --budget B >= 0: the mean relative squared error of the weights "
                              "(e.g. 0.002)")
         from .compress.allocate import data_free_lossy
 
-        lossy, rules, err = data_free_lossy({k: tensors[k].astype(np.float32) for k in chosen}, args.budget)
-        auto = {"budget": args.budget, "mean_relative_sq_error": err, "rules": rules}
+        auto_lossy, auto_rules, err = data_free_lossy({k: np.asarray(tensors[k], np.float32) for k in chosen},
+                                                      args.budget)
+        lossy = {k: (v, None) for k, v in auto_lossy.items()}
+        auto = {"budget": args.budget, "mean_relative_sq_error": err, "rules": auto_rules}
     elif args.budget is not None:
         raise UsageError("--budget goes with --auto")
-    elif args.quantize or args.prune:
-        lossy = compress_weights({k: tensors[k] for k in chosen}, method=args.quantize,
-                                 k=args.k, prune=args.prune, unified=args.unified, seed=args.seed)
     out = dict(tensors)
     rows = []
-    for name in chosen:
-        encoded = encode(lossy.get(name, tensors[name]), encoding=args.encoding)
+    for name in progress_bar(chosen, desc="encoding", unit="tensor", disable=False if args.progress else None):
+        source = _source_dtype(tensors[name])
+        value, rule = lossy.get(name, (tensors[name], None))
+        if name in lossy:
+            value = in_source_dtype(value, source)
+        encoding = rule.encoding if rule is not None and rule.encoding != "auto" else args.encoding
+        try:
+            encoded = encode(value, encoding=encoding, source_dtype=source)
+        except DnnzError as exc:  # name the file and the tensor: a checkpoint has hundreds
+            raise type(exc)(f"{src}: tensor {name!r}: {exc}") from exc
+        raw_bytes = tensors[name].nbytes
+        method = rule.method if rule is not None else ("keep" if name in keep else "lossless")
+        if encoding == "auto" and encoded.nbytes >= raw_bytes:
+            # Encodings store float32: a small or float16/bfloat16 layer can be smaller raw. Keep
+            # it raw in its own dtype (with the lossy step's values, if any).
+            out[name] = np.asarray(encoded.decode())
+            rows.append([name, "x".join(map(str, tensors[name].shape)), source, method, "raw (smallest)",
+                         raw_bytes, "1.0000"])
+            continue
         out[name] = encoded
-        rows.append([name, "x".join(map(str, tensors[name].shape)), encoded.encoding, encoded.nbytes,
-                     f"{encoded.nbytes / tensors[name].nbytes:.4f}"])
+        rows.append([name, "x".join(map(str, tensors[name].shape)), source, method, encoded.encoding,
+                     encoded.nbytes, f"{encoded.nbytes / raw_bytes:.4f}"])
     recipe = {"prune": args.prune, "quantize": args.quantize, "k": args.k if args.quantize else None,
               "encoding": args.encoding, "unified": args.unified, "seed": args.seed, "layers": chosen}
+    if rules is not None:
+        recipe["rules"] = [r.to_json() for r in rules]
     if auto is not None:
         recipe = {"auto": auto, "encoding": args.encoding, "layers": chosen}
     metadata = dict(metadata)
     metadata.update({"pydnnz.recipe": json.dumps(recipe), "pydnnz.source": src.name})
     save_file(out, dst, metadata=metadata)
-    print(_table(rows, ["tensor", "shape", "encoding", "bytes", "psi"]))
+    print(_table(rows, ["tensor", "shape", "dtype", "method", "encoding", "bytes", "psi"]))
+    dense_left = [k for k, v in tensors.items() if k in candidates and k not in chosen]
+    if dense_left:
+        print(f"\nleft raw (not selected): {len(dense_left)} float tensors with 2+ dimensions, e.g. "
+              f"{', '.join(dense_left[:5])}{' ...' if len(dense_left) > 5 else ''}")
     print(f"\n{src} ({_human(src.stat().st_size)}) -> {dst} ({_human(dst.stat().st_size)}), "
           f"{len(chosen)} tensors compressed in {time.perf_counter() - t0:.1f} s")
     return EXIT_OK
@@ -145,7 +352,7 @@ def tensor_report(name, info, tensor=None) -> dict:
     with `tensor` (the loaded tensor) the order-0 entropy bound is added, which needs the values."""
     shape = [int(d) for d in info["shape"]]
     n = int(np.prod(shape, dtype=object))
-    dtype = info["dtype"]
+    dtype = info.get("source_dtype", info["dtype"])  # an encoded float16/bfloat16 layer decodes to it
     nbytes = int(info["nbytes"])
     dense = n * _ITEMSIZE.get(dtype, 4)
     rep = {
@@ -246,10 +453,15 @@ def cmd_convert(args) -> int:
     format_of(src)
     format_of(dst)
     _check_output(dst, args.force)
+    if format_of(dst) == "onnx" and args.template is None:
+        raise UsageError(f"{dst}: writing ONNX needs the original model: --template ORIGINAL.onnx")
     if args.max_decoded_bytes is not None:
         from .runtime import set_max_decoded_bytes
         set_max_decoded_bytes(args.max_decoded_bytes)
-    summary = convert(src, dst, force=True)
+    if args.template is not None:
+        _check_input(Path(args.template))
+    summary = convert(src, dst, force=True, template=args.template)
+    _note_skipped(src, summary["skipped"])
     print(f"{src} -> {dst}: {summary['tensors']} tensors, {_human(summary['bytes_in'])} -> {_human(summary['bytes_out'])}")
     return EXIT_OK
 
@@ -301,8 +513,10 @@ def cmd_bench(args) -> int:
     batches = args.batch or [1, 8, 128]
     records = []
     rng = np.random.default_rng(1)
-    for name, em in layers.items():
-        dense = em.decode().reshape(em.matrix_shape)
+    from ._progress import progress_bar
+
+    for name, em in progress_bar(list(layers.items()), desc="bench", unit="layer"):
+        dense = em.decode(dtype=np.float32).reshape(em.matrix_shape)
         n_in = dense.shape[1]
         for b in batches:
             x = rng.standard_normal((b, n_in), dtype=np.float32)
@@ -348,18 +562,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    c = sub.add_parser("compress", help="compress a weight file into a .dnnz file")
-    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin) or .npz; "
-                   "or a sharded checkpoint (its folder or *.index.json), read tensor by tensor")
+    from .encodings import encodings
+
+    c = sub.add_parser(
+        "compress", help="compress a weight file into a .dnnz file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compress the weights of a checkpoint: an optional lossy step (pruning, quantization), "
+                    "then a lossless encoding per tensor with dot products computed from it.",
+        epilog="methods (--quantize, --rule, recipes):\n"
+               "  cws   k-means weight sharing          pws   probabilistic quantization\n"
+               "  uq    uniform quantization            ecsq  entropy-constrained quantization\n"
+               "  prune magnitude pruning alone         pr_X  pruning, then X;  none  leave the layer as is\n"
+               f"encodings (--encoding): auto (the smallest), {', '.join(encodings())}\n"
+               "  (spec/encodings.md; `dnnz bench` measures their dot-product speed)\n"
+               "recipe files (--recipe): JSON or TOML, the rules of pydnnz.torch.compress_model, e.g.\n"
+               '  [{"match": "head*", "method": "none"}, {"type": "conv", "method": "uq", "k": 256},\n'
+               '   {"method": "cws", "prune": 90, "k": 32}]\n'
+               "layer types for tensor files: 2-D -> Linear ('embed' in the name -> Embedding), 3-D -> Conv1d, "
+               "4-D+ -> Conv2d")
+    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin), .npz, .onnx "
+                   "or Keras .h5/.weights.h5; or a sharded checkpoint (its folder or *.index.json), read tensor "
+                   "by tensor")
     c.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the .dnnz file to write, or a folder for sharded output (+ model.dnnz.index.json)")
-    c.add_argument("--prune", type=float, metavar="P", help="prune the P%% smallest-magnitude weights of each layer")
+    c.add_argument("--prune", type=float, metavar="P", help="prune the P%% smallest-magnitude weights (per layer, "
+                                                            "or over all of them with --prune-scope global)")
+    c.add_argument("--prune-scope", choices=["layer", "global"], default="layer",
+                   help="one pruning threshold per layer (default) or one over every selected layer")
     c.add_argument("--quantize", choices=["cws", "pws", "uq", "ecsq"], help="weight sharing / quantization method")
     c.add_argument("--k", type=int, default=32, help="codebook size for --quantize (default 32)")
-    c.add_argument("--encoding", default="auto", help="lossless encoding of each layer (default auto: the smallest)")
+    c.add_argument("--encoding", default="auto",
+                   help=f"lossless encoding of each layer: auto (default: the smallest), {', '.join(encodings())}")
     c.add_argument("--layers", metavar="GLOB", action="append",
-                   help="compress only tensors whose name matches (repeatable); default: every float "
-                        "tensor with 2+ dimensions except embeddings and norms")
+                   help="compress only tensors whose name matches (repeatable), embeddings included; default: "
+                        "every float tensor with 2+ dimensions except embeddings and norms")
+    c.add_argument("--keep", metavar="GLOB", action="append",
+                   help="leave matching layers out of the lossy step (e.g. the output layer; repeatable)")
+    c.add_argument("--rule", metavar="GLOB=METHOD[,k=N][,prune=P][,encoding=E][,unified]", action="append",
+                   help="a per-glob rule, tried before the --quantize/--prune one (repeatable; first match wins)")
+    c.add_argument("--recipe", metavar="FILE", help="the rules from a JSON or TOML file (see below)")
     c.add_argument("--unified", action="store_true", help="one codebook per layer type instead of per layer")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--auto", action="store_true",
@@ -369,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", type=float, metavar="B",
                    help="with --auto: the mean relative squared error of the weights, ||W-Q(W)||^2/||W||^2 "
                         "averaged over tensors (e.g. 0.002)")
+    c.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     c.add_argument("--workers", type=int, metavar="N", help="compress N tensors at once in N processes "
                    "(default: all cores when streaming); the output bytes do not depend on N")
@@ -394,9 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     _limit_option(v)
     v.set_defaults(func=cmd_verify)
 
-    cv = sub.add_parser("convert", help="convert between .dnnz, .safetensors, .pt/.pth and .npz")
+    cv = sub.add_parser("convert", help="convert between .dnnz, .safetensors, .pt/.pth, .npz, .onnx "
+                                         "(and from Keras .h5)")
     cv.add_argument("input", metavar="IN")
     cv.add_argument("output", metavar="OUT")
+    cv.add_argument("--template", metavar="MODEL.onnx",
+                    help="writing .onnx: the original model, whose graph gets the decoded weights")
     cv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     _limit_option(cv)
     cv.set_defaults(func=cmd_convert)
@@ -452,9 +697,11 @@ def main(argv=None) -> int:
     except OSError as exc:  # the environment: disk full, file too large, permission, read-only folder
         print(f"{prefix}: {environment_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except InvalidArgumentError as exc:  # bad option values, unsupported file types
+    except InvalidArgumentError as exc:  # unsupported file types are usage errors; the rest is data
         print(f"{prefix}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        from .convert import FileFormatError
+
+        return EXIT_USAGE if isinstance(exc, FileFormatError) else EXIT_FAILED
     except DnnzError as exc:  # corrupt files, unsupported versions or contents, failed checks
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_FAILED

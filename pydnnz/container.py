@@ -68,7 +68,7 @@ __all__ = [
 
 MAGIC = b"\x89DNNZ\r\n\x1a"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # 1.1 adds the optional tensor key "source_dtype" (spec §4, §7.4)
 PREAMBLE_SIZE = 32
 ALIGNMENT = 64
 MAX_HEADER_SIZE = 64 * 1024 * 1024
@@ -108,6 +108,9 @@ _DTYPES = {
 _SECTION_DTYPES = frozenset(_DTYPES) - {"bool", "bfloat16"}
 _TOP_KEYS = ("metadata", "tensors")
 _TENSOR_KEYS = ("name", "dtype", "shape", "encoding", "params", "sections")
+# Optional tensor keys and the minor version that introduced them (an older file may not hold them).
+_TENSOR_OPTIONAL = {"source_dtype": 1}
+_SOURCE_DTYPES = ("float16", "bfloat16", "float64")  # what an encoded tensor's source_dtype may say
 _SECTION_KEYS = ("name", "dtype", "offset", "length", "crc32")
 
 
@@ -188,6 +191,7 @@ class _Tensor(NamedTuple):
     encoding: str
     params: dict
     sections: tuple
+    source_dtype: str = "float32"  # encoded tensors: the dtype decoding gives back (minor 1)
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,7 @@ def _parse_header(pre, header_bytes, size, where):
     tensors = {}
     end = 0  # end of the last section, relative to the data area
     for index, entry in enumerate(raw_tensors):
-        t = _parse_tensor(entry, index, strict, where)
+        t = _parse_tensor(entry, index, strict, where, minor)
         if t.name in tensors:
             raise CorruptFileError(where("duplicate tensor name", tensor=t.name, field="name"))
         for s in t.sections:
@@ -400,7 +404,7 @@ def _check_text(s, where, what, tensor=None, field=None, limit=None):
                                      field=field))
 
 
-def _parse_tensor(entry, index, strict, where):
+def _parse_tensor(entry, index, strict, where, minor=FORMAT_MINOR):
     if not isinstance(entry, dict):
         raise CorruptFileError(where(f"tensors[{index}] is not an object", field="tensors"))
     name = entry.get("name")
@@ -409,7 +413,10 @@ def _parse_tensor(entry, index, strict, where):
     _check_text(name, where, "name", tensor=name, field="name", limit=MAX_NAME_BYTES)
     if "\x00" in name:
         raise CorruptFileError(where("name contains U+0000", tensor=name, field="name"))
-    _check_keys(entry, _TENSOR_KEYS, strict, where, "tensor entry", tensor=name)
+    optional = {k: entry[k] for k, since in _TENSOR_OPTIONAL.items() if k in entry and minor >= since}
+    _check_keys({k: v for k, v in entry.items() if k not in optional}, _TENSOR_KEYS, strict, where,
+                "tensor entry", tensor=name)
+    source_dtype = optional.get("source_dtype", "float32")
     dtype = entry["dtype"]
     if not isinstance(dtype, str):
         raise CorruptFileError(where("dtype is not a string", tensor=name, field="dtype"))
@@ -478,7 +485,13 @@ def _parse_tensor(entry, index, strict, where):
             if s.dtype not in _SECTION_DTYPES:
                 raise CorruptFileError(where(f"dtype {s.dtype!r} is not allowed in an encoded section",
                                              tensor=name, section=s.name, field="dtype"))
-    return _Tensor(name, dtype, tuple(shape), encoding, params, sections)
+        if "source_dtype" in optional and source_dtype not in _SOURCE_DTYPES:
+            raise CorruptFileError(where(f"source_dtype {source_dtype!r} is not one of {list(_SOURCE_DTYPES)}",
+                                         tensor=name, field="source_dtype"))
+    if encoding == RAW and "source_dtype" in optional:
+        raise CorruptFileError(where("a raw tensor has no source_dtype (its dtype says it)", tensor=name,
+                                     field="source_dtype"))
+    return _Tensor(name, dtype, tuple(shape), encoding, params, sections, source_dtype)
 
 
 def _parse_section(s, index, tname, strict, where):
@@ -523,14 +536,16 @@ def _check_padding(buf, header, where):
 
 # ---- the reader --------------------------------------------------------------------------------
 
-def _from_sections(encoding, shape, params, sections):
+def _from_sections(encoding, shape, params, sections, source_dtype="float32"):
     """Rebuild an EncodedMatrix through the encodings registry (``pydnnz.encodings.from_sections``)."""
     try:
         from . import encodings
     except ImportError as exc:
         raise UnsupportedError(f"encoding {encoding!r} needs pydnnz.encodings, which is not available "
                                f"({exc})") from exc
-    return encodings.from_sections(encoding, shape, params, sections)
+    if source_dtype == "float32":
+        return encodings.from_sections(encoding, shape, params, sections)
+    return encodings.from_sections(encoding, shape, params, sections, source_dtype=source_dtype)
 
 
 class _Reader:
@@ -569,7 +584,10 @@ class _Reader:
             return BFloat16Tensor(arr) if t.dtype == "bfloat16" else arr
         sections = {s.name: self._section_array(t, s, _DTYPES[s.dtype][0]) for s in t.sections}
         try:
-            em = _from_sections(t.encoding, t.shape, dict(t.params), sections)
+            if t.source_dtype == "float32":
+                em = _from_sections(t.encoding, t.shape, dict(t.params), sections)
+            else:
+                em = _from_sections(t.encoding, t.shape, dict(t.params), sections, t.source_dtype)
             em._origin = f"{self.where.source}: tensor {name!r}"  # decode() errors name the tensor
             return em
         except InvalidArgumentError as exc:
@@ -610,9 +628,12 @@ class LazyTensors(Mapping):
         params, nbytes (its sections' bytes) and sections (name, dtype, offset from the data area,
         length, crc32). For tools such as ``dnnz info``."""
         t = self._reader.header.tensors[name]
-        return {"dtype": t.dtype, "shape": t.shape, "encoding": t.encoding, "params": dict(t.params),
-                "nbytes": sum(s.length for s in t.sections),
-                "sections": [s._asdict() for s in t.sections]}
+        out = {"dtype": t.dtype, "shape": t.shape, "encoding": t.encoding, "params": dict(t.params),
+               "nbytes": sum(s.length for s in t.sections),
+               "sections": [s._asdict() for s in t.sections]}
+        if t.source_dtype != "float32":  # format 1.1: what decoding gives back
+            out["source_dtype"] = t.source_dtype
+        return out
 
     def __iter__(self):
         return iter(self._reader.header.tensors)
@@ -906,6 +927,12 @@ def _plan_encoded(name, em):
         arrays.append(np.ascontiguousarray(arr, dtype=_DTYPES[dname][0]))
     entry = {"name": name, "dtype": "float32", "shape": shape, "encoding": encoding,
              "params": dict(params), "sections": entries}
+    source_dtype = getattr(em, "source_dtype", "float32")
+    if source_dtype != "float32":  # format 1.1: what decoding gives back
+        if source_dtype not in _SOURCE_DTYPES:
+            raise InvalidArgumentError(f"tensor {name!r}: source_dtype {source_dtype!r} is not one of "
+                                       f"float32, {', '.join(_SOURCE_DTYPES)}")
+        entry["source_dtype"] = source_dtype
     return entry, arrays
 
 
@@ -943,9 +970,15 @@ def _plan(tensors, metadata):
     if hlen > MAX_HEADER_SIZE:
         raise InvalidArgumentError(f"the header would be {hlen} bytes, over the limit of {MAX_HEADER_SIZE}")
     header = text + b" " * (hlen - len(text))
-    head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, hlen, 0)
+    head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, minor_version(entries), 0, hlen, 0)
     crc = crc32(header, crc32(head))
     return head + struct.pack("<I", crc) + header, chunks
+
+
+def minor_version(entries):
+    """The minor version a writer puts in the preamble: the oldest one that holds every optional key
+    the tensor entries use (a file without 1.1 keys stays 1.0, byte for byte as before)."""
+    return max([0] + [_TENSOR_OPTIONAL[k] for e in entries for k in _TENSOR_OPTIONAL if k in e])
 
 
 def _write_chunks(f, head, chunks):

@@ -702,7 +702,7 @@ class ShardWriter:
         self.end = offset + ref.nbytes
 
     def header(self) -> bytes:
-        from .container import (FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_HEADER_SIZE, PREAMBLE_SIZE, _align)
+        from .container import (FORMAT_MAJOR, MAGIC, MAX_HEADER_SIZE, PREAMBLE_SIZE, _align, minor_version)
 
         for k, v in self.metadata.items():
             if not isinstance(k, str) or not isinstance(v, str):
@@ -713,7 +713,7 @@ class ShardWriter:
         if hlen > MAX_HEADER_SIZE:
             raise InvalidArgumentError(f"{self.path}: the header would be {hlen} bytes, over {MAX_HEADER_SIZE}")
         body = text + b" " * (hlen - len(text))
-        head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, hlen, 0)
+        head = struct.pack("<8sHHIQI", MAGIC, FORMAT_MAJOR, minor_version(self.entries), 0, hlen, 0)
         crc = zlib.crc32(body, zlib.crc32(head)) & 0xFFFFFFFF
         return head + struct.pack("<I", crc) + body
 

@@ -66,10 +66,10 @@ def fake_from_sections(encoding, shape, params, sections):
 def registered():
     real = container._from_sections
 
-    def route(encoding, shape, params, sections):
+    def route(encoding, shape, params, sections, *source_dtype):
         if encoding == NAME:
             return fake_from_sections(encoding, shape, params, sections)
-        return real(encoding, shape, params, sections)
+        return real(encoding, shape, params, sections, *source_dtype)
 
     with mock.patch.object(container, "_from_sections", route):
         yield

@@ -82,7 +82,8 @@ def test_convert_refuses_to_overwrite_and_unknown_types(tmp_path, weights):
     one_line_error(run("convert", src, dst, check_rc=2), "out.safetensors", "--force")
     assert dst.read_bytes() == b"precious"
     run("convert", src, dst, "--force", check_rc=0)
-    one_line_error(run("convert", src, tmp_path / "out.onnx", check_rc=2), "out.onnx", "unsupported file type")
+    one_line_error(run("convert", src, tmp_path / "out.tflite", check_rc=2), "out.tflite", "unsupported file type")
+    one_line_error(run("convert", src, tmp_path / "out.onnx", check_rc=2), "out.onnx", "--template")
 
 
 def test_convert_rejects_corrupt_inputs_without_partial_output(tmp_path):

@@ -35,12 +35,23 @@ def fake_q():
     return fake.FakeEncoded((2, 3), np.array([-1, 0, 2.5], np.float32), np.array([0, 1, 2, 2, 1, 0], np.uint8))
 
 
+def source_dtypes():
+    """Format 1.1: encoded layers that decode back to float16, bfloat16 and float64."""
+    import ml_dtypes
+
+    w = np.array([[0, 1.5, -0.25], [2, 0, 0]])
+    return {"h": pydnnz.encode(w.astype(np.float16), "im"),
+            "b": pydnnz.encode(w.astype(ml_dtypes.bfloat16), "csc"),
+            "d": pydnnz.encode(w, "dense")}
+
+
 VALID = {
     "empty.dnnz": ({}, {}),
     "metadata_only.dnnz": ({}, {"model": "DeepDTA", "recipe": "prune 0.9 + cws k=32", "ünï": "cødé ✓"}),
     "all_dtypes.dnnz": (all_dtypes(), {"about": "one tensor per dtype"}),
     "fake_encoded.dnnz": ({"q": fake_q(), "bias": np.array([0.5, -0.5], np.float32)}, {}),
     "future_minor.dnnz": ({"w": np.array([1.5, -2.0], np.float32)}, {}),  # format 1.3, unknown keys
+    "source_dtype.dnnz": (source_dtypes(), {"format": "1.1"}),
 }
 
 
@@ -62,6 +73,10 @@ def test_valid_golden_loads_to_known_arrays(name):
             if isinstance(want, BFloat16Tensor):
                 assert got == want
                 assert np.asarray(got)[:2].tolist() == [1.0, -2.0]
+            elif hasattr(want, "source_dtype"):  # a real encoding, format 1.1
+                assert got.source_dtype == want.source_dtype and got.encoding == want.encoding
+                assert got.decode().dtype == want.decode().dtype
+                assert got.decode().tobytes() == want.decode().tobytes()
             elif isinstance(want, fake.FakeEncoded):
                 np.testing.assert_array_equal(got.decode(), want.decode())
                 assert got.params == want.params

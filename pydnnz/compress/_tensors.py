@@ -6,7 +6,7 @@ import numpy as np
 from ..encodings._base import index_dtype  # the one index-width rule, shared with the encodings
 from ..errors import InvalidArgumentError, ShapeError
 
-__all__ = ["QuantizedTensor", "LowRankTensor", "index_dtype"]
+__all__ = ["QuantizedTensor", "LowRankTensor", "index_dtype", "in_source_dtype"]
 
 
 class QuantizedTensor:
@@ -191,3 +191,21 @@ class LowRankTensor:
 
     def __repr__(self) -> str:
         return f"LowRankTensor(shape={self.shape}, rank={self.rank})"
+
+
+def in_source_dtype(value, source: str):
+    """A lossy result with its values rounded to the layer's source dtype ("float16", "bfloat16";
+    "float32" and "float64" hold float32 values exactly and return `value` unchanged).
+
+    A float16 or bfloat16 layer stays one: its codebook is rounded (round to nearest even, equal
+    entries merged) so that every value is exact in that dtype, the encoded layer records the dtype
+    (``source_dtype``) and decoding gives it back bit for bit.
+    """
+    if source in ("float32", "float64"):
+        return value
+    from ..encodings._base import numpy_dtype
+
+    dt = numpy_dtype(source)
+    if isinstance(value, QuantizedTensor):
+        return value.with_codebook(value.codebook.astype(dt).astype(np.float32))
+    return np.asarray(value, dtype=np.float32).astype(dt)

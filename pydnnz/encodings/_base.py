@@ -88,6 +88,33 @@ def index_dtype(k):
     return np.dtype(np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32)
 
 
+#: Dtypes an encoded tensor may be decoded to (spec/dnnz-format.md §7.4, "source_dtype"): every
+#: encoding stores exact float32 values; float16 and bfloat16 hold a subset of them, float64 all.
+SOURCE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError as exc:  # pragma: no cover - ml_dtypes is a dependency
+        raise errors.UnsupportedError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)") from exc
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def numpy_dtype(name):
+    """The NumPy dtype of a source dtype name ("float32", "float16", "bfloat16" via ml_dtypes)."""
+    return _bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
+def exact_in(values, name):
+    """Whether every float32 in `values` survives a round trip through dtype `name` bit for bit."""
+    if name == "float32":
+        return True
+    v = np.asarray(values, np.float32)
+    return bool(np.array_equal(v.astype(numpy_dtype(name)).astype(np.float32).view(np.uint32), v.view(np.uint32)))
+
+
+
 class MatrixInput:
     """A matrix to encode, normalised once and shared by every candidate encoding.
 
@@ -107,6 +134,7 @@ class MatrixInput:
     def __init__(self, obj):
         self._dense = self._codebook = self._indices = self._nzmask = None
         self._cache = {}
+        self.source_dtype = "float32"  # the dtype decode() gives back (float16/bfloat16 when the input was)
         if hasattr(obj, "codebook") and hasattr(obj, "indices") and not isinstance(obj, np.ndarray):
             self._from_quantized(obj)
         else:
@@ -120,7 +148,14 @@ class MatrixInput:
             raise errors.ShapeError(f"encode: matrix {self.rows}x{self.cols} has a dimension >= 2**31")
 
     def _from_array(self, obj):
+        if hasattr(obj, "bits") and getattr(obj, "dtype", None) == "bfloat16":  # container.BFloat16Tensor
+            obj = np.asarray(obj.bits).view(_bfloat16())
         a = np.asarray(obj)
+        if a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: every value is exact in float32
+            self.source_dtype = "bfloat16"
+            a = a.astype(np.float32)
+        elif a.dtype in (np.float16, np.float64):
+            self.source_dtype = a.dtype.name  # float64: checked exact in float32 below
         if a.dtype.kind != "f":
             raise errors.InvalidArgumentError(
                 f"encode: expected a float array or a quantized tensor, got dtype {a.dtype}")
@@ -145,6 +180,8 @@ class MatrixInput:
             raise errors.InvalidArgumentError("encode: quantized tensor's indices must be integers")
         if np.isnan(cb).any():
             raise errors.InvalidArgumentError("encode: quantized tensor's codebook contains NaN")
+        if cb.dtype == np.float16:
+            self.source_dtype = "float16"
         cb32 = cb.astype(np.float32)
         if cb.dtype.itemsize > 4 and not np.array_equal(cb32.astype(cb.dtype), cb):
             raise errors.InvalidArgumentError("encode: codebook values not exactly representable in float32")
@@ -286,6 +323,7 @@ class EncodedMatrix:
         self._params = dict(params)
         self._sections = {k: _readonly(v) for k, v in sections.items()}
         self._struct = None
+        self._source_dtype = "float32"
 
     def __getstate__(self):
         # The cached C struct points into this object's sections: never copy it, rebuild it.
@@ -319,13 +357,23 @@ class EncodedMatrix:
         return int(sum(s.nbytes for s in self._sections.values()))
 
     @property
+    def source_dtype(self):
+        """The dtype the tensor had before encoding and that ``decode()`` gives back: "float32",
+        "float16" or "bfloat16" (stored in the file; every value is exact in it)."""
+        return self._source_dtype
+
+    @property
     def decoded_nbytes(self):
         """Bytes the decoded float32 tensor takes (from the shape alone: nothing is decoded)."""
         rows, cols = self._matrix_shape
         return 4 * rows * cols
 
-    def decode(self, max_bytes=None):
-        """The exact float32 tensor, of shape ``.shape``.
+    def decode(self, max_bytes=None, *, dtype=None):
+        """The exact tensor, of shape ``.shape``, in ``.source_dtype`` (float32 unless the layer was
+        encoded from float16, bfloat16 or float64), or in `dtype` (e.g. ``dtype=np.float32``).
+
+        bfloat16 comes back as an ``ml_dtypes.bfloat16`` array. Encodings compute in float32; a
+        float16 or bfloat16 source's values are exact in float32, so the round trip is bit-exact.
 
         Refuses (DnnzMemoryError naming the tensor) when the result would take more than
         `max_bytes` bytes; None means :func:`pydnnz.get_max_decoded_bytes` (default 4 GiB, the
@@ -338,7 +386,12 @@ class EncodedMatrix:
         out = np.empty((rows, cols), np.float32)
         if out.size:
             self._c_decode(out)
-        return out.reshape(self._shape)
+        out = out.reshape(self._shape)
+        want = numpy_dtype(self._source_dtype) if dtype is None else np.dtype(dtype)
+        if want == np.float32:
+            return out
+        with np.errstate(over="ignore"):  # IEEE rounding: a value past the dtype's range becomes inf
+            return out.astype(want)
 
     def matmul(self, x):
         """``x @ W.T`` for float32 `x` of shape (batch, in) or (in,), computed in C.
@@ -380,6 +433,12 @@ class EncodedMatrix:
     def limits_text(cls):
         """What inputs the encoding accepts, for error messages."""
         return "no limits"
+
+    @classmethod
+    def min_nbytes(cls, m):
+        """A cheap lower bound of ``encoded_nbytes(m)`` (no planning): auto skips an encoding whose
+        bound already loses to the best size found, before any Huffman or run-length work."""
+        return 0
 
     @classmethod
     def _encode(cls, m):
@@ -464,8 +523,25 @@ def check_param_keys(cls, params, keys):
             f"{cls.name}: params must have exactly the keys {sorted(keys)}, got {sorted(params)}")
 
 
-def encode(matrix, encoding="auto"):
+def _source_dtype(m, source_dtype):
+    if source_dtype is None:
+        return m.source_dtype
+    if source_dtype not in SOURCE_DTYPES:
+        raise errors.InvalidArgumentError(
+            f"encode: source_dtype must be one of {', '.join(SOURCE_DTYPES)}, got {source_dtype!r}")
+    if source_dtype != m.source_dtype and not exact_in(m.codebook, source_dtype):
+        raise errors.InvalidArgumentError(
+            f"encode: source_dtype {source_dtype!r}: the matrix holds values that {source_dtype} "
+            "cannot represent exactly (round the codebook first)")
+    return source_dtype
+
+
+def encode(matrix, encoding="auto", *, source_dtype=None):
     """Encode a float matrix or quantized tensor losslessly; `encoding` is a name or ``"auto"``.
+
+    float16 and bfloat16 (``ml_dtypes.bfloat16``) inputs are encoded as their exact float32
+    values and remember their dtype: ``decode()`` gives it back. `source_dtype` sets it
+    explicitly (e.g. for a quantized tensor whose codebook is exact in float16).
 
     ``"auto"`` picks the registered encoding with the smallest ``.nbytes`` for this matrix
     (ties go to the one registered first: dense, csc, im, ...).
@@ -482,9 +558,12 @@ def encode(matrix, encoding="auto"):
         from .scaled import encode_scaled
         return encode_scaled(matrix, encoding)
     m = matrix if isinstance(matrix, MatrixInput) else MatrixInput(matrix)
+    source_dtype = _source_dtype(m, source_dtype)
     if encoding == "auto":
         best = None
         for cls in _REGISTRY.values():
+            if best is not None and cls.min_nbytes(m) >= best[0]:
+                continue  # cannot win: step aside before planning
             if cls.applicable(m):
                 size = cls.encoded_nbytes(m)
                 if best is None or size < best[0]:
@@ -498,10 +577,11 @@ def encode(matrix, encoding="auto"):
     params, sections = cls._encode(m)
     obj = cls(m.shape, params, sections)
     obj._validate()  # cheap next to encoding, and the kernels rely on it
+    obj._source_dtype = source_dtype
     return obj
 
 
-def from_sections(encoding, shape, params, sections):
+def from_sections(encoding, shape, params, sections, *, source_dtype="float32"):
     """Rebuild an EncodedMatrix from stored parts, validating every byte (in C).
 
     Sections must be 1-D C-contiguous arrays of exactly the dtypes the spec gives. Read-only
@@ -516,6 +596,8 @@ def from_sections(encoding, shape, params, sections):
     True
     """
     cls = get_encoding(encoding)
+    if source_dtype not in SOURCE_DTYPES:
+        raise errors.CorruptDataError(f"{encoding}: source_dtype must be one of {SOURCE_DTYPES}, got {source_dtype!r}")
     if isinstance(params, dict) and "row_scale_rows" in params:  # per-channel scales (see .scaled)
         from .scaled import scaled_from_sections
         return scaled_from_sections(encoding, shape, params, sections)
@@ -537,4 +619,5 @@ def from_sections(encoding, shape, params, sections):
         checked[key] = a.copy() if a.flags.writeable else a
     obj = cls(shape, params, checked)
     obj._validate()
+    obj._source_dtype = source_dtype
     return obj

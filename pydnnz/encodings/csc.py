@@ -21,6 +21,11 @@ def ptr_bytes(nnz):
 
 def _plan(m):
     """(nnz, value kind, nonzero codebook or None, codebook index per non-zero or None)."""
+    # Distinct non-zero values from the codebook every encoding shares (one np.unique per matrix):
+    # past 65536 the values are stored as float32 and the per-non-zero value indices are not needed.
+    cb_all = m.codebook
+    if cb_all.size - np.count_nonzero(cb_all.view(np.uint32) == 0) > 65536:
+        return int(np.count_nonzero(m.nonzero_mask)), "f32", None, None
     nnz, cb, vi = m.nonzero_values()
     if nnz == 0:
         return nnz, "f32", None, None

@@ -71,6 +71,10 @@ class HuffmanAddressMap(EncodedMatrix):
         return f"at most {MAX_K} distinct values"
 
     @classmethod
+    def min_nbytes(cls, m):
+        return 5 * m.k  # codebook (4 bytes) + code length (1 byte) per distinct value
+
+    @classmethod
     def _plan(cls, m):
         counts = np.bincount(m.indices.reshape(-1), minlength=m.k) if m.indices.size else np.zeros(m.k, np.int64)
         if m.rows * m.cols == 0:

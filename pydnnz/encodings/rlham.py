@@ -15,6 +15,7 @@ from .. import _native as C
 from .._native import bytes_ptr, check, ptr
 from ._base import EncodedMatrix, check_param_keys, int_param, register
 from .ham import MAX_K, c_section_ptrs
+from .sham import n_nonzero_values
 
 MAX_SYMBOLS = huffman.MAX_SYMBOLS
 MAX_BUCKETS = 31  # classes above direct_runs: runs stay below 2**31
@@ -130,11 +131,16 @@ class RunLengthHuffmanAddressMap(EncodedMatrix):
 
     @classmethod
     def applicable(cls, m):
-        return cls._plan(m)[4] is not None
+        # The cheap bound first: too many distinct non-zero values never fit the joint alphabet.
+        return n_nonzero_values(m) < MAX_SYMBOLS and cls._plan(m)[4] is not None
 
     @classmethod
     def limits_text(cls):
         return f"at most {MAX_K} distinct non-zero values and (run classes x values + 1) <= {MAX_SYMBOLS}"
+
+    @classmethod
+    def min_nbytes(cls, m):
+        return 5 * n_nonzero_values(m)  # codebook (4 bytes) + at least one code length per value
 
     @classmethod
     def encoded_nbytes(cls, m):

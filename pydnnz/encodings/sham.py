@@ -15,6 +15,12 @@ from .csc import index_bytes, ptr_bytes
 from .ham import MAX_K, as_symbols, c_section_ptrs, code_for, offset_bytes
 
 
+def n_nonzero_values(m):
+    """How many distinct non-zero values `m` holds, from its codebook alone (no Huffman work)."""
+    cb = m.codebook
+    return int(cb.size - np.count_nonzero(cb.view(np.uint32) == 0))
+
+
 @register
 class SparseHuffmanAddressMap(EncodedMatrix):
     """csc row pointers and column indices + Huffman-coded non-zero value indices per row."""
@@ -34,11 +40,17 @@ class SparseHuffmanAddressMap(EncodedMatrix):
 
     @classmethod
     def applicable(cls, m):
-        return cls._plan(m)[1].size <= MAX_K
+        # Decided from the distinct-value count before any Huffman work: a matrix of 10^6 distinct
+        # floats must step aside here, not fail inside the code-length builder.
+        return n_nonzero_values(m) <= MAX_K
 
     @classmethod
     def limits_text(cls):
         return f"at most {MAX_K} distinct non-zero values"
+
+    @classmethod
+    def min_nbytes(cls, m):
+        return 5 * n_nonzero_values(m)  # codebook + code length per distinct non-zero value
 
     @classmethod
     def encoded_nbytes(cls, m):

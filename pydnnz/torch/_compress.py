@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .._progress import progress_bar
-from ..errors import InvalidArgumentError
+from ..compress._tensors import in_source_dtype
+from ..errors import DnnzError, InvalidArgumentError
 from ._layers import COMPRESSED_FOR as _MORE_LAYERS, MULTI, TYPE_NAMES as _MORE_NAMES, unsupported_reason, weight_params
 from ._modules import COMPRESSED_FOR as _BASE_LAYERS, _CompressedBase
 from ._recipe import KIND, parse_recipe, recipe_json
@@ -208,8 +209,12 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
         cls = COMPRESSED_FOR[type(module)]
         ems = {}
         for pname in weight_params(module):
-            value = lossy[f"{name}.{pname}"]
-            em = ems[pname] = encode(value, encoding=rule.encoding)
+            source = _SOURCE_DTYPES.get(module.get_parameter(pname).dtype, "float32")
+            value = in_source_dtype(lossy[f"{name}.{pname}"], source)  # a float16/bfloat16 layer stays one
+            try:
+                em = ems[pname] = encode(value, encoding=rule.encoding, source_dtype=source)
+            except DnnzError as exc:  # name the layer: a model has hundreds of them
+                raise type(exc)(f"compress_model: layer {name!r}: {exc}") from exc
             n = int(np.prod(em.shape))
             stats.append({"layer": name if pname == "weight" else f"{name}.{pname}", "type": tname,
                           "method": rule.method, "rule": rule.index,
@@ -255,10 +260,23 @@ def decompress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         ('Linear', 4)
     """
     if isinstance(model, _CompressedBase):
-        return model.decompress()
+        return _decompressed(model)
     if not inplace:
         model = _copy_model(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, _CompressedBase):
-            _set_module(model, name, m.decompress())
+            _set_module(model, name, _decompressed(m))
     return model
+
+
+_SOURCE_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+_TORCH_DTYPES = {v: k for k, v in _SOURCE_DTYPES.items()}
+
+
+def _decompressed(layer):
+    """The dense layer, in the dtype the compressed layer came from (exact: its values were kept
+    representable in that dtype, see ``EncodedMatrix.source_dtype``)."""
+    dense = layer.decompress()
+    encoded = getattr(layer, "encoded", None)
+    dtype = _TORCH_DTYPES.get(getattr(encoded, "source_dtype", "float32"))
+    return dense.to(dtype) if dtype is not None else dense
