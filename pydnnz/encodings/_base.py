@@ -251,6 +251,12 @@ class MatrixInput:
 # ---------------------------------------------------------------------------------------------
 # the base class
 
+# The C struct each encoding describes itself with -> its kind for csrc/rows.h and csrc/conv.h.
+_ROWS_KINDS = {"struct dnnz_dense": lib.DNNZ_ROWS_DENSE, "struct dnnz_csc": lib.DNNZ_ROWS_CSC,
+               "struct dnnz_im": lib.DNNZ_ROWS_IM, "struct dnnz_ham": lib.DNNZ_ROWS_HAM,
+               "struct dnnz_sham": lib.DNNZ_ROWS_SHAM, "struct dnnz_rlham": lib.DNNZ_ROWS_RLHAM}
+
+
 def _readonly(a):
     v = a.view()
     v.flags.writeable = False
@@ -365,6 +371,64 @@ class EncodedMatrix:
             C.check(self._c_matmul(self._get_struct(), C.ptr(x), x.shape[0], C.ptr(y, writable=True)),
                     f"{self.name}.matmul")
         return y[0] if one else y
+
+    def decode_rows(self, ids):
+        """Rows `ids` of the matrix, exactly: float32 of shape ``ids.shape + shape[1:]``.
+
+        Decoded in C from the rows' own bytes (runs of consecutive ids as one block): the cost is
+        proportional to the rows asked for, never to the matrix. Ids may repeat and come in any
+        order; an id outside [0, rows) raises InvalidArgumentError.
+
+        >>> import numpy as np, pydnnz
+        >>> w = np.arange(12, dtype=np.float32).reshape(4, 3)
+        >>> pydnnz.encode(w, "ham").decode_rows([3, 0]).tolist()
+        [[9.0, 10.0, 11.0], [0.0, 1.0, 2.0]]
+        """
+        rows, cols = self._matrix_shape
+        a = np.asarray(ids)
+        if a.dtype.kind not in "iu" or a.dtype == np.bool_:
+            raise errors.InvalidArgumentError(f"{self.name}.decode_rows: ids must be integers, got dtype {a.dtype}")
+        if a.size:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= rows:
+                bad = lo if lo < 0 else hi
+                raise errors.InvalidArgumentError(
+                    f"{self.name}.decode_rows: row id {bad} is out of range [0, {rows})")
+        flat = np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
+        out = np.empty((flat.size, cols), np.float32)
+        if out.size:
+            from .._native import check, ptr
+            bad = ffi.new("int64_t *", -1)
+            check(lib.dnnz_rows_decode(self._rows_kind(), self._get_struct(), ptr(flat), flat.size,
+                                       ptr(out, writable=True), bad), f"{self.name}.decode_rows")
+        return out.reshape(a.shape + tuple(self._shape[1:]))
+
+    def matmul_grouped(self, cols, groups):
+        """Grouped product: ``y[g] = cols[g] @ W_g.T`` for the `groups` row blocks W_g of W.
+
+        `cols` is float32 (groups, n, in); the result is (groups, n, out // groups). One C call
+        for all groups, from the encoded weight (no per-group re-encoding); groups with few output
+        rows (depthwise) decode a bounded block of the weight at a time (csrc/conv.h).
+        """
+        rows, cols_in = self._matrix_shape
+        groups = int(groups)
+        if groups < 1 or rows % groups:
+            raise errors.ShapeError(f"{self.name}.matmul_grouped: {rows} rows do not split into {groups} groups")
+        x = np.asarray(cols)
+        if x.dtype != np.float32 or x.ndim != 3 or x.shape[0] != groups or x.shape[2] != cols_in:
+            raise errors.ShapeError(f"{self.name}.matmul_grouped: cols must be float32 ({groups}, n, {cols_in}), "
+                                    f"got {x.dtype} {x.shape}")
+        x = np.ascontiguousarray(x)
+        y = np.empty((groups, x.shape[1], rows // groups), np.float32)
+        runtime._require_path()
+        if y.size:
+            from .._native import check, ptr
+            check(lib.dnnz_conv_grouped(self._rows_kind(), self._get_struct(), ptr(x), groups, x.shape[1],
+                                        ptr(y, writable=True)), f"{self.name}.matmul_grouped")
+        return y
+
+    def _rows_kind(self):
+        return _ROWS_KINDS[ffi.typeof(self._get_struct()).item.cname]
 
     def __repr__(self):
         return (f"<EncodedMatrix {self.name} shape={self._shape} params={self._params} "

@@ -102,8 +102,7 @@ def _copy_model(model):
     memo = {}
     for m in model.modules():
         if isinstance(m, _CompressedBase):
-            ems = list(getattr(m, "encoded_params", lambda: {"weight": m.encoded})().values())
-            for em in ems + list(getattr(m, "_groups", [])):
+            for em in getattr(m, "encoded_params", lambda: {"weight": m.encoded})().values():
                 memo[id(em)] = em
     return copy.deepcopy(model, memo)
 
