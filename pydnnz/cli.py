@@ -81,8 +81,11 @@ def cmd_compress(args) -> int:
         raise UsageError(f"--k {args.k}: must be at least 1")
     from .encodings import encodings
 
-    if args.encoding != "auto" and args.encoding not in encodings():
-        raise UsageError(f"--encoding {args.encoding}: unknown (choose auto, {', '.join(encodings())})")
+    from .encodings._speed import POLICIES
+
+    if args.encoding not in POLICIES and args.encoding not in encodings():
+        raise UsageError(f"--encoding {args.encoding}: unknown (choose a policy: {', '.join(POLICIES)}; "
+                         f"or an encoding: {', '.join(encodings())})")
     t0 = time.perf_counter()
     tensors, metadata = read_tensors(src)
     if args.layers:
@@ -157,6 +160,7 @@ def tensor_report(name, info, tensor=None) -> dict:
         "decoded_bytes": dense,
         "bits_per_weight": (8 * nbytes / n) if n else 0.0,
         "psi": nbytes / dense if dense else 0.0,
+        "speed": _speed_class(info),
     }
     if tensor is not None:
         values = np.asarray(tensor) if isinstance(tensor, np.ndarray) or not hasattr(tensor, "decode") \
@@ -181,6 +185,16 @@ def _file_reports(path: Path, entropy: bool):
                "largest_decoded_bytes": max((r["decoded_bytes"] for r in reports), default=0),
                "psi": float(total / dense) if dense else 0.0}
     return summary, metadata, reports
+
+
+def _speed_class(info):
+    """Expected batch-1 dot product speed class of a stored tensor, from its header
+    (pydnnz/encodings/_speed.py); "-" for a raw tensor."""
+    if info["encoding"] == "raw":
+        return "-"
+    from .encodings._speed import header_ratio, speed_class
+
+    return speed_class(header_ratio(info["encoding"], info["shape"], info.get("params") or {}, int(info["nbytes"])))
 
 
 def cmd_info(args) -> int:
@@ -208,7 +222,9 @@ def cmd_info(args) -> int:
         return EXIT_OK
     headers = ["tensor", "shape", "dtype", "encoding", "bytes", "decoded", "bits/w", "psi"]
     rows = [[r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["encoding"], r["bytes"],
-             _human(r["decoded_bytes"]), f"{r['bits_per_weight']:.3f}", f"{r['psi']:.4f}"] for r in reports]
+             _human(r["decoded_bytes"]), f"{r['bits_per_weight']:.3f}", f"{r['psi']:.4f}", r["speed"]]
+            for r in reports]
+    headers.append("speed")
     if args.entropy:
         headers.insert(7, "entropy B")
         for row, r in zip(rows, reports):
@@ -356,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prune", type=float, metavar="P", help="prune the P%% smallest-magnitude weights of each layer")
     c.add_argument("--quantize", choices=["cws", "pws", "uq", "ecsq"], help="weight sharing / quantization method")
     c.add_argument("--k", type=int, default=32, help="codebook size for --quantize (default 32)")
-    c.add_argument("--encoding", default="auto", help="lossless encoding of each layer (default auto: the smallest)")
+    c.add_argument("--encoding", default="auto",
+                   help="lossless encoding of each layer, or a policy: auto (default: the smallest within "
+                        "1.5x of the fastest's estimated speed), smallest, fastest")
     c.add_argument("--layers", metavar="GLOB", action="append",
                    help="compress only tensors whose name matches (repeatable); default: every float "
                         "tensor with 2+ dimensions except embeddings and norms")

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import errors, runtime
 from .. import _native as C
+from . import _speed
 
 # Permanent name <-> id assignments (spec/encodings.md). Ids are never reused; the Huffman encodings
 # `ham`, `sham` and `rlham` (ham.py, sham.py, rlham.py) register themselves with these ids.
@@ -36,7 +37,7 @@ def register(cls):
 
     A bad name or id raises InvalidArgumentError (a DnnzError and a ValueError)."""
     name, ident = cls.name, cls.id
-    if not isinstance(name, str) or not name or name == "auto":
+    if not isinstance(name, str) or not name or name in _speed.POLICIES:
         raise errors.InvalidArgumentError(f"encoding name {name!r} is not allowed")
     if name in _REGISTRY:
         raise errors.InvalidArgumentError(f"encoding {name!r} is already registered")
@@ -252,9 +253,9 @@ class MatrixInput:
 # the base class
 
 # The C struct each encoding describes itself with -> its kind for csrc/rows.h and csrc/conv.h.
-_ROWS_KINDS = {"struct dnnz_dense": lib.DNNZ_ROWS_DENSE, "struct dnnz_csc": lib.DNNZ_ROWS_CSC,
-               "struct dnnz_im": lib.DNNZ_ROWS_IM, "struct dnnz_ham": lib.DNNZ_ROWS_HAM,
-               "struct dnnz_sham": lib.DNNZ_ROWS_SHAM, "struct dnnz_rlham": lib.DNNZ_ROWS_RLHAM}
+_ROWS_KINDS = {"struct dnnz_dense": C.DNNZ_ROWS_DENSE, "struct dnnz_csc": C.DNNZ_ROWS_CSC,
+               "struct dnnz_im": C.DNNZ_ROWS_IM, "struct dnnz_ham": C.DNNZ_ROWS_HAM,
+               "struct dnnz_sham": C.DNNZ_ROWS_SHAM, "struct dnnz_rlham": C.DNNZ_ROWS_RLHAM}
 
 
 def _readonly(a):
@@ -397,10 +398,9 @@ class EncodedMatrix:
         flat = np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
         out = np.empty((flat.size, cols), np.float32)
         if out.size:
-            from .._native import check, ptr
-            bad = ffi.new("int64_t *", -1)
-            check(lib.dnnz_rows_decode(self._rows_kind(), self._get_struct(), ptr(flat), flat.size,
-                                       ptr(out, writable=True), bad), f"{self.name}.decode_rows")
+            bad = C.new("int64_t *", -1)
+            C.check(C.dnnz_rows_decode(self._rows_kind(), self._get_struct(), C.ptr(flat), flat.size,
+                                       C.ptr(out, writable=True), bad), f"{self.name}.decode_rows")
         return out.reshape(a.shape + tuple(self._shape[1:]))
 
     def matmul_grouped(self, cols, groups):
@@ -422,13 +422,12 @@ class EncodedMatrix:
         y = np.empty((groups, x.shape[1], rows // groups), np.float32)
         runtime._require_path()
         if y.size:
-            from .._native import check, ptr
-            check(lib.dnnz_conv_grouped(self._rows_kind(), self._get_struct(), ptr(x), groups, x.shape[1],
-                                        ptr(y, writable=True)), f"{self.name}.matmul_grouped")
+            C.check(C.dnnz_conv_grouped(self._rows_kind(), self._get_struct(), C.ptr(x), groups, x.shape[1],
+                                        C.ptr(y, writable=True)), f"{self.name}.matmul_grouped")
         return y
 
     def _rows_kind(self):
-        return _ROWS_KINDS[ffi.typeof(self._get_struct()).item.cname]
+        return _ROWS_KINDS[C.struct_name(self._get_struct())]
 
     def __repr__(self):
         return (f"<EncodedMatrix {self.name} shape={self._shape} params={self._params} "
@@ -529,16 +528,20 @@ def check_param_keys(cls, params, keys):
 
 
 def encode(matrix, encoding="auto"):
-    """Encode a float matrix or quantized tensor losslessly; `encoding` is a name or ``"auto"``.
+    """Encode a float matrix or quantized tensor losslessly; `encoding` is a name or a policy.
 
-    ``"auto"`` picks the registered encoding with the smallest ``.nbytes`` for this matrix
-    (ties go to the one registered first: dense, csc, im, ...).
+    Policies (pydnnz/encodings/_speed.py): ``"auto"`` (default) picks the smallest encoding whose
+    estimated dot product time is within SPEED_BUDGET (1.5x) of the fastest one for this matrix;
+    ``"smallest"`` the fewest bytes whatever the speed; ``"fastest"`` the lowest estimated time.
+    Ties go to the encoding registered first (dense, csc, im, ...).
 
     >>> import numpy as np, pydnnz
     >>> w = np.zeros((64, 64), np.float32); w[::8, ::8] = 0.5
     >>> e = pydnnz.encode(w)
     >>> e.encoding, e.nbytes < w.nbytes
-    ('rlham', True)
+    ('csc', True)
+    >>> pydnnz.encode(w, "smallest").encoding
+    'rlham'
     >>> bool((e.decode() == w).all())
     True
     """
@@ -546,14 +549,8 @@ def encode(matrix, encoding="auto"):
         from .scaled import encode_scaled
         return encode_scaled(matrix, encoding)
     m = matrix if isinstance(matrix, MatrixInput) else MatrixInput(matrix)
-    if encoding == "auto":
-        best = None
-        for cls in _REGISTRY.values():
-            if cls.applicable(m):
-                size = cls.encoded_nbytes(m)
-                if best is None or size < best[0]:
-                    best = (size, cls)
-        cls = best[1]
+    if encoding in _speed.POLICIES:
+        cls = _speed.choose(m, encoding, list(_REGISTRY.values()))
     else:
         cls = get_encoding(encoding)
         if not cls.applicable(m):

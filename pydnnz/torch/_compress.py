@@ -22,10 +22,12 @@ COMPRESSED_FOR = {**_BASE_LAYERS, **_MORE_LAYERS}
 
 
 def _encoding_names():
-    """The names `encoding` may take: "auto" and every registered encoding."""
+    """The names `encoding` may take: the policies ("auto", "smallest", "fastest") and every
+    registered encoding."""
     from .. import encodings
+    from ..encodings._speed import POLICIES
 
-    return ("auto",) + encodings.encodings()
+    return POLICIES + encodings.encodings()
 
 
 def _layers(model, rules, skipped=None):
