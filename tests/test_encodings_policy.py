@@ -120,3 +120,73 @@ def test_cli_encoding_policies_and_info_speed_column(tmp_path):
     assert "speed" in table.splitlines()[0]
     bad = _dnnz("compress", src, "-o", tmp_path / "x.dnnz", "--encoding", "quickest")
     assert bad.returncode != 0 and "smallest" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# the runtime form chosen at load
+
+def _saved_model(tmp_path, encoding="ham"):
+    torch = pytest.importorskip("torch")
+    import pydnnz.torch as pt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 24), torch.nn.Flatten(), torch.nn.Linear(24 * 3, 40),
+                                torch.nn.ReLU(), torch.nn.Linear(40, 5))
+    comp = pt.compress_model(model, {"method": "uq", "k": 16, "encoding": encoding, "type": ["Linear", "Embedding"]})
+    path = tmp_path / "m.dnnz"
+    pt.save_model(comp, path)
+    return model, comp, path
+
+
+def _build():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Embedding(50, 24), torch.nn.Flatten(), torch.nn.Linear(24 * 3, 40),
+                               torch.nn.ReLU(), torch.nn.Linear(40, 5))
+
+
+def test_load_model_runtime_encoding_is_exact(tmp_path):
+    import torch
+    import pydnnz.torch as pt
+
+    _, comp, path = _saved_model(tmp_path)
+    ids = torch.tensor([[1, 7, 49], [0, 0, 3]])
+    with torch.no_grad():
+        want = comp(ids)
+    plain = pt.load_model(path, _build())
+    assert not hasattr(plain, "dnnz_runtime")  # off by default
+    assert {m.encoded.encoding for m in plain.modules() if hasattr(m, "encoded")} == {"ham"}
+    for target in ("fastest", "im"):
+        fast = pt.load_model(path, _build(), runtime_encoding=target)
+        encs = {m.encoded.encoding for m in fast.modules() if hasattr(m, "encoded")}
+        assert "ham" not in encs and fast.dnnz_runtime
+        for (a, b) in zip(plain.modules(), fast.modules()):
+            if hasattr(a, "encoded"):
+                assert np.array_equal(a.encoded.decode().view(np.uint32), b.encoded.decode().view(np.uint32))
+        with torch.no_grad():
+            torch.testing.assert_close(fast(ids), want, rtol=1e-5, atol=1e-5)
+
+
+def test_load_model_runtime_memory_budget(tmp_path):
+    import pydnnz.torch as pt
+
+    _, _, path = _saved_model(tmp_path)
+    none = pt.load_model(path, _build(), runtime_encoding="im", runtime_memory=0)
+    assert {m.encoded.encoding for m in none.modules() if hasattr(m, "encoded")} == {"ham"}
+    assert all(r[4].startswith("over runtime_memory") for r in none.dnnz_runtime)
+    some = pt.load_model(path, _build(), runtime_encoding="im", runtime_memory=1500)
+    held = sum(r[3] for r in some.dnnz_runtime if r[4] == "re-encoded")
+    assert 0 < held <= 1500
+
+
+def test_load_model_runtime_encoding_rejects_bad_targets(tmp_path):
+    import pydnnz.torch as pt
+    from pydnnz.errors import UnsupportedError
+
+    _, _, path = _saved_model(tmp_path)
+    with pytest.raises(InvalidArgumentError, match="fastest"):
+        pt.load_model(path, _build(), runtime_encoding="smallest")
+    with pytest.raises(UnsupportedError):
+        pt.load_model(path, _build(), runtime_encoding="zip")
+    with pytest.raises(InvalidArgumentError):
+        pt.load_model(path, _build(), runtime_encoding="im", runtime_memory=-1)
