@@ -204,3 +204,17 @@ def test_depthwise_conv_large_batch_uses_bounded_slices():
     x = torch.randn(9, 32, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(comp(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_depthwise_checks_its_arguments():
+    e = pydnnz.encode(quantized((8, 1, 3, 3)), "ham")
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    assert e.conv_depthwise(x, (3, 3)).shape == (1, 8, 3, 3)  # channel multiplier 2
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(np.zeros((1, 3, 5, 5), np.float32), (3, 3))  # 8 rows do not split over 3 channels
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x, (2, 2))
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(np.zeros((1, 4, 2, 5), np.float32), (3, 3))  # smaller than the kernel
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x.astype(np.float64), (3, 3))

@@ -426,6 +426,33 @@ class EncodedMatrix:
                                         C.ptr(y, writable=True)), f"{self.name}.matmul_grouped")
         return y
 
+    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1)):
+        """Depthwise convolution of the (already padded) float32 input x (batch, C, H, W) by this
+        weight of shape (C * mult, 1, kh, kw): output (batch, C * mult, OH, OW), computed in C
+        straight from the input (no im2col), the weight decoded a bounded block at a time."""
+        rows, cols = self._matrix_shape
+        x = np.ascontiguousarray(x)
+        kh, kw = (int(v) for v in kernel_size)
+        sh, sw = (int(v) for v in stride)
+        dh, dw = (int(v) for v in dilation)
+        if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] < 1 or rows % x.shape[1] or cols != kh * kw:
+            raise errors.ShapeError(f"{self.name}.conv_depthwise: input {x.dtype} {x.shape} does not fit a "
+                                    f"({rows}, 1, {kh}, {kw}) depthwise weight")
+        n, c, h, w = x.shape
+        oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise errors.ShapeError(f"{self.name}.conv_depthwise: input {x.shape} is smaller than the kernel")
+        y = np.empty((n, rows, oh, ow), np.float32)
+        runtime._require_path()
+        if y.size:
+            from .._native import check, ptr
+            g = ffi.new("struct dnnz_conv_geom *")
+            g.batch, g.channels, g.mult, g.h, g.w = n, c, rows // c, h, w
+            g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow = kh, kw, sh, sw, dh, dw, oh, ow
+            check(lib.dnnz_conv_depthwise(self._rows_kind(), self._get_struct(), g, ptr(x), ptr(y, writable=True)),
+                  f"{self.name}.conv_depthwise")
+        return y
+
     def _rows_kind(self):
         return _ROWS_KINDS[C.struct_name(self._get_struct())]
 

@@ -16,8 +16,9 @@ never built in forward.
   Groups (grouped and depthwise convs): the file keeps ONE EncodedMatrix per weight (the
   PyTorch tensor, so a .dnnz matches the state dict key for key) and forward makes ONE C call
   for all groups (EncodedMatrix.matmul_grouped, csrc/conv.h): each group's rows of the encoded
-  weight are addressed in place (no re-encoding at load); narrow groups (depthwise) decode a
-  bounded block of the weight at a time, wider ones run the encoding's own kernel.
+  weight are addressed in place (no re-encoding at load); narrow groups decode a bounded block of
+  the weight at a time, wider ones run the encoding's own kernel. Depthwise convs (one input
+  channel per group) skip im2col: csrc/conv.c convolves straight from the padded input.
 - CompressedEmbedding: only the looked-up rows are decoded (EncodedMatrix.decode_rows), so a
   lookup costs in proportion to the rows asked for, never the table.
 
@@ -294,6 +295,12 @@ class _CompressedConvNd(_CompressedBase):
             out_size = self._out_size(t.shape[2:])
             if any(s <= 0 for s in out_size):
                 raise ShapeError(f"{name}: input {tuple(x.shape)} is smaller than the (dilated) kernel")
+            if self.groups > 1 and self.groups == self.in_channels:  # depthwise: straight from the input
+                x4 = t if nd == 2 else t.unsqueeze(2)
+                one = (1,) if nd == 1 else ()
+                y = self.encoded.conv_depthwise(_as_f32_numpy(x4), one + self.kernel_size, one + self.stride,
+                                                one + self.dilation)
+                return torch.from_numpy(y).view(t.shape[0], self.out_channels, *out_size)
             batch, n_pos, G = t.shape[0], math.prod(out_size), self.groups
             per_in = self.in_channels // G * math.prod(self.kernel_size)
             per_out = self.out_channels // G
