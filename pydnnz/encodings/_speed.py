@@ -80,12 +80,16 @@ def header_ratio(name, shape, params, nbytes):
 
 def choose(m, policy, classes):
     """The encoding class `policy` picks for the MatrixInput `m` among `classes` (registration
-    order; only applicable ones are considered). Sizes are computed only for encodings that the
-    cost model leaves in the running."""
-    usable = [cls for cls in classes if cls.applicable(m)]
-    if not usable:
-        return None
-    sizes = {}
+    order). Applicability and sizes are computed only for encodings the cost model leaves in the
+    running (an encoding's applicability check can cost as much as encoding: rlham plans its code)."""
+    classes = list(classes)
+    order = {cls: i for i, cls in enumerate(classes)}
+    checked, sizes = {}, {}
+
+    def usable(cls):
+        if cls not in checked:
+            checked[cls] = bool(cls.applicable(m))
+        return checked[cls]
 
     def size(cls):
         if cls not in sizes:
@@ -93,25 +97,27 @@ def choose(m, policy, classes):
         return sizes[cls]
 
     if policy == "smallest":
-        return min(usable, key=lambda cls: (size(cls), usable.index(cls)))
+        ok = [cls for cls in classes if usable(cls)]
+        return min(ok, key=lambda cls: (size(cls), order[cls])) if ok else None
     n = m.rows * m.cols
     nnz = int(np.count_nonzero(m.nonzero_mask)) if n else 0
-    coef = {cls: COST.get(cls.name, _UNKNOWN) for cls in usable}
-    lower = {cls: coef[cls][0] * n + coef[cls][1] * nnz for cls in usable}  # without the bits term
+    coef = {cls: COST.get(cls.name, _UNKNOWN) for cls in classes}
+    lower = {cls: coef[cls][0] * n + coef[cls][1] * nnz for cls in classes}  # without the bits term
 
     def cost(cls):
         return lower[cls] + coef[cls][2] * 8 * size(cls) if coef[cls][2] else lower[cls]
 
-    by_lower = sorted(usable, key=lambda cls: (lower[cls], usable.index(cls)))
+    by_lower = sorted(classes, key=lambda cls: (lower[cls], order[cls]))
     fastest = None
     for cls in by_lower:
         if fastest is not None and lower[cls] > cost(fastest):
             break
-        if fastest is None or cost(cls) < cost(fastest) or \
-                (cost(cls) == cost(fastest) and size(cls) < size(fastest)):
+        if not usable(cls):
+            continue
+        if fastest is None or (cost(cls), size(cls)) < (cost(fastest), size(fastest)):
             fastest = cls
-    if policy == "fastest":
+    if fastest is None or policy == "fastest":
         return fastest
     limit = SPEED_BUDGET * cost(fastest)
-    within = [cls for cls in by_lower if lower[cls] <= limit and cost(cls) <= limit]
-    return min(within, key=lambda cls: (size(cls), usable.index(cls)))
+    within = [cls for cls in by_lower if lower[cls] <= limit and usable(cls) and cost(cls) <= limit]
+    return min(within, key=lambda cls: (size(cls), order[cls]))
