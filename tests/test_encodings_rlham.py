@@ -96,7 +96,7 @@ def test_sparse_goes_below_one_bit_per_entry(sparsity):
     assert pydnnz.encode(w, "smallest").encoding in ("rlham", "csc")
     if sparsity == 0.9:
         assert e.nbytes * 8 < w.size  # below ham's floor of 1 bit per entry
-        assert pydnnz.encode(w).encoding == "rlham"
+        assert pydnnz.encode(w, "smallest").encoding == "rlham"
 
 
 def test_long_runs_over_the_bucket_limits():
