@@ -34,7 +34,7 @@ POLICIES = ("auto", "smallest", "fastest")
 #: a dense float32 batch-1 product. Calibrated with `python -m bench.models --calibrate`.
 COST = {
     "dense": (1.0, 0.0, 0.0),
-    "csc": (0.0, 2.0, 0.3),
+    "csc": (0.0, 7.0, 0.0),
     "im": (0.6, 0.0, 0.0),
     "im8": (0.55, 0.0, 0.0),
     "im4": (0.5, 0.0, 0.0),
