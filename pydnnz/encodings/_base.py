@@ -445,11 +445,10 @@ class EncodedMatrix:
         y = np.empty((n, rows, oh, ow), np.float32)
         runtime._require_path()
         if y.size:
-            from .._native import check, ptr
-            g = ffi.new("struct dnnz_conv_geom *")
+            g = C.new("struct dnnz_conv_geom *")
             g.batch, g.channels, g.mult, g.h, g.w = n, c, rows // c, h, w
             g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow = kh, kw, sh, sw, dh, dw, oh, ow
-            check(lib.dnnz_conv_depthwise(self._rows_kind(), self._get_struct(), g, ptr(x), ptr(y, writable=True)),
+            C.check(C.dnnz_conv_depthwise(self._rows_kind(), self._get_struct(), g, C.ptr(x), C.ptr(y, writable=True)),
                   f"{self.name}.conv_depthwise")
         return y
 
