@@ -125,8 +125,6 @@ class _CompressedBase(nn.Module):
         """Replace the encoded weight (load_state_dict with new values)."""
         _check_fits(self, em)
         self.encoded = em
-        if hasattr(self, "_groups"):
-            self._groups = self._split_groups()
 
     @torch.compiler.disable
     def _run(self, x, op):
