@@ -235,8 +235,13 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None, runtime
 
     runtime = []
     if runtime_encoding is not None and replace:
-        fresh, runtime = reencode({name: em for name, (_, em) in replace.items()}, runtime_encoding, runtime_memory)
-        replace.update({name: (replace[name][0], em) for name, em in fresh.items()})
+        from ..encodings import EncodedMatrix
+
+        weights = {name: ems["weight"] for name, (_, ems) in replace.items()
+                   if isinstance(ems.get("weight"), EncodedMatrix)}  # plain encodings (not per-channel scaled)
+        fresh, runtime = reencode(weights, runtime_encoding, runtime_memory)
+        for name, em in fresh.items():
+            replace[name][1]["weight"] = em
     # Everything checked: now build the compressed layers and copy the raw tensors.
     for name, (module, ems) in replace.items():
         cls = type(module) if isinstance(module, _CompressedBase) else COMPRESSED_FOR[type(module)]

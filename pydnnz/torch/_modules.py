@@ -293,10 +293,12 @@ class _CompressedConvNd(_CompressedBase):
             out_size = self._out_size(t.shape[2:])
             if any(s <= 0 for s in out_size):
                 raise ShapeError(f"{name}: input {tuple(x.shape)} is smaller than the (dilated) kernel")
-            if self.groups > 1 and self.groups == self.in_channels:  # depthwise: straight from the input
+            em = self.encoded
+            if self.groups > 1 and self.groups == self.in_channels and hasattr(em, "conv_depthwise"):
+                # depthwise: straight from the input
                 x4 = t if nd == 2 else t.unsqueeze(2)
                 one = (1,) if nd == 1 else ()
-                y = self.encoded.conv_depthwise(_as_f32_numpy(x4), one + self.kernel_size, one + self.stride,
+                y = em.conv_depthwise(_as_f32_numpy(x4), one + self.kernel_size, one + self.stride,
                                                 one + self.dilation)
                 return torch.from_numpy(y).view(t.shape[0], self.out_channels, *out_size)
             batch, n_pos, G = t.shape[0], math.prod(out_size), self.groups
@@ -316,9 +318,13 @@ class _CompressedConvNd(_CompressedBase):
                 cols.copy_(v.unflatten(1, (G, -1)).permute(perm))  # the only copy of the input
                 if G == 1:
                     y = _matmul(self.encoded, cols[0].reshape(n * n_pos, per_in)).view(1, n, n_pos, per_out)
-                else:  # one C call for every group: (G, n*positions, per_in) -> (G, n*positions, per_out)
-                    y = torch.from_numpy(self.encoded.matmul_grouped(
+                elif hasattr(em, "matmul_grouped"):  # one C call for every group: (G, n*pos, in) -> (G, n*pos, out)
+                    y = torch.from_numpy(em.matmul_grouped(
                         _as_f32_numpy(cols.reshape(G, n * n_pos, per_in)), G)).view(G, n, n_pos, per_out)
+                else:  # a wrapper without grouped products (per-channel scaled): each group's rows, decoded
+                    y = torch.stack([cols[g].reshape(n * n_pos, per_in) @ torch.from_numpy(
+                        em.decode_rows(np.arange(g * per_out, (g + 1) * per_out)).reshape(per_out, per_in)).T
+                        for g in range(G)]).view(G, n, n_pos, per_out)
                 result[i:i + n].view(n, G, per_out, n_pos).copy_(y.permute(1, 0, 3, 2))
             return result.view(batch, self.out_channels, *out_size)
 
