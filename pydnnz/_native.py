@@ -53,6 +53,11 @@ def cast(ctype, value):
     return ffi.cast(ctype, value)
 
 
+def struct_name(pointer):
+    """The C struct a cffi pointer points to, e.g. "struct dnnz_ham"."""
+    return ffi.typeof(pointer).item.cname
+
+
 def error_class(status, default=errors.DnnzError):
     """The DnnzError subclass for a C status (`default` for an unknown one)."""
     return _STATUS_ERRORS.get(status, default)

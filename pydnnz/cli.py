@@ -204,6 +204,7 @@ def cmd_compress(args) -> int:
     from .container import save_file
     from .convert import SKIPPED_KEY, format_of, read_tensors
     from .encodings import encode, encodings
+    from .encodings._speed import POLICIES
 
     from .shards import cmd_compress_sharded, wants_streaming
 
@@ -229,8 +230,9 @@ def cmd_compress(args) -> int:
         raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100)")
     if args.k < 2:
         raise UsageError(f"--k {args.k}: must be at least 2")
-    if args.encoding != "auto" and args.encoding not in encodings():
-        raise UsageError(f"--encoding {args.encoding}: unknown (choose auto, {', '.join(encodings())})")
+    if args.encoding not in POLICIES and args.encoding not in encodings():
+        raise UsageError(f"--encoding {args.encoding}: unknown (choose a policy: {', '.join(POLICIES)}; "
+                         f"or an encoding: {', '.join(encodings())})")
     raw_rules = _recipe_rules(args)
     rules = None
     if raw_rules is not None:
@@ -239,7 +241,7 @@ def cmd_compress(args) -> int:
         except ImportError as exc:
             raise UsageError(f"recipes need PyTorch installed ({exc})") from None
         try:
-            rules = parse_recipe(raw_rules, ("auto",) + encodings())
+            rules = parse_recipe(raw_rules, tuple(POLICIES) + encodings())
         except InvalidArgumentError as exc:
             raise UsageError(str(exc)) from None
     t0 = time.perf_counter()
@@ -364,6 +366,7 @@ def tensor_report(name, info, tensor=None) -> dict:
         "decoded_bytes": dense,
         "bits_per_weight": (8 * nbytes / n) if n else 0.0,
         "psi": nbytes / dense if dense else 0.0,
+        "speed": _speed_class(info),
     }
     if tensor is not None:
         values = np.asarray(tensor) if isinstance(tensor, np.ndarray) or not hasattr(tensor, "decode") \
@@ -388,6 +391,16 @@ def _file_reports(path: Path, entropy: bool):
                "largest_decoded_bytes": max((r["decoded_bytes"] for r in reports), default=0),
                "psi": float(total / dense) if dense else 0.0}
     return summary, metadata, reports
+
+
+def _speed_class(info):
+    """Expected batch-1 dot product speed class of a stored tensor, from its header
+    (pydnnz/encodings/_speed.py); "-" for a raw tensor."""
+    if info["encoding"] == "raw":
+        return "-"
+    from .encodings._speed import header_ratio, speed_class
+
+    return speed_class(header_ratio(info["encoding"], info["shape"], info.get("params") or {}, int(info["nbytes"])))
 
 
 def cmd_info(args) -> int:
@@ -415,7 +428,9 @@ def cmd_info(args) -> int:
         return EXIT_OK
     headers = ["tensor", "shape", "dtype", "encoding", "bytes", "decoded", "bits/w", "psi"]
     rows = [[r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["encoding"], r["bytes"],
-             _human(r["decoded_bytes"]), f"{r['bits_per_weight']:.3f}", f"{r['psi']:.4f}"] for r in reports]
+             _human(r["decoded_bytes"]), f"{r['bits_per_weight']:.3f}", f"{r['psi']:.4f}", r["speed"]]
+            for r in reports]
+    headers.append("speed")
     if args.entropy:
         headers.insert(7, "entropy B")
         for row, r in zip(rows, reports):
@@ -573,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  cws   k-means weight sharing          pws   probabilistic quantization\n"
                "  uq    uniform quantization            ecsq  entropy-constrained quantization\n"
                "  prune magnitude pruning alone         pr_X  pruning, then X;  none  leave the layer as is\n"
-               f"encodings (--encoding): auto (the smallest), {', '.join(encodings())}\n"
+               f"encodings (--encoding): policies auto (default: the smallest within 1.5x of the fastest's estimated speed), smallest, fastest; or one of {', '.join(encodings())}\n"
                "  (spec/encodings.md; `dnnz bench` measures their dot-product speed)\n"
                "recipe files (--recipe): JSON or TOML, the rules of pydnnz.torch.compress_model, e.g.\n"
                '  [{"match": "head*", "method": "none"}, {"type": "conv", "method": "uq", "k": 256},\n'
@@ -592,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quantize", choices=["cws", "pws", "uq", "ecsq"], help="weight sharing / quantization method")
     c.add_argument("--k", type=int, default=32, help="codebook size for --quantize (default 32)")
     c.add_argument("--encoding", default="auto",
-                   help=f"lossless encoding of each layer: auto (default: the smallest), {', '.join(encodings())}")
+                   help="lossless encoding of each layer, or a policy: auto (default: the smallest within "
+                        f"1.5x of the fastest's estimated speed), smallest, fastest; encodings: {', '.join(encodings())}")
     c.add_argument("--layers", metavar="GLOB", action="append",
                    help="compress only tensors whose name matches (repeatable), embeddings included; default: "
                         "every float tensor with 2+ dimensions except embeddings and norms")

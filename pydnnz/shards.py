@@ -1054,9 +1054,11 @@ def cmd_compress_sharded(args) -> int:
     if args.k < 1:
         raise UsageError(f"--k {args.k}: must be at least 1")
     from .encodings import encodings
+    from .encodings._speed import POLICIES
 
-    if args.encoding != "auto" and args.encoding not in encodings():
-        raise UsageError(f"--encoding {args.encoding}: unknown (choose auto, {', '.join(encodings())})")
+    if args.encoding not in POLICIES and args.encoding not in encodings():
+        raise UsageError(f"--encoding {args.encoding}: unknown (choose a policy: {', '.join(POLICIES)}; "
+                         f"or an encoding: {', '.join(encodings())})")
     recipe = Recipe(quantize=args.quantize, k=args.k, prune=args.prune, encoding=args.encoding,
                     seed=args.seed, layers=tuple(args.layers) if args.layers else None)
     src = Path(args.input)

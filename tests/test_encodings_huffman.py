@@ -150,10 +150,10 @@ def test_sham_layout_matches_spec():
     assert s["payload"].tobytes() == b"\xd0"
 
 
-def test_auto_picks_huffman_when_smallest():
+def test_smallest_picks_huffman_when_smallest():
     rng = np.random.default_rng(4)
     w = laplace_matrix(rng, 256, 512, 32)  # skewed values: Huffman beats ceil(log2 k) bits
-    e = pydnnz.encode(w)
+    e = pydnnz.encode(w, "smallest")
     assert e.encoding == "ham"
     assert e.nbytes < encode(w, "im").nbytes
 

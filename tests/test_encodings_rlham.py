@@ -93,10 +93,10 @@ def test_sparse_goes_below_one_bit_per_entry(sparsity):
     w = sparse_matrix(np.random.default_rng(2), 128, 1024, 32, sparsity)
     e = check(w)
     assert e.nbytes < encode(w, "ham").nbytes and e.nbytes < encode(w, "sham").nbytes
-    assert pydnnz.encode(w).encoding in ("rlham", "csc")
+    assert pydnnz.encode(w, "smallest").encoding in ("rlham", "csc")
     if sparsity == 0.9:
         assert e.nbytes * 8 < w.size  # below ham's floor of 1 bit per entry
-        assert pydnnz.encode(w).encoding == "rlham"
+        assert pydnnz.encode(w, "smallest").encoding == "rlham"
 
 
 def test_long_runs_over_the_bucket_limits():
@@ -183,9 +183,9 @@ def test_layout_matches_spec():
     assert e.nbytes == 8 + 7 + 3 + 2
 
 
-def test_auto_considers_rlham():
+def test_smallest_considers_rlham():
     w = sparse_matrix(np.random.default_rng(6), 256, 1024, 32, 0.95)
-    e = pydnnz.encode(w)
+    e = pydnnz.encode(w, "smallest")
     sizes = {n: encode(w, n).nbytes for n in ("csc", "im", "ham", "sham", "rlham")}
     assert e.encoding == "rlham" and e.nbytes == min(sizes.values())
 

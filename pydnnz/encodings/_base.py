@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import errors, runtime
 from .. import _native as C
+from . import _speed
 
 # Permanent name <-> id assignments (spec/encodings.md). Ids are never reused; the Huffman encodings
 # `ham`, `sham` and `rlham` (ham.py, sham.py, rlham.py) register themselves with these ids.
@@ -36,7 +37,7 @@ def register(cls):
 
     A bad name or id raises InvalidArgumentError (a DnnzError and a ValueError)."""
     name, ident = cls.name, cls.id
-    if not isinstance(name, str) or not name or name == "auto":
+    if not isinstance(name, str) or not name or name in _speed.POLICIES:
         raise errors.InvalidArgumentError(f"encoding name {name!r} is not allowed")
     if name in _REGISTRY:
         raise errors.InvalidArgumentError(f"encoding {name!r} is already registered")
@@ -288,6 +289,12 @@ class MatrixInput:
 # ---------------------------------------------------------------------------------------------
 # the base class
 
+# The C struct each encoding describes itself with -> its kind for csrc/rows.h and csrc/conv.h.
+_ROWS_KINDS = {"struct dnnz_dense": C.DNNZ_ROWS_DENSE, "struct dnnz_csc": C.DNNZ_ROWS_CSC,
+               "struct dnnz_im": C.DNNZ_ROWS_IM, "struct dnnz_ham": C.DNNZ_ROWS_HAM,
+               "struct dnnz_sham": C.DNNZ_ROWS_SHAM, "struct dnnz_rlham": C.DNNZ_ROWS_RLHAM}
+
+
 def _readonly(a):
     v = a.view()
     v.flags.writeable = False
@@ -419,6 +426,88 @@ class EncodedMatrix:
                     f"{self.name}.matmul")
         return y[0] if one else y
 
+    def decode_rows(self, ids):
+        """Rows `ids` of the matrix, exactly: float32 of shape ``ids.shape + shape[1:]``.
+
+        Decoded in C from the rows' own bytes (runs of consecutive ids as one block): the cost is
+        proportional to the rows asked for, never to the matrix. Ids may repeat and come in any
+        order; an id outside [0, rows) raises InvalidArgumentError.
+
+        >>> import numpy as np, pydnnz
+        >>> w = np.arange(12, dtype=np.float32).reshape(4, 3)
+        >>> pydnnz.encode(w, "ham").decode_rows([3, 0]).tolist()
+        [[9.0, 10.0, 11.0], [0.0, 1.0, 2.0]]
+        """
+        rows, cols = self._matrix_shape
+        a = np.asarray(ids)
+        if a.dtype.kind not in "iu" or a.dtype == np.bool_:
+            raise errors.InvalidArgumentError(f"{self.name}.decode_rows: ids must be integers, got dtype {a.dtype}")
+        if a.size:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= rows:
+                bad = lo if lo < 0 else hi
+                raise errors.InvalidArgumentError(
+                    f"{self.name}.decode_rows: row id {bad} is out of range [0, {rows})")
+        flat = np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
+        out = np.empty((flat.size, cols), np.float32)
+        if out.size:
+            bad = C.new("int64_t *", -1)
+            C.check(C.dnnz_rows_decode(self._rows_kind(), self._get_struct(), C.ptr(flat), flat.size,
+                                       C.ptr(out, writable=True), bad), f"{self.name}.decode_rows")
+        return out.reshape(a.shape + tuple(self._shape[1:]))
+
+    def matmul_grouped(self, cols, groups):
+        """Grouped product: ``y[g] = cols[g] @ W_g.T`` for the `groups` row blocks W_g of W.
+
+        `cols` is float32 (groups, n, in); the result is (groups, n, out // groups). One C call
+        for all groups, from the encoded weight (no per-group re-encoding); groups with few output
+        rows (depthwise) decode a bounded block of the weight at a time (csrc/conv.h).
+        """
+        rows, cols_in = self._matrix_shape
+        groups = int(groups)
+        if groups < 1 or rows % groups:
+            raise errors.ShapeError(f"{self.name}.matmul_grouped: {rows} rows do not split into {groups} groups")
+        x = np.asarray(cols)
+        if x.dtype != np.float32 or x.ndim != 3 or x.shape[0] != groups or x.shape[2] != cols_in:
+            raise errors.ShapeError(f"{self.name}.matmul_grouped: cols must be float32 ({groups}, n, {cols_in}), "
+                                    f"got {x.dtype} {x.shape}")
+        x = np.ascontiguousarray(x)
+        y = np.empty((groups, x.shape[1], rows // groups), np.float32)
+        runtime._require_path()
+        if y.size:
+            C.check(C.dnnz_conv_grouped(self._rows_kind(), self._get_struct(), C.ptr(x), groups, x.shape[1],
+                                        C.ptr(y, writable=True)), f"{self.name}.matmul_grouped")
+        return y
+
+    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1)):
+        """Depthwise convolution of the (already padded) float32 input x (batch, C, H, W) by this
+        weight of shape (C * mult, 1, kh, kw): output (batch, C * mult, OH, OW), computed in C
+        straight from the input (no im2col), the weight decoded a bounded block at a time."""
+        rows, cols = self._matrix_shape
+        x = np.ascontiguousarray(x)
+        kh, kw = (int(v) for v in kernel_size)
+        sh, sw = (int(v) for v in stride)
+        dh, dw = (int(v) for v in dilation)
+        if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] < 1 or rows % x.shape[1] or cols != kh * kw:
+            raise errors.ShapeError(f"{self.name}.conv_depthwise: input {x.dtype} {x.shape} does not fit a "
+                                    f"({rows}, 1, {kh}, {kw}) depthwise weight")
+        n, c, h, w = x.shape
+        oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise errors.ShapeError(f"{self.name}.conv_depthwise: input {x.shape} is smaller than the kernel")
+        y = np.empty((n, rows, oh, ow), np.float32)
+        runtime._require_path()
+        if y.size:
+            g = C.new("struct dnnz_conv_geom *")
+            g.batch, g.channels, g.mult, g.h, g.w = n, c, rows // c, h, w
+            g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow = kh, kw, sh, sw, dh, dw, oh, ow
+            C.check(C.dnnz_conv_depthwise(self._rows_kind(), self._get_struct(), g, C.ptr(x), C.ptr(y, writable=True)),
+                  f"{self.name}.conv_depthwise")
+        return y
+
+    def _rows_kind(self):
+        return _ROWS_KINDS[C.struct_name(self._get_struct())]
+
     def __repr__(self):
         return (f"<EncodedMatrix {self.name} shape={self._shape} params={self._params} "
                 f"nbytes={self.nbytes}>")
@@ -537,20 +626,24 @@ def _source_dtype(m, source_dtype):
 
 
 def encode(matrix, encoding="auto", *, source_dtype=None):
-    """Encode a float matrix or quantized tensor losslessly; `encoding` is a name or ``"auto"``.
+    """Encode a float matrix or quantized tensor losslessly; `encoding` is a name or a policy.
 
     float16 and bfloat16 (``ml_dtypes.bfloat16``) inputs are encoded as their exact float32
     values and remember their dtype: ``decode()`` gives it back. `source_dtype` sets it
     explicitly (e.g. for a quantized tensor whose codebook is exact in float16).
 
-    ``"auto"`` picks the registered encoding with the smallest ``.nbytes`` for this matrix
-    (ties go to the one registered first: dense, csc, im, ...).
+    Policies (pydnnz/encodings/_speed.py): ``"auto"`` (default) picks the smallest encoding whose
+    estimated dot product time is within SPEED_BUDGET (1.5x) of the fastest one for this matrix;
+    ``"smallest"`` the fewest bytes whatever the speed; ``"fastest"`` the lowest estimated time.
+    Ties go to the encoding registered first (dense, csc, im, ...).
 
     >>> import numpy as np, pydnnz
     >>> w = np.zeros((64, 64), np.float32); w[::8, ::8] = 0.5
     >>> e = pydnnz.encode(w)
     >>> e.encoding, e.nbytes < w.nbytes
-    ('rlham', True)
+    ('csc', True)
+    >>> pydnnz.encode(w, "smallest").encoding
+    'rlham'
     >>> bool((e.decode() == w).all())
     True
     """
@@ -559,16 +652,8 @@ def encode(matrix, encoding="auto", *, source_dtype=None):
         return encode_scaled(matrix, encoding)
     m = matrix if isinstance(matrix, MatrixInput) else MatrixInput(matrix)
     source_dtype = _source_dtype(m, source_dtype)
-    if encoding == "auto":
-        best = None
-        for cls in _REGISTRY.values():
-            if best is not None and cls.min_nbytes(m) >= best[0]:
-                continue  # cannot win: step aside before planning
-            if cls.applicable(m):
-                size = cls.encoded_nbytes(m)
-                if best is None or size < best[0]:
-                    best = (size, cls)
-        cls = best[1]
+    if encoding in _speed.POLICIES:
+        cls = _speed.choose(m, encoding, list(_REGISTRY.values()))
     else:
         cls = get_encoding(encoding)
         if not cls.applicable(m):

@@ -23,10 +23,12 @@ COMPRESSED_FOR = {**_BASE_LAYERS, **_MORE_LAYERS}
 
 
 def _encoding_names():
-    """The names `encoding` may take: "auto" and every registered encoding."""
+    """The names `encoding` may take: the policies ("auto", "smallest", "fastest") and every
+    registered encoding."""
     from .. import encodings
+    from ..encodings._speed import POLICIES
 
-    return ("auto",) + encodings.encodings()
+    return POLICIES + encodings.encodings()
 
 
 def _layers(model, rules, skipped=None):
@@ -103,8 +105,7 @@ def _copy_model(model):
     memo = {}
     for m in model.modules():
         if isinstance(m, _CompressedBase):
-            ems = list(getattr(m, "encoded_params", lambda: {"weight": m.encoded})().values())
-            for em in ems + list(getattr(m, "_groups", [])):
+            for em in getattr(m, "encoded_params", lambda: {"weight": m.encoded})().values():
                 memo[id(em)] = em
     return copy.deepcopy(model, memo)
 

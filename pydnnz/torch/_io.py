@@ -133,7 +133,8 @@ def _set_module(model, name, new):
     setattr(parent, child, new)
 
 
-def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.Module:
+def load_model(path, model: nn.Module, strict: bool = True, device=None, runtime_encoding=None,
+               runtime_memory=None) -> nn.Module:
     """Load a .dnnz file into `model` (the architecture) and return it.
 
     Same contract as safetensors.torch.load_model: the weights and buffers come from the file,
@@ -151,6 +152,13 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
     A model built on the meta device (`with torch.device("meta"): model = build()`) works too:
     it then never allocates its dense weights at all (parameters are assigned from the file).
 
+    Runtime form (off by default): ``runtime_encoding="fastest"`` (or an encoding name such as
+    ``"im"``) re-encodes compressed layers in memory, exactly, into the encoding whose dot product
+    is estimated fastest (or into that encoding), for devices where the file's encoding is too
+    slow. Re-encoded layers hold their new bytes in RAM: at most ``runtime_memory`` bytes in all
+    (default 512 MiB), the layers saving the most time first; the others keep the file's form.
+    ``model.dnnz_runtime`` lists (layer, from, to, bytes, what happened).
+
     Example:
         >>> import os, tempfile, torch, pydnnz.torch as pt
         >>> path = os.path.join(tempfile.mkdtemp(), "m.dnnz")
@@ -165,6 +173,9 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
         raise InvalidArgumentError(f"load_model: expected an nn.Module, got {type(model).__name__}")
     if device is not None and torch.device(device).type != "cpu":
         raise InvalidArgumentError("load_model: compressed layers run on the CPU (device='cpu' or None)")
+    from ._runtime import check_target, reencode
+
+    check_target(runtime_encoding)
     tensors = load_file(str(path))
     file_meta = dict(tensors.metadata or {})
 
@@ -222,6 +233,15 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
                                      f"needs all of {sorted(need)} compressed",
                                      unexpected=sorted(_join(name, p) for p in ems))
 
+    runtime = []
+    if runtime_encoding is not None and replace:
+        from ..encodings import EncodedMatrix
+
+        weights = {name: ems["weight"] for name, (_, ems) in replace.items()
+                   if isinstance(ems.get("weight"), EncodedMatrix)}  # plain encodings (not per-channel scaled)
+        fresh, runtime = reencode(weights, runtime_encoding, runtime_memory)
+        for name, em in fresh.items():
+            replace[name][1]["weight"] = em
     # Everything checked: now build the compressed layers and copy the raw tensors.
     for name, (module, ems) in replace.items():
         cls = type(module) if isinstance(module, _CompressedBase) else COMPRESSED_FOR[type(module)]
@@ -250,6 +270,8 @@ def load_model(path, model: nn.Module, strict: bool = True, device=None) -> nn.M
             meta = any(t.is_meta for t in model.state_dict(keep_vars=True).values())
         model.load_state_dict(state, strict=False, assign=meta)
     model.dnnz_metadata = file_meta
+    if runtime_encoding is not None:
+        model.dnnz_runtime = runtime
     return model
 
 

@@ -14,13 +14,13 @@ never built in forward.
   batch (about 8 MiB, one sample at least) and is reused slice after slice, so activations stay
   bounded.
   Groups (grouped and depthwise convs): the file keeps ONE EncodedMatrix per weight (the
-  PyTorch tensor, so a .dnnz matches the state dict key for key); at construction the module
-  splits it into one EncodedMatrix per group (rows g*out/groups .. of the weight), each
-  re-encoded with the same encoding from the exact decoded values of its rows. That costs one
-  transient decode of that layer's weight when the module is built (grouped weights are small:
-  out * in/groups * prod(kernel)); forward then runs one matmul per group on that group's slice
-  of the im2col buffer, with no wasted products.
-- CompressedEmbedding: the looked-up rows are decoded exactly (see `_rows`).
+  PyTorch tensor, so a .dnnz matches the state dict key for key) and forward makes ONE C call
+  for all groups (EncodedMatrix.matmul_grouped, csrc/conv.h): each group's rows of the encoded
+  weight are addressed in place (no re-encoding at load); narrow groups decode a bounded block of
+  the weight at a time, wider ones run the encoding's own kernel. Depthwise convs (one input
+  channel per group) skip im2col: csrc/conv.c convolves straight from the padded input.
+- CompressedEmbedding: only the looked-up rows are decoded (EncodedMatrix.decode_rows), so a
+  lookup costs in proportion to the rows asked for, never the table.
 
 Inference only: forward works with or without autograd, but backward through a compressed
 layer raises UnsupportedError (the gradient w.r.t. the input needs W, i.e. the transposed
@@ -125,8 +125,6 @@ class _CompressedBase(nn.Module):
         """Replace the encoded weight (load_state_dict with new values)."""
         _check_fits(self, em)
         self.encoded = em
-        if hasattr(self, "_groups"):
-            self._groups = self._split_groups()
 
     @torch.compiler.disable
     def _run(self, x, op):
@@ -255,17 +253,6 @@ class _CompressedConvNd(_CompressedBase):
         # F.pad order: last dimension first.
         self._pad = tuple(v for pair in reversed(pads) for v in pair)
         self.bias = _bias_param(bias, self.out_channels, name)
-        self._groups = self._split_groups()
-
-    def _split_groups(self):
-        if self.groups == 1:
-            return [self.encoded]
-        from ..encodings import encode
-
-        dense = np.asarray(self.encoded.decode(), dtype=np.float32).reshape(self.out_channels, -1)
-        per = self.out_channels // self.groups
-        enc = self.encoded.encoding
-        return [encode(np.ascontiguousarray(dense[g * per:(g + 1) * per]), encoding=enc) for g in range(self.groups)]
 
     @classmethod
     def from_module(cls, module, encoded, bias="module"):
@@ -306,6 +293,14 @@ class _CompressedConvNd(_CompressedBase):
             out_size = self._out_size(t.shape[2:])
             if any(s <= 0 for s in out_size):
                 raise ShapeError(f"{name}: input {tuple(x.shape)} is smaller than the (dilated) kernel")
+            em = self.encoded
+            if self.groups > 1 and self.groups == self.in_channels and hasattr(em, "conv_depthwise"):
+                # depthwise: straight from the input
+                x4 = t if nd == 2 else t.unsqueeze(2)
+                one = (1,) if nd == 1 else ()
+                y = em.conv_depthwise(_as_f32_numpy(x4), one + self.kernel_size, one + self.stride,
+                                                one + self.dilation)
+                return torch.from_numpy(y).view(t.shape[0], self.out_channels, *out_size)
             batch, n_pos, G = t.shape[0], math.prod(out_size), self.groups
             per_in = self.in_channels // G * math.prod(self.kernel_size)
             per_out = self.out_channels // G
@@ -321,9 +316,16 @@ class _CompressedConvNd(_CompressedBase):
                 n = v.shape[0]
                 cols = buf[:, :n]
                 cols.copy_(v.unflatten(1, (G, -1)).permute(perm))  # the only copy of the input
-                for g, em in enumerate(self._groups):
-                    y = _matmul(em, cols[g].reshape(n * n_pos, per_in))  # (n*positions, out/groups)
-                    result[i:i + n, g * per_out:(g + 1) * per_out].copy_(y.view(n, n_pos, per_out).transpose(1, 2))
+                if G == 1:
+                    y = _matmul(self.encoded, cols[0].reshape(n * n_pos, per_in)).view(1, n, n_pos, per_out)
+                elif hasattr(em, "matmul_grouped"):  # one C call for every group: (G, n*pos, in) -> (G, n*pos, out)
+                    y = torch.from_numpy(em.matmul_grouped(
+                        _as_f32_numpy(cols.reshape(G, n * n_pos, per_in)), G)).view(G, n, n_pos, per_out)
+                else:  # a wrapper without grouped products (per-channel scaled): each group's rows, decoded
+                    y = torch.stack([cols[g].reshape(n * n_pos, per_in) @ torch.from_numpy(
+                        em.decode_rows(np.arange(g * per_out, (g + 1) * per_out)).reshape(per_out, per_in)).T
+                        for g in range(G)]).view(G, n, n_pos, per_out)
+                result[i:i + n].view(n, G, per_out, n_pos).copy_(y.permute(1, 0, 3, 2))
             return result.view(batch, self.out_channels, *out_size)
 
         out = self._run(x, op)
@@ -423,14 +425,7 @@ class CompressedEmbedding(_CompressedBase):
 
     def _rows(self, ids):
         """Exact rows `ids` (unique, sorted int64 ndarray) of the table, float32 (len(ids), dim)."""
-        em = self.encoded
-        for name in ("decode_rows", "rows"):
-            fn = getattr(em, name, None)
-            if callable(fn):
-                return np.asarray(fn(ids), dtype=np.float32)
-        # No row access in the encodings' API: decode the table and keep the rows. Exact, and
-        # transient (the table is dropped at once), but it costs a full decode per call.
-        return np.asarray(em.decode(), dtype=np.float32)[ids]
+        return self.encoded.decode_rows(ids)
 
     @torch.compiler.disable
     def forward(self, ids):

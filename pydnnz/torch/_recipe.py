@@ -25,7 +25,8 @@ matches keep their dense weights. Keys of a rule (every one optional):
               Default 90 for "prune" and "pr_*" methods.
     unified   True: one codebook shared by every layer of the same kind (dense, conv, embedding)
               that this rule matches ("uCWS" of the 2023 paper); False (default): one per layer.
-    encoding  the lossless encoding: "auto" (default: the smallest) or a name pydnnz.encode knows
+    encoding  the lossless encoding: a policy ("auto", the default: the smallest encoding within 1.5x of
+              the fastest one's estimated speed; "smallest"; "fastest") or a name pydnnz.encode knows
               ("dense", "csc", "im", "ham", "sham", ...).
     seed      random seed of the lossy method (k-means initialisation, stochastic rounding). Default 0.
     lam       ECSQ's rate-distortion trade-off λ (alias "lambda"); only for ecsq / pr_ecsq.
@@ -224,7 +225,8 @@ def _rule(raw, index, encodings):
         raise InvalidArgumentError(f"{where}: 'unified' must be True or False, got {unified!r}")
     encoding = raw.get("encoding", "auto")
     if not isinstance(encoding, str) or (encodings is not None and encoding not in encodings):
-        known = ", ".join(encodings) if encodings is not None else "auto, dense, csc, im, ham, sham"
+        known = ", ".join(encodings) if encodings is not None else \
+            "auto, smallest, fastest, dense, csc, im, ham, sham"
         raise InvalidArgumentError(f"{where}: unknown encoding {encoding!r} (known: {known})")
     seed = _number(raw.get("seed", 0), "seed", where, int)
     if seed < 0:

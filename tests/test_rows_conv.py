@@ -1,0 +1,220 @@
+"""Row access (EncodedMatrix.decode_rows, CompressedEmbedding) and grouped/depthwise convolutions
+from the encoded weight in one C call (EncodedMatrix.matmul_grouped, CompressedConv1d/2d)."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+import pydnnz  # noqa: E402
+from pydnnz.errors import DnnzError, InvalidArgumentError, ShapeError  # noqa: E402
+from pydnnz.torch import CompressedConv1d, CompressedConv2d, CompressedEmbedding  # noqa: E402
+
+ENCODINGS = pydnnz.encodings.encodings()
+
+
+def quantized(shape, k=16, seed=0, zeros=0.5):
+    rng = np.random.default_rng(seed)
+    cb = np.sort(rng.normal(size=k)).astype(np.float32)
+    w = cb[rng.integers(0, k, size=shape)]
+    w[rng.random(shape) < zeros] = 0.0
+    return w
+
+
+def encodable(enc, w):
+    cls = pydnnz.encodings.get_encoding(enc)
+    return cls.applicable(pydnnz.encodings.MatrixInput(w))
+
+
+# ------------------------------------------------------------------------------------------------
+# decode_rows
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("zeros", [0.0, 0.6, 1.0])
+def test_decode_rows_exact_every_encoding(encoding, zeros):
+    w = quantized((57, 33), k=12, seed=1, zeros=zeros)
+    w[3, 5] = -0.0  # bit-exact: -0.0 stays -0.0
+    if not encodable(encoding, w):
+        pytest.skip(f"{encoding} cannot hold this matrix")
+    e = pydnnz.encode(w, encoding)
+    ids = np.array([0, 1, 2, 56, 3, 3, 40, 41, 7], np.int64)
+    got = e.decode_rows(ids)
+    assert got.dtype == np.float32 and got.shape == (ids.size, 33)
+    assert np.array_equal(got.view(np.uint32), w[ids].view(np.uint32))
+    assert e.decode_rows(np.zeros(0, np.int64)).shape == (0, 33)
+    assert np.array_equal(e.decode_rows(np.arange(57)).view(np.uint32), w.view(np.uint32))
+
+
+def test_decode_rows_keeps_the_tensor_shape_and_id_shape():
+    w = quantized((10, 2, 3, 3), k=8)
+    e = pydnnz.encode(w, "ham")
+    got = e.decode_rows(np.array([[9, 0], [4, 4]], np.uint16))
+    assert got.shape == (2, 2, 2, 3, 3)
+    assert np.array_equal(got, w[np.array([[9, 0], [4, 4]])])
+
+
+@given(st.data())
+def test_decode_rows_property(data):
+    encoding = data.draw(st.sampled_from(ENCODINGS))
+    rows = data.draw(st.integers(1, 40))
+    cols = data.draw(st.integers(0, 40))
+    k = data.draw(st.integers(1, 20))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    zeros = data.draw(st.sampled_from([0.0, 0.5, 0.95]))
+    w = quantized((rows, cols), k=k, seed=seed, zeros=zeros)
+    if not encodable(encoding, w):
+        return
+    e = pydnnz.encode(w, encoding)
+    ids = np.array(data.draw(st.lists(st.integers(0, rows - 1), max_size=30)), np.int64)
+    assert np.array_equal(e.decode_rows(ids).view(np.uint32), w[ids].view(np.uint32))
+
+
+@pytest.mark.parametrize("bad", [[-1], [5], [0, 2**40], [1, 2, 7]])
+def test_decode_rows_rejects_bad_ids(bad):
+    e = pydnnz.encode(quantized((5, 4)), "ham")
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        e.decode_rows(np.array(bad, np.int64))
+
+
+@pytest.mark.parametrize("ids", [np.array([0.0]), np.array([True]), ["a"]])
+def test_decode_rows_rejects_non_integer_ids(ids):
+    with pytest.raises(DnnzError, match="integers"):
+        pydnnz.encode(quantized((5, 4)), "im").decode_rows(ids)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_embedding_decodes_only_the_rows_asked(encoding, monkeypatch):
+    table = quantized((300, 16), k=8, seed=3, zeros=0.3)
+    if not encodable(encoding, table):
+        pytest.skip(f"{encoding} cannot hold this table")
+    dense = nn.Embedding(300, 16, padding_idx=2)
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(table))
+    emb = CompressedEmbedding.from_module(dense, pydnnz.encode(table, encoding))
+    asked = []
+    real = type(emb.encoded).decode_rows
+
+    def spy(self, ids):
+        asked.append(np.asarray(ids).size)
+        return real(self, ids)
+
+    monkeypatch.setattr(type(emb.encoded), "decode_rows", spy)
+    monkeypatch.setattr(type(emb.encoded), "decode", lambda self: pytest.fail("the whole table was decoded"))
+    ids = torch.tensor([[5, 299, 5, 0], [2, 17, 18, 19]])
+    assert torch.equal(emb(ids), dense(ids))
+    assert asked == [7]  # the unique ids, once each
+
+
+def test_embedding_bad_ids_raise():
+    emb = CompressedEmbedding(pydnnz.encode(quantized((6, 3)), "ham"))
+    with pytest.raises(InvalidArgumentError):
+        emb(torch.tensor([6]))
+    with pytest.raises(InvalidArgumentError):
+        emb(torch.tensor([-7]))
+
+
+# ------------------------------------------------------------------------------------------------
+# grouped products and convolutions
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("groups,per_out,per_in", [(1, 12, 20), (6, 1, 9), (4, 3, 8), (3, 10, 700), (2, 9, 5)])
+def test_matmul_grouped_matches_per_group_products(encoding, groups, per_out, per_in):
+    w = quantized((groups * per_out, per_in), k=10, seed=groups, zeros=0.4)
+    if not encodable(encoding, w):
+        pytest.skip(f"{encoding} cannot hold this matrix")
+    e = pydnnz.encode(w, encoding)
+    x = np.random.default_rng(0).standard_normal((groups, 11, per_in)).astype(np.float32)
+    got = e.matmul_grouped(x, groups)
+    for g in range(groups):
+        want = e.decode_rows(np.arange(g * per_out, (g + 1) * per_out)) @ x[g].T
+        np.testing.assert_allclose(got[g], want.T, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_grouped_checks_its_arguments():
+    e = pydnnz.encode(quantized((6, 4)), "im")
+    with pytest.raises(ShapeError):
+        e.matmul_grouped(np.zeros((4, 2, 4), np.float32), 4)  # 6 rows do not split into 4
+    with pytest.raises(ShapeError):
+        e.matmul_grouped(np.zeros((3, 2, 5), np.float32), 3)
+    with pytest.raises(ShapeError):
+        e.matmul_grouped(np.zeros((3, 2, 4), np.float64), 3)
+
+
+CONV2D = [
+    dict(in_channels=8, out_channels=12, kernel_size=3, groups=1, padding=1),
+    dict(in_channels=16, out_channels=16, kernel_size=3, groups=16, padding=1),            # depthwise
+    dict(in_channels=16, out_channels=32, kernel_size=3, groups=16, stride=2, padding=1),  # multiplier 2
+    dict(in_channels=8, out_channels=12, kernel_size=(3, 2), groups=4, stride=(2, 1), padding=(1, 0),
+         dilation=(1, 2)),
+    dict(in_channels=12, out_channels=12, kernel_size=1, groups=4),
+    dict(in_channels=8, out_channels=8, kernel_size=5, groups=8, padding="same", dilation=2,
+         padding_mode="reflect"),
+]
+CONV1D = [
+    dict(in_channels=6, out_channels=6, kernel_size=4, groups=6, padding=2),
+    dict(in_channels=8, out_channels=4, kernel_size=3, groups=4, stride=2, dilation=2),
+    dict(in_channels=5, out_channels=7, kernel_size=3, groups=1),
+]
+
+
+def _same_weights(dense, seed):
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(quantized(tuple(dense.weight.shape), k=12, seed=seed, zeros=0.3)))
+        if dense.bias is not None:
+            dense.bias.normal_()
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("i", range(len(CONV2D)))
+def test_conv2d_groups_match_torch(encoding, i):
+    torch.manual_seed(i)
+    dense = nn.Conv2d(**CONV2D[i])
+    _same_weights(dense, i)
+    w = dense.weight.detach().numpy()
+    if not encodable(encoding, w):
+        pytest.skip(f"{encoding} cannot hold this weight")
+    enc = pydnnz.encode(w, encoding)
+    comp = CompressedConv2d.from_module(dense, enc)
+    assert comp.encoded is enc
+    for shape in [(2, dense.in_channels, 9, 11), (dense.in_channels, 7, 6)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(comp(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("encoding", ["im", "ham", "csc", "rlham"])
+@pytest.mark.parametrize("i", range(len(CONV1D)))
+def test_conv1d_groups_match_torch(encoding, i):
+    torch.manual_seed(i)
+    dense = nn.Conv1d(**CONV1D[i])
+    _same_weights(dense, 10 + i)
+    comp = CompressedConv1d.from_module(dense, pydnnz.encode(dense.weight.detach().numpy(), encoding))
+    x = torch.randn(3, dense.in_channels, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(comp(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_conv_large_batch_uses_bounded_slices():
+    """A batch bigger than one im2col slice goes through several slices (and one C call each)."""
+    dense = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
+    _same_weights(dense, 5)
+    comp = CompressedConv2d.from_module(dense, pydnnz.encode(dense.weight.detach().numpy(), "ham"))
+    x = torch.randn(9, 32, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(comp(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_depthwise_checks_its_arguments():
+    e = pydnnz.encode(quantized((8, 1, 3, 3)), "ham")
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    assert e.conv_depthwise(x, (3, 3)).shape == (1, 8, 3, 3)  # channel multiplier 2
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(np.zeros((1, 3, 5, 5), np.float32), (3, 3))  # 8 rows do not split over 3 channels
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x, (2, 2))
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(np.zeros((1, 4, 2, 5), np.float32), (3, 3))  # smaller than the kernel
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x.astype(np.float64), (3, 3))
