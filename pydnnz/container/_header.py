@@ -1,4 +1,6 @@
-"""Header parse and validate: the preamble, the JSON header and every tensor and section entry (spec §4-§6, §10)."""
+"""Header parse and validate: the preamble, the JSON header, every tensor and section entry.
+
+Nothing is allocated and no section is touched before all of it has passed (spec §2-§10)."""
 import json
 import math
 

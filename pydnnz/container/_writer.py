@@ -1,4 +1,5 @@
-"""The writer: plans the header from the tensors, then writes preamble, header and aligned sections (save, save_file)."""
+"""The writer (save, save_file): plans the header from the tensors, then writes the preamble,
+the header and the 64-byte-aligned sections."""
 import json
 import math
 import struct
