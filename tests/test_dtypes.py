@@ -1,6 +1,8 @@
 """Dtypes end to end: raw tensors keep dtype and shape through every format (bool, all integers,
 float16, bfloat16 via ml_dtypes, float32, float64, 0-d, empty); a compressed layer remembers the
 dtype it came from (format 1.1 `source_dtype`) and decodes back to it bit for bit."""
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -69,7 +71,7 @@ def test_zero_d_stays_zero_d_through_convert(tmp_path):
 
 
 def test_cli_info_convert_compress_accept_the_all_dtypes_golden_file(tmp_path):
-    golden = container.__file__.replace("pydnnz/container.py", "tests/golden/valid/all_dtypes.dnnz")
+    golden = os.path.join(os.path.dirname(__file__), "golden", "valid", "all_dtypes.dnnz")
     run("info", golden, check_rc=0)
     run("convert", golden, tmp_path / "a.safetensors", check_rc=0)
     run("convert", tmp_path / "a.safetensors", tmp_path / "a.pt", check_rc=0)
