@@ -108,19 +108,13 @@ class _CompressedConvTransposeNd(_CompressedBase):
         if any(pads):
             t = F.pad(t, pads)  # negative values crop
         out = self.__dict__["_inner"](t)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype).reshape(-1, *([1] * nd))
-        return out.squeeze(0) if unbatched else out
+        return self._conv_output(out, nd, unbatched)
 
     def decompress(self):
         m = self._dense(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
                         padding=self.padding, output_padding=self.output_padding, groups=self.groups,
                         bias=self.bias is not None, dilation=self.dilation)
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m
+        return self._filled(m)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -127,6 +127,22 @@ class _CompressedBase(nn.Module):
         self.encoded = em
 
     @torch.compiler.disable
+    def _conv_output(self, out, nd, unbatched):
+        """A conv output (N, C, *spatial) with the per-channel bias added, and without the batch
+        axis when the input had none."""
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype).reshape(-1, *([1] * nd))
+        return out.squeeze(0) if unbatched else out
+
+    def _filled(self, m):
+        """`m`, a fresh dense module of the same shape, holding the decoded weight (float32) and the
+        bias: what every compressed layer's decompress() returns."""
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
+            if getattr(self, "bias", None) is not None:
+                m.bias.copy_(self.bias)
+        return m
+
     def _run(self, x, op):
         _state.check_not_tracing(type(self).__name__)
         out = _InferenceOnly.apply(x, op, type(self).__name__)
@@ -190,11 +206,7 @@ class CompressedLinear(_CompressedBase):
 
     def decompress(self):
         m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m
+        return self._filled(m)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -329,19 +341,13 @@ class _CompressedConvNd(_CompressedBase):
             return result.view(batch, self.out_channels, *out_size)
 
         out = self._run(x, op)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype).reshape(-1, *([1] * nd))
-        return out.squeeze(0) if unbatched else out
+        return self._conv_output(out, nd, unbatched)
 
     def decompress(self):
         m = self._dense(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
                         padding=self.padding, dilation=self.dilation, groups=self.groups,
                         bias=self.bias is not None, padding_mode=self.padding_mode)
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m
+        return self._filled(m)
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
@@ -443,9 +449,7 @@ class CompressedEmbedding(_CompressedBase):
 
     def decompress(self):
         m = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.array(self.encoded.decode(), dtype=np.float32)))
-        return m
+        return self._filled(m)
 
     def extra_repr(self):
         s = f"{self.num_embeddings}, {self.embedding_dim}"
