@@ -1,4 +1,4 @@
-"""A test-only encoding that follows the EncodedMatrix contract (pydnnz/encodings/_base.py), so the container is tested as generic
+"""A test-only encoding that follows the EncodedMatrix contract (pydnnz/encodings/_matrix.py), so the container is tested as generic
 over encodings without depending on pydnnz.encodings.
 
 "fake_codebook" stores a float32 codebook and one uint8 index per entry: decode() is

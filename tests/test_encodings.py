@@ -335,8 +335,8 @@ def test_env_forces_path_and_threads():
 
 def test_docstring_examples_run():
     import doctest
-    from pydnnz.encodings import _base
-    for mod in (_base, runtime):
+    from pydnnz.encodings import _base, _matrix
+    for mod in (_base, _matrix, runtime):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0
 
