@@ -31,3 +31,19 @@ def _check_input(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"{path}: not a regular file")
 
+
+
+def check_lossy_options(args) -> None:
+    """The --prune, --k and --encoding values of `dnnz compress` (single-file and streaming paths):
+    the same bounds as pydnnz.compress (a percentage in [0, 100], k >= 1) and a registered encoding
+    or policy name."""
+    from ..encodings import encodings
+    from ..encodings._speed import POLICIES
+
+    if args.prune is not None and not 0 <= args.prune <= 100:
+        raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100]")
+    if args.k < 1:
+        raise UsageError(f"--k {args.k}: must be at least 1")
+    if args.encoding not in POLICIES and args.encoding not in encodings():
+        raise UsageError(f"--encoding {args.encoding}: unknown (choose a policy: {', '.join(POLICIES)}; "
+                         f"or an encoding: {', '.join(encodings())})")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._format import human_size as _human, table as _table
 from ..errors import DnnzError, InvalidArgumentError
-from ._common import EXIT_OK, UsageError, _check_input, _check_output, _note_skipped
+from ._common import EXIT_OK, UsageError, _check_input, _check_output, _note_skipped, check_lossy_options
 
 
 EMBEDDING_OR_NORM = ("*embed*", "*norm*", "*bn*", "*.ln*", "*layernorm*")
@@ -183,13 +183,7 @@ def cmd_compress(args) -> int:
     if format_of(dst) != "dnnz":
         raise UsageError(f"{dst}: the output of compress must be a .dnnz file")
     _check_output(dst, args.force)
-    if args.prune is not None and not 0 <= args.prune < 100:
-        raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100)")
-    if args.k < 2:
-        raise UsageError(f"--k {args.k}: must be at least 2")
-    if args.encoding not in POLICIES and args.encoding not in encodings():
-        raise UsageError(f"--encoding {args.encoding}: unknown (choose a policy: {', '.join(POLICIES)}; "
-                         f"or an encoding: {', '.join(encodings())})")
+    check_lossy_options(args)
     raw_rules = _recipe_rules(args)
     rules = None
     if raw_rules is not None:

@@ -30,23 +30,14 @@ def _summary_line(src, dst, s):
 
 def cmd_compress_sharded(args) -> int:
     """`dnnz compress` for sharded checkpoints and --workers/--ray (see compress_checkpoint)."""
-    from ..cli import UsageError
+    from ..cli._common import UsageError, check_lossy_options
 
     if args.unified:
         raise UsageError("--unified needs every tensor at once; it is not available when streaming "
                          "a checkpoint (sharded input, --workers or --ray)")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
-    if args.prune is not None and not 0 <= args.prune <= 100:
-        raise UsageError(f"--prune {args.prune}: must be a percentage in [0, 100]")
-    if args.k < 1:
-        raise UsageError(f"--k {args.k}: must be at least 1")
-    from ..encodings import encodings
-    from ..encodings._speed import POLICIES
-
-    if args.encoding not in POLICIES and args.encoding not in encodings():
-        raise UsageError(f"--encoding {args.encoding}: unknown (choose a policy: {', '.join(POLICIES)}; "
-                         f"or an encoding: {', '.join(encodings())})")
+    check_lossy_options(args)
     recipe = Recipe(quantize=args.quantize, k=args.k, prune=args.prune, encoding=args.encoding,
                     seed=args.seed, layers=tuple(args.layers) if args.layers else None)
     src = Path(args.input)
