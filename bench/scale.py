@@ -359,9 +359,15 @@ def report(rec):
     t_ray = max(70e9 / (per_core * 256 * eff), bf16_bytes / 1.25e9)
     print(f"\nEstimate (not a measurement): 70 B parameters at {per_core / 1e6:.2f} M weights/s per core "
           f"(this run, 1 worker) and the measured 2-worker efficiency {eff:.2f} extrapolated: "
-          f"one 64-core machine ≈ {t64 / 3600:.1f} h; a 4-node Ray cluster of 64 cores each ≈ {t_ray / 3600:.2f} h "
-          f"(compute {70e9 / (per_core * 256 * eff) / 60:.0f} min, or the driver shipping 140 GB of bf16 over a "
-          f"10 Gb/s link, {bf16_bytes / 1.25e9 / 60:.0f} min, whichever is longer).")
+          f"one 64-core machine ≈ {_duration(t64)}; a 4-node Ray cluster of 64 cores each ≈ {_duration(t_ray)} "
+          f"(compute {_duration(70e9 / (per_core * 256 * eff))}, or the driver shipping 140 GB of bf16 over a "
+          f"10 Gb/s link, {_duration(bf16_bytes / 1.25e9)}, whichever is longer; reading the 140 GB from disk "
+          "is not counted).")
+
+
+def _duration(seconds):
+    """Seconds as minutes below two hours, hours above (a 0.0 h estimate says nothing)."""
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 if __name__ == "__main__":
