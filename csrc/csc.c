@@ -48,31 +48,7 @@ int dnnz_enc_csc_validate(const struct dnnz_csc *m, struct dnnz_enc_err *err)
     int64_t bad = dnnz_find_bad_value(m->values, nvals, 1);
     if (bad >= 0)
         return dnnz_fail(err, vk ? DNNZ_FIELD_CODEBOOK : DNNZ_FIELD_VALUES, bad, DNNZ_E_CORRUPT);
-    if (dnnz_rd_le(m->rowptr, pb, 0) != 0)
-        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
-    uint64_t prev = 0;
-    for (int64_t r = 0; r < m->rows; r++) { /* all row pointers first: then colidx runs are in range */
-        uint64_t next = dnnz_rd_le(m->rowptr, pb, r + 1);
-        if (next < prev || next > (uint64_t)m->nnz || next - prev > (uint64_t)m->cols)
-            return dnnz_fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
-        prev = next;
-    }
-    if (prev != (uint64_t)m->nnz)
-        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
-    prev = 0;
-    for (int64_t r = 0; r < m->rows; r++) {
-        uint64_t next = dnnz_rd_le(m->rowptr, pb, r + 1);
-        int64_t last = -1;
-        for (uint64_t p = prev; p < next; p++) {
-            int64_t c = (int64_t)dnnz_rd_le(m->colidx, ib, (int64_t)p);
-            if (c <= last || c >= m->cols)
-                return dnnz_fail(err, DNNZ_FIELD_COLIDX, (int64_t)p, DNNZ_E_CORRUPT);
-            last = c;
-        }
-        prev = next;
-    }
-    if (prev != (uint64_t)m->nnz)
-        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
+    DNNZ_CHECK(dnnz_check_rows(m->rowptr, pb, m->colidx, ib, m->rows, m->cols, m->nnz, err));
     for (int64_t i = 0; i < nvi; i++)
         if ((int64_t)dnnz_rd_le(m->vindex, vk, i) >= m->k)
             return dnnz_fail(err, DNNZ_FIELD_VINDEX, i, DNNZ_E_CORRUPT);

@@ -81,6 +81,40 @@ static inline int64_t dnnz_find_bad_value(const float *v, int64_t n, int no_zero
 }
 
 /* a * b into *out when both are >= 0 and the product fits an int64; else 0. */
+/* The row structure shared by csc and sham (spec/encodings.md): rowptr[0] = 0, row pointers
+ * non-decreasing, each row at most `cols` long, rowptr[rows] = nnz, and within each row column
+ * indices strictly increasing and below `cols`. The caller has checked that rowptr holds rows + 1
+ * entries and colidx nnz entries: every read below is inside them (all row pointers are checked
+ * first, so the colidx runs are in range), and the work is bounded by rows + nnz. */
+static inline int dnnz_check_rows(const uint8_t *rowptr, int pb, const uint8_t *colidx, int ib, int64_t rows,
+                                  int64_t cols, int64_t nnz, struct dnnz_enc_err *err)
+{
+    if (dnnz_rd_le(rowptr, pb, 0) != 0)
+        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
+    uint64_t prev = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        uint64_t next = dnnz_rd_le(rowptr, pb, r + 1);
+        if (next < prev || next > (uint64_t)nnz || next - prev > (uint64_t)cols)
+            return dnnz_fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
+        prev = next;
+    }
+    if (prev != (uint64_t)nnz)
+        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, rows, DNNZ_E_CORRUPT);
+    prev = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        uint64_t next = dnnz_rd_le(rowptr, pb, r + 1);
+        int64_t last = -1;
+        for (uint64_t p = prev; p < next; p++) {
+            int64_t c = (int64_t)dnnz_rd_le(colidx, ib, (int64_t)p);
+            if (c <= last || c >= cols)
+                return dnnz_fail(err, DNNZ_FIELD_COLIDX, (int64_t)p, DNNZ_E_CORRUPT);
+            last = c;
+        }
+        prev = next;
+    }
+    return DNNZ_OK;
+}
+
 static inline int dnnz_mul_ok(int64_t a, int64_t b, int64_t *out)
 {
     if (a < 0 || b < 0)

@@ -96,24 +96,7 @@ int dnnz_sham_validate(const struct dnnz_sham *m, struct dnnz_enc_err *err)
         return dnnz_fail(err, DNNZ_FIELD_OFFSETS, -1, m->offsets_len < m->rows + 1 ? DNNZ_E_TRUNCATED : DNNZ_E_TRAILING);
     if (m->payload_len < 0 || (m->payload_len && !m->payload))
         return dnnz_fail(err, DNNZ_FIELD_PAYLOAD, -1, DNNZ_E_CORRUPT);
-    if (RD(m->rowptr, pb, 0) != 0)
-        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, 0, DNNZ_E_CORRUPT);
-    uint64_t prev = 0;
-    for (int64_t r = 0; r < m->rows; r++) {
-        uint64_t next = RD(m->rowptr, pb, r + 1);
-        if (next < prev || next > (uint64_t)m->nnz || next - prev > (uint64_t)m->cols)
-            return dnnz_fail(err, DNNZ_FIELD_ROWPTR, r + 1, DNNZ_E_CORRUPT);
-        int64_t last = -1;
-        for (uint64_t p = prev; p < next; p++) {
-            int64_t c = (int64_t)RD(m->colidx, ib, (int64_t)p);
-            if (c <= last || c >= m->cols)
-                return dnnz_fail(err, DNNZ_FIELD_COLIDX, (int64_t)p, DNNZ_E_CORRUPT);
-            last = c;
-        }
-        prev = next;
-    }
-    if (prev != (uint64_t)m->nnz)
-        return dnnz_fail(err, DNNZ_FIELD_ROWPTR, m->rows, DNNZ_E_CORRUPT);
+    DNNZ_CHECK(dnnz_check_rows(m->rowptr, pb, m->colidx, ib, m->rows, m->cols, m->nnz, err));
     struct dnnz_ham_streams s = {m->rows, 0, m->rowptr, pb, m->offsets, m->off_bytes, m->payload, m->payload_len};
     return dnnz_ham_check_streams(m->lengths, m->k, &s, err);
 }
