@@ -120,3 +120,18 @@ def test_onnx_weights_inside_subgraphs_are_refused_clearly(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     assert main(["compress", str(path), "-o", str(tmp_path / "s.dnnz")]) == 1
     assert not (tmp_path / "s.dnnz").exists()
+
+
+@pytest.mark.parametrize("name, message", [("bad.onnx", "not a readable ONNX model"),
+                                           ("bad.h5", "not a readable HDF5 file")])
+def test_garbage_foreign_files_are_one_line_exit_1(tmp_path, capsys, name, message):
+    pytest.importorskip("h5py")
+    src = tmp_path / name
+    src.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    out = tmp_path / "out.dnnz"
+    assert main(["compress", str(src), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0] and message in err[0]
+    assert not out.exists()
+    with pytest.raises(pydnnz.errors.DnnzError, match=message):
+        read_tensors(src)
