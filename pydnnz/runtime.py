@@ -126,12 +126,13 @@ def _human_bytes(n):
     return f"{n} B"  # pragma: no cover
 
 
-def check_decoded_size(nbytes, what, max_bytes=None):
+def check_decoded_size(nbytes, what, max_bytes=None, action="decoding"):
     """Raise DnnzMemoryError when materialising `nbytes` would pass the limit (`max_bytes`, or
-    :func:`get_max_decoded_bytes` when None). `what` names the tensor in the message."""
+    :func:`get_max_decoded_bytes` when None). `what` names the tensor in the message, `action`
+    what would take the memory ("decoding", "the product's output", ...)."""
     limit = get_max_decoded_bytes() if max_bytes is None else _parse_bytes(max_bytes, "max_bytes")
     if nbytes > limit:
         raise errors.DnnzMemoryError(
-            f"{what}: decoding needs {_human_bytes(nbytes)} ({nbytes} bytes), over the decoded-size limit of "
+            f"{what}: {action} needs {_human_bytes(nbytes)} ({nbytes} bytes), over the decoded-size limit of "
             f"{_human_bytes(limit)}; if this tensor is expected, raise the limit (decode(max_bytes=...), "
             f"pydnnz.set_max_decoded_bytes(), DNNZ_MAX_DECODED_BYTES or dnnz --max-decoded-bytes)")

@@ -224,3 +224,29 @@ def test_per_test_watchdog_fails_a_hanging_test(tmp_path):
                          timeout=50)
     assert out.returncode != 0 and "passed" not in out.stdout
     assert "Timeout (0:00:01)!" in out.stderr and "test_hangs" in out.stderr, out.stderr
+
+
+# --- the product's output: rows come from the file, so one output row must fit the limit ------
+
+def im_one_value(rows, cols):
+    return from_sections("im", (rows, cols), {"k": 1, "bits": 0},
+                         {"codebook": np.array([0.5], "<f4"), "indices": np.zeros(0, np.uint8)})
+
+
+def test_matmul_output_row_is_checked_against_the_limit():
+    # A few hundred bytes describe 2**31 - 1 rows: without the check, matmul asked for 8 GiB per
+    # input row before computing anything.
+    em = im_one_value(2**31 - 1, 2)
+    with pytest.raises(errors.DnnzMemoryError, match=r"one row of the product's output needs 8\.0 GiB"):
+        em.matmul(np.ones((1, 2), np.float32))
+    small = im_one_value(3, 2)
+    pydnnz.set_max_decoded_bytes(8)  # 3 rows * 4 bytes = 12 bytes per output row
+    try:
+        with pytest.raises(errors.DnnzMemoryError, match="tensor of shape"):
+            small.matmul(np.ones(2, np.float32))
+        with pytest.raises(errors.DnnzMemoryError, match="decoding 3 rows"):
+            small.decode_rows([0, 1, 2])
+        assert small.decode_rows([1]).tolist() == [[0.5, 0.5]]  # 8 bytes: within the limit
+    finally:
+        pydnnz.set_max_decoded_bytes(None)
+    assert small.matmul(np.ones(2, np.float32)).tolist() == [1.0, 1.0, 1.0]

@@ -110,6 +110,10 @@ class EncodedMatrix:
         rows, cols = self._matrix_shape
         return 4 * rows * cols
 
+    def _what(self):
+        """The tensor as resource-limit messages name it (the file's tensor name when loaded)."""
+        return getattr(self, "_origin", None) or f"{self.name} tensor of shape {list(self._shape)}"
+
     def decode(self, max_bytes=None, *, dtype=None):
         """The exact tensor, of shape ``.shape``, in ``.source_dtype`` (float32 unless the layer was
         encoded from float16, bfloat16 or float64), or in `dtype` (e.g. ``dtype=np.float32``).
@@ -123,8 +127,7 @@ class EncodedMatrix:
         huge tensor, so the shape alone is not trusted with memory.
         """
         rows, cols = self._matrix_shape
-        runtime.check_decoded_size(self.decoded_nbytes, getattr(self, "_origin", None) or
-                                   f"{self.name} tensor of shape {list(self._shape)}", max_bytes)
+        runtime.check_decoded_size(self.decoded_nbytes, self._what(), max_bytes)
         out = np.empty((rows, cols), np.float32)
         if out.size:
             self._c_decode(out)
@@ -154,6 +157,9 @@ class EncodedMatrix:
             raise errors.ShapeError(
                 f"{self.name}.matmul: x must have shape (batch, {cols}) or ({cols},), got {x.shape}")
         x = np.ascontiguousarray(x)
+        # rows comes from the file: one output row per input row must fit the decoded-size limit
+        # (an `im` file with one codebook value can claim 2**31 rows in a few hundred bytes)
+        runtime.check_decoded_size(4 * rows, self._what(), action="one row of the product's output")
         y = np.empty((x.shape[0], rows), np.float32)
         runtime._require_path()
         if y.size:
@@ -184,6 +190,7 @@ class EncodedMatrix:
                 raise errors.InvalidArgumentError(
                     f"{self.name}.decode_rows: row id {bad} is out of range [0, {rows})")
         flat = np.ascontiguousarray(a.reshape(-1), dtype=np.int64)
+        runtime.check_decoded_size(4 * flat.size * cols, self._what(), action=f"decoding {flat.size} rows")
         out = np.empty((flat.size, cols), np.float32)
         if out.size:
             bad = C.new("int64_t *", -1)
