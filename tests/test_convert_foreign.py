@@ -1,6 +1,8 @@
 """ONNX models and Keras .h5 weights: compress the weights that feed Conv/Gemm/MatMul, convert back
 to ONNX through the original model as a template (untouched initializers bit-exact, the model runs in
 onnxruntime), and Keras HDF5 weights into .dnnz and back to .npz/.safetensors bit-exact."""
+import json
+
 import numpy as np
 import pytest
 
@@ -109,17 +111,92 @@ def test_keras_h5_into_dnnz_and_back_bit_exact(tmp_path):
     assert main(["convert", str(tmp_path / "k.dnnz"), str(tmp_path / "back.h5")]) == 1  # read only
 
 
-def test_onnx_weights_inside_subgraphs_are_refused_clearly(tmp_path):
-    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
-    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["o"])], "b", [],
-                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2, 2])], [w])
-    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
-    path = tmp_path / "sub.onnx"
+def subgraph_onnx(path):
+    """y = If(c, then: x @ Wt (initializer of the branch), else: x @ Transpose(Concat(Slice(Wc)))
+    (a Constant node, sliced and re-concatenated as exporters do with LSTM gates)) @ Wo, where Wo is
+    an initializer of the main graph used from inside both branches (outer scope)."""
+    rng = np.random.default_rng(0)
+    wt, wc, wo = (rng.standard_normal(s).astype(np.float32) for s in ((8, 6), (6, 8), (6, 3)))
+    ints = lambda name, v: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(  # noqa: E731
+        np.array(v, np.int64), name))
+    f = TensorProto.FLOAT
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "Wt"], ["t1"]),
+                              helper.make_node("MatMul", ["t1", "Wo"], ["t_out"])], "then", [],
+                             [helper.make_tensor_value_info("t_out", f, [2, 3])], [numpy_helper.from_array(wt, "Wt")])
+    other = helper.make_graph([
+        helper.make_node("Constant", [], ["Wc"], value=numpy_helper.from_array(wc, "Wc")),
+        ints("s0", [0]), ints("s3", [3]), ints("s6", [6]), ints("ax", [0]),
+        helper.make_node("Slice", ["Wc", "s0", "s3", "ax"], ["lo"]),
+        helper.make_node("Slice", ["Wc", "s3", "s6", "ax"], ["hi"]),
+        helper.make_node("Concat", ["hi", "lo"], ["cat"], axis=0),
+        helper.make_node("Transpose", ["cat"], ["wct"]),
+        helper.make_node("MatMul", ["x", "wct"], ["e1"]),
+        helper.make_node("MatMul", ["e1", "Wo"], ["e_out"])], "else", [],
+        [helper.make_tensor_value_info("e_out", f, [2, 3])])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                                            helper.make_tensor_value_info("x", f, [2, 8])],
+                              [helper.make_tensor_value_info("y", f, [2, 3])], [numpy_helper.from_array(wo, "Wo")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"Wt": wt, "Wc": wc, "Wo": wo}
+
+
+def test_onnx_weights_inside_if_subgraphs_and_constants_compress_and_go_back(tmp_path):
+    """Issue 16: silero_vad.onnx keeps every weight in Constant nodes inside If branches, and
+    silero_vad_op18_ifless uses main-graph initializers from inside the branches: both were refused
+    or left whole. Subgraph initializers, float Constants and outer-scope uses are all found."""
+    ort = pytest.importorskip("onnxruntime")
+    src = tmp_path / "sub.onnx"
+    weights = subgraph_onnx(src)
+    back, meta = read_tensors(src)
+    assert set(back) == {"Wt", "Wc", "Wo"}  # the int64 Slice bounds are graph plumbing, not tensors
+    assert all(back[k].tobytes() == v.tobytes() for k, v in weights.items())
+    assert set(json.loads(meta["pydnnz.onnx_weights"])) == {"Wt", "Wc", "Wo"}
+
+    assert main(["compress", str(src), "-o", str(tmp_path / "l.dnnz")]) == 0  # defaults: lossless
+    assert main(["convert", str(tmp_path / "l.dnnz"), str(tmp_path / "l.onnx"), "--template", str(src)]) == 0
+    assert (tmp_path / "l.onnx").read_bytes() == onnx.load(str(src)).SerializeToString()  # bit-exact
+
+    assert main(["compress", str(src), "-o", str(tmp_path / "q.dnnz"), "--quantize", "uq", "--k", "4",
+                 "--keep", "Wo"]) == 0
+    assert main(["convert", str(tmp_path / "q.dnnz"), str(tmp_path / "q.onnx"), "--template", str(src)]) == 0
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert numpy_helper.to_array(q.graph.initializer[0]).tobytes() == weights["Wo"].tobytes()  # kept whole
+    qt, _ = read_tensors(tmp_path / "q.onnx")
+    assert np.unique(qt["Wt"]).size <= 4 and np.unique(qt["Wc"]).size <= 4
+    assert not np.array_equal(qt["Wt"], weights["Wt"]) and not np.array_equal(qt["Wc"], weights["Wc"])
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    gates = lambda w: np.concatenate([w[3:], w[:3]]).T  # noqa: E731 - the else branch's Slice/Concat/Transpose
+    for cond, w, wq in ((True, weights["Wt"], qt["Wt"]), (False, gates(weights["Wc"]), gates(qt["Wc"]))):
+        feeds = {"c": np.array(cond), "x": x}
+        y = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        yq = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        assert np.allclose(y, x @ w @ weights["Wo"], atol=1e-4)
+        assert np.allclose(yq, x @ wq @ weights["Wo"], atol=1e-4)  # the branch runs the decoded weights
+
+
+def test_onnx_same_name_in_two_branches_gets_a_path_key(tmp_path):
+    """Two If branches may each hold an initializer called "w": keys stay unique (path-qualified)
+    and the round trip writes each back to its own branch."""
+    def branch(tag, value):
+        w = numpy_helper.from_array(np.full((2, 2), value, np.float32), "w")
+        return helper.make_graph([helper.make_node("MatMul", ["x", "w"], [f"o{tag}"])], tag, [],
+                                 [helper.make_tensor_value_info(f"o{tag}", TensorProto.FLOAT, [1, 2])], [w])
+    node = helper.make_node("If", ["c"], ["y"], name="if0", then_branch=branch("a", 1.0), else_branch=branch("b", 2.0))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                                            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    path = tmp_path / "dup.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    assert main(["compress", str(path), "-o", str(tmp_path / "s.dnnz")]) == 1
-    assert not (tmp_path / "s.dnnz").exists()
+    t, meta = read_tensors(path)
+    assert set(t) == {"if0.then_branch/w", "if0.else_branch/w"} == set(json.loads(meta["pydnnz.onnx_weights"]))
+    t["if0.else_branch/w"] = np.full((2, 2), 3.0, np.float32)
+    pydnnz.convert.write_tensors(t, tmp_path / "out.onnx", template=path)
+    back, _ = read_tensors(tmp_path / "out.onnx")
+    assert back["if0.then_branch/w"][0, 0] == 1.0 and back["if0.else_branch/w"][0, 0] == 3.0
 
 
 @pytest.mark.parametrize("name, message", [("bad.onnx", "not a readable ONNX model"),
