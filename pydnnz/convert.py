@@ -4,7 +4,7 @@
 |----------------------|------------------------------------------|---------------|
 | `.dnnz`              | pydnnz container (compressed or raw)     | yes           |
 | `.safetensors`       | safetensors                              | yes           |
-| `.pt`, `.pth`, `.bin`| PyTorch state dict, read with `weights_only=True` (never plain pickle) | no |
+| `.pt`, `.pth`, `.bin`, `.ckpt` | PyTorch state dict or checkpoint, read with `weights_only=True` (never plain pickle) | no |
 | `.npz`               | NumPy archive, read with `allow_pickle=False` | no       |
 | `.onnx`              | ONNX model: its initializers (write: `template=` the original model) | no |
 | `.h5`, `.hdf5`       | Keras HDF5 weights (`.h5`, `.weights.h5`), read only | no |
@@ -40,6 +40,7 @@ FORMATS = {
     ".pt": "torch",
     ".pth": "torch",
     ".bin": "torch",
+    ".ckpt": "torch",   # Lightning checkpoints: read like .pt, weights_only=True (see UNTRUSTED_PICKLE)
     ".npz": "npz",
     ".onnx": "onnx",    # initializers of an ONNX model (pydnnz.convert_foreign); writing needs a template
     ".h5": "keras",     # Keras HDF5 weights (.h5, .weights.h5), read only
@@ -50,6 +51,17 @@ FORMATS = {
 #: Metadata key read_tensors sets when a PyTorch checkpoint held entries that are not tensors
 #: (a JSON list of their dotted names, at most 1000); they are not converted.
 SKIPPED_KEY = "pydnnz.skipped_entries"
+
+
+#: What a PyTorch file that only full pickle can load gets told. pydnnz never runs pickle code
+#: (weights_only=False executes whatever the file names): a checkpoint that stores objects of other
+#: libraries (omegaconf configs, Lightning callbacks, ...) is refused, and the user who trusts it
+#: extracts the state dict once, in a throwaway process, as torch itself advises.
+UNTRUSTED_PICKLE = ("{path}: the checkpoint holds Python objects that only full pickle can load ({what}); "
+                    "pydnnz reads PyTorch files with weights_only=True and never runs pickle code. If you trust "
+                    "the file, extract its tensors once in a separate process: python -c \"import torch; sd = "
+                    "torch.load('{path}', weights_only=False); torch.save(sd.get('state_dict', sd), 'state_dict.pt')\""
+                    " and compress state_dict.pt")
 
 
 class FileFormatError(InvalidArgumentError):
@@ -189,6 +201,14 @@ def read_tensors(path, decode=True):
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, ...)
+        import pickle
+        import re
+
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+            # a valid pickle that names globals weights_only does not allow: unsupported, not corrupt
+            needs = re.search(r"GLOBAL (\S+)", str(exc))
+            what = f"first: {needs.group(1)}" if needs else "see torch.load's weights_only"
+            raise UnsupportedError(UNTRUSTED_PICKLE.format(path=path, what=what)) from exc
         raise CorruptDataError(f"{path}: not a PyTorch state dict loadable with weights_only=True "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     skipped = []
@@ -259,4 +279,4 @@ def convert(src, dst, force=False, template=None) -> dict:
 
 
 __all__ = ["read_tensors", "write_tensors", "convert", "format_of", "FORMATS", "FileFormatError", "DnnzError",
-           "SKIPPED_KEY"]
+           "SKIPPED_KEY", "UNTRUSTED_PICKLE"]

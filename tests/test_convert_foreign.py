@@ -212,3 +212,38 @@ def test_garbage_foreign_files_are_one_line_exit_1(tmp_path, capsys, name, messa
     assert not out.exists()
     with pytest.raises(pydnnz.errors.DnnzError, match=message):
         read_tensors(src)
+
+
+class _RunsCode:
+    """A pickle payload that would run a shell command when unpickled with full pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_ckpt_that_needs_full_pickle_is_refused_without_running_it(tmp_path, capsys):
+    """Issue 16 (pesto-pitch's mir-1k_g7.ckpt needs weights_only=False): a Lightning-style .ckpt is
+    read like .pt with weights_only=True; one holding objects only full pickle can build is refused
+    with exit 1 and one line that says how to extract the state dict, and its code never runs."""
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "ran"
+    sd = {"net.weight": torch.randn(8, 4), "net.bias": torch.randn(8)}
+    torch.save({"state_dict": sd, "hyper_parameters": _RunsCode(marker)}, tmp_path / "bad.ckpt")
+    out = tmp_path / "o.dnnz"
+    assert main(["compress", str(tmp_path / "bad.ckpt"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights_only=True" in err[0] and "state_dict.pt" in err[0] and "system" in err[0]
+    assert not marker.exists() and not out.exists()
+    with pytest.raises(pydnnz.errors.UnsupportedError, match="never runs pickle code"):
+        read_tensors(tmp_path / "bad.ckpt")
+
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "good.ckpt")  # plain data: reads like .pt
+    assert main(["compress", str(tmp_path / "good.ckpt"), "-o", str(out)]) == 0
+    back, meta = read_tensors(out)
+    assert np.array_equal(back["state_dict.net.weight"], sd["net.weight"].numpy())
+    assert json.loads(meta[pydnnz.convert.SKIPPED_KEY]) == ["epoch"]
