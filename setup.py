@@ -38,10 +38,12 @@ setup(
         # (e.g. `pip install torch==2.13.0` for the CPU wheel).
         "torch": ["torch>=2.0"],
         "test": ["pytest>=7", "hypothesis>=6.80", "scipy>=1.10", "bitarray>=2.8", "jsonschema>=4", "matplotlib>=3.6",
-                 "onnx>=1.14", "onnxruntime>=1.16", "h5py>=3.8"],
+                 "onnx>=1.14", "onnxruntime>=1.16", "h5py>=3.8", "tflite>=2.10"],
         # Reading/writing ONNX models and Keras .h5 weights (pydnnz.convert_foreign).
         "onnx": ["onnx>=1.14"],
         "keras": ["h5py>=3.8"],
+        # Reading TensorFlow Lite models (pydnnz.convert_tflite): the schema's generated accessors.
+        "tflite": ["tflite>=2.10", "flatbuffers>=2.0"],
         "bench": ["scipy>=1.10", "matplotlib>=3.6"],
         # `dnnz compress --ray [ADDRESS]`: per-tensor tasks on a Ray cluster (pydnnz.shards)
         "ray": ["ray>=2.9"],

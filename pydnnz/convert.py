@@ -8,6 +8,7 @@
 | `.npz`               | NumPy archive, read with `allow_pickle=False` | no       |
 | `.onnx`              | ONNX model: its initializers (write: `template=` the original model) | no |
 | `.h5`, `.hdf5`       | Keras HDF5 weights (`.h5`, `.weights.h5`), read only | no |
+| `.tflite`            | TensorFlow Lite model: its constant tensors, read only (pydnnz.convert_tflite) | no |
 
 Uncompressed tensors convert bit for bit, with their dtype and shape (0-d included): bool, every
 integer type, float16, bfloat16 (as ``ml_dtypes.bfloat16`` arrays), float32, float64. Compressed
@@ -45,6 +46,7 @@ FORMATS = {
     ".onnx": "onnx",    # initializers of an ONNX model (pydnnz.convert_foreign); writing needs a template
     ".h5": "keras",     # Keras HDF5 weights (.h5, .weights.h5), read only
     ".hdf5": "keras",
+    ".tflite": "tflite",  # constant tensors of a TensorFlow Lite model, read only
 }
 
 
@@ -183,6 +185,10 @@ def read_tensors(path, decode=True):
                 return {k: f.get_tensor(k) for k in f.keys()}, meta
         except (SafetensorError, ValueError, TypeError) as exc:
             raise CorruptDataError(f"{path}: not a valid safetensors file ({exc})") from exc
+    if kind == "tflite":
+        from .convert_tflite import read_tflite
+
+        return read_tflite(path)
     if kind in ("onnx", "keras"):
         from . import convert_foreign
 
@@ -224,8 +230,9 @@ def write_tensors(tensors: dict, path, metadata: dict | None = None, template=No
     ONNX: `template` is the original model, whose graph is kept (see pydnnz.convert_foreign)."""
     path = Path(path)
     kind = format_of(path)
-    if kind == "keras":
-        raise UnsupportedError(f"{path}: pydnnz reads Keras .h5 weights but does not write them "
+    if kind in ("keras", "tflite"):
+        what = "Keras .h5 weights" if kind == "keras" else "TensorFlow Lite models"
+        raise UnsupportedError(f"{path}: pydnnz reads {what} but does not write them "
                                "(write .npz, .safetensors or .dnnz)")
     if template is not None and kind != "onnx":
         raise InvalidArgumentError(f"{path}: a template is only used when writing ONNX")

@@ -14,6 +14,8 @@ from ..errors import DnnzError, InvalidArgumentError
 from ._common import EXIT_OK, UsageError, _check_input, _check_output, _note_skipped, check_lossy_options
 
 
+#: Metadata keys by which the ONNX and TFLite readers name the tensors that feed weight inputs.
+FOREIGN_WEIGHTS = ("pydnnz.onnx_weights", "pydnnz.tflite_weights")
 EMBEDDING_OR_NORM = ("*embed*", "*norm*", "*bn*", "*.ln*", "*layernorm*")
 
 
@@ -206,8 +208,8 @@ def cmd_compress(args) -> int:
         bad = [k for k in chosen if k not in candidates]
         if bad:
             raise UsageError(f"--layers selects {bad[0]!r}, which is not a non-empty float tensor with 2+ dimensions")
-    elif "pydnnz.onnx_weights" in metadata:  # ONNX: the initializers feeding Conv/Gemm/MatMul
-        weights = set(json.loads(metadata.pop("pydnnz.onnx_weights")))
+    elif any(k in metadata for k in FOREIGN_WEIGHTS):  # ONNX/TFLite: the tensors feeding Conv/Gemm/MatMul...
+        weights = set(json.loads(metadata.pop(next(k for k in FOREIGN_WEIGHTS if k in metadata))))
         chosen = [k for k in tensors if k in weights and k in candidates]
         candidates = {k: v for k, v in candidates.items() if k in weights}
     elif args.auto:  # the embedding tables count in the file too
@@ -215,7 +217,8 @@ def cmd_compress(args) -> int:
                   if not any(fnmatch.fnmatch(k.lower(), pat) for pat in EMBEDDING_OR_NORM[1:])]
     else:
         chosen = [k for k, v in tensors.items() if default_layer_selection(k, v)]
-    metadata.pop("pydnnz.onnx_weights", None)
+    for k in FOREIGN_WEIGHTS:
+        metadata.pop(k, None)
     layers = {}  # tensor -> (rule, layer type) for every tensor a rule claims
     if rules is not None:
         claimed = [0] * len(rules)

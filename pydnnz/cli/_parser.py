@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                '   {"method": "cws", "prune": 90, "k": 32}]\n'
                "layer types for tensor files: 2-D -> Linear ('embed' in the name -> Embedding), 3-D -> Conv1d, "
                "4-D+ -> Conv2d")
-    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin), .npz, .onnx "
-                   "or Keras .h5/.weights.h5; or a sharded checkpoint (its folder or *.index.json), read tensor "
+    c.add_argument("input", metavar="IN", help=".safetensors, PyTorch state dict (.pt/.pth/.bin/.ckpt, read "
+                   "weights_only), .npz, .onnx, Keras .h5/.weights.h5 or TensorFlow Lite .tflite; or a sharded checkpoint (its folder or *.index.json), read tensor "
                    "by tensor")
     c.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the .dnnz file to write, or a folder for sharded output (+ model.dnnz.index.json)")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     cv = sub.add_parser("convert", help="convert between .dnnz, .safetensors, .pt/.pth, .npz, .onnx "
-                                         "(and from Keras .h5)")
+                                         "(and from Keras .h5 and TensorFlow Lite .tflite)")
     cv.add_argument("input", metavar="IN")
     cv.add_argument("output", metavar="OUT")
     cv.add_argument("--template", metavar="MODEL.onnx",
