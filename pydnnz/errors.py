@@ -60,6 +60,11 @@ class UnsupportedVersionError(UnsupportedError):
     """A .dnnz file written in a format major version that this reader does not know."""
 
 
+class KNotSmallerWarning(UserWarning):
+    """A quantizer was asked for k levels for a tensor (or a unified group) of at most k weights:
+    every value keeps its own level, so the result is the input and nothing is gained."""
+
+
 __all__ = [
     "DnnzError",
     "InvalidArgumentError",
@@ -72,4 +77,5 @@ __all__ = [
     "DnnzMemoryError",
     "CorruptFileError",
     "UnsupportedVersionError",
+    "KNotSmallerWarning",
 ]

@@ -117,3 +117,33 @@ def test_rules_are_refused_on_the_streaming_path_not_ignored(tmp_path, ckpt, cap
     src, _ = ckpt
     assert compress(src, tmp_path / "o.dnnz", "--workers", "2", "--keep", "head*") == 2
     assert "single-file compress only" in capsys.readouterr().err
+
+
+def test_k_not_smaller_than_the_weight_count_warns_on_the_numpy_and_cli_paths(tmp_path, ckpt, capsys):
+    """Issue 16: k larger than a layer's weight count silently stored it as it was (psi 1.0). The torch
+    path warned; compress_weights, quantize and dnnz compress now say so too, naming the tensor."""
+    import warnings
+
+    from pydnnz.compress import compress_weights, cws, quantize
+    from pydnnz.errors import KNotSmallerWarning
+
+    w = {"small.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+         "big.weight": np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)}
+    with pytest.warns(KNotSmallerWarning, match=r"'small.weight': k=8 is not smaller than its 6 weights") as rec:
+        out = compress_weights(w, "cws", k=8, unified=False)
+    assert len(rec) == 1  # big.weight (64 weights) is fine, and quantize's own warning is not repeated
+    assert np.array_equal(np.asarray(out["small.weight"]), w["small.weight"])  # came back exact
+    with pytest.warns(KNotSmallerWarning, match="k=6 is not smaller than the 6 weights"):
+        cws(w["small.weight"], 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KNotSmallerWarning)
+        quantize(w["big.weight"], "uq", 16)  # k < weight count: silent
+        compress_weights(w, "cws", k=8, unified=True)  # one shared codebook over 70 weights: useful
+
+    src, _ = ckpt
+    assert compress(src, tmp_path / "o.dnnz", "--quantize", "cws", "--k", "100", "--layers", "conv.weight") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {src}: 'conv.weight': k=100 is not smaller than its 96 weights, so cws keeps every "
+                   "value and nothing is gained; lower k or leave it out"]
+    assert compress(src, tmp_path / "p.dnnz", "--quantize", "cws", "--k", "64", "--layers", "conv.weight") == 0
+    assert "warning" not in capsys.readouterr().err

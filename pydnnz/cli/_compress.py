@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .._format import human_size as _human, table as _table
-from ..errors import DnnzError, InvalidArgumentError
+from ..errors import DnnzError, InvalidArgumentError, KNotSmallerWarning
 from ._common import EXIT_OK, UsageError, _check_input, _check_output, _note_skipped, check_lossy_options
 
 
@@ -238,7 +240,14 @@ def cmd_compress(args) -> int:
     keep = set()
     for g in args.keep or []:
         keep.update(k for k in tensors if fnmatch.fnmatchcase(k, g) or fnmatch.fnmatchcase(_layer_name(k), g))
-    lossy = _lossy_by_rule(rules, layers, tensors) if rules is not None else {}
+    with warnings.catch_warnings(record=True) as caught:  # k >= a tensor's weight count: one line each
+        warnings.simplefilter("always", KNotSmallerWarning)
+        lossy = _lossy_by_rule(rules, layers, tensors) if rules is not None else {}
+    for w in caught:
+        if issubclass(w.category, KNotSmallerWarning):
+            print(f"warning: {src}: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     auto = None
     if args.auto:  # data-free: weight-space error only, a heuristic (see pydnnz.compress.allocate)
         if rules is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 import zlib
 
 import numpy as np
@@ -10,7 +11,7 @@ from ._core import as_weights, check_k, check_p, make_rng
 from .lowrank import slr
 from .pruning import prune as _prune, prune_global
 from .quantize import EXTRA_METHODS, METHODS, quantize
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, KNotSmallerWarning
 
 __all__ = ["compress_weights", "infer_layer_type"]
 
@@ -68,6 +69,9 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
       ``rank=``/``sr=``/``rr=`` for SLR, ``include_zeros=True`` for the code's Pr-X variant).
     - ``seed``: each group gets its own generator from (seed, crc32 of the group name), so the
       result does not depend on dict order.
+
+    A tensor (or, with ``unified``, a group) of at most k weights gains nothing from a quantizer:
+    it comes back exact, and a ``pydnnz.errors.KNotSmallerWarning`` says so.
 
     Returns a dict with the same keys: QuantizedTensor (quantizers; with ``unified`` the members
     of a type draw their values from one codebook of at most k entries, each keeping the subset
@@ -146,10 +150,18 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
         seq = [[n] for n in names] if not unified else [names]
         for members in seq:
             gname = ltype if unified else members[0]
+            count = sum(arrays[n].size for n in members)
+            if kk is not None and kk >= count:
+                what = f"{members[0]!r}" if len(members) == 1 else f"the unified {gname!r} group ({len(members)} tensors)"
+                warnings.warn(KNotSmallerWarning(
+                    f"{what}: k={kk} is not smaller than its {count} weights, so {method} keeps every value "
+                    "and nothing is gained; lower k or leave it out"), stacklevel=2)
             rng = make_rng([int(seed), zlib.crc32(gname.encode())])
-            qs = quantize([arrays[n] for n in members], method, kk,
-                          masks=None if masks is None else [masks[n] for n in members],
-                          seed=rng, **method_kwargs)
+            with warnings.catch_warnings():  # warned above, with the names
+                warnings.simplefilter("ignore", KNotSmallerWarning)
+                qs = quantize([arrays[n] for n in members], method, kk,
+                              masks=None if masks is None else [masks[n] for n in members],
+                              seed=rng, **method_kwargs)
             for n, q in zip(members, qs):
                 q.params["group"] = gname
                 q.params["prune"] = p

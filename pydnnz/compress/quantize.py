@@ -12,6 +12,8 @@ codebook merging into :class:`~pydnnz.compress.QuantizedTensor`). The fitters li
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ._core import SortedData, as_weights, check_k, check_p, make_rng
@@ -20,7 +22,7 @@ from ._sharing import _fit_cws, _fit_pws
 from ._tensors import QuantizedTensor, index_dtype
 from ._uq import PAPER_DELTAS, _fit_uq  # noqa: F401  (PAPER_DELTAS: kept importable from here)
 from .pruning import prune as _prune
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, KNotSmallerWarning
 
 __all__ = ["cws", "pws", "uq", "ecsq", "ecsq_tune_lambda", "pr_cws", "pr_pws", "pr_uq", "pr_ecsq",
            "quantize", "METHODS"]
@@ -88,6 +90,10 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
         raise InvalidArgumentError(f"unknown quantizer {method!r} (expected one of {METHODS + EXTRA_METHODS})")
     if not ((method == "uq" and opts.get("delta") is not None or method == "rdq") and k is None):
         k = check_k(k)
+    count = sum(a.size for a in arrays)
+    if k is not None and k >= count:
+        warnings.warn(KNotSmallerWarning(f"quantize: k={k} is not smaller than the {count} weights, so {method} "
+                                         "keeps every value and nothing is gained"), stacklevel=2)
     rng = make_rng(seed)
     if masks is not None:
         masks = [masks] if single else list(masks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import warnings
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..compress._tensors import in_source_dtype
-from ..errors import DnnzError, InvalidArgumentError
+from ..errors import DnnzError, InvalidArgumentError, KNotSmallerWarning
 from ._layers import COMPRESSED_FOR as _MORE_LAYERS, MULTI, TYPE_NAMES as _MORE_NAMES, unsupported_reason, weight_params
 from ._modules import COMPRESSED_FOR as _BASE_LAYERS, _CompressedBase
 from ._recipe import KIND, parse_recipe, recipe_json
@@ -93,9 +94,11 @@ def _lossy(rule, members):
         kwargs["lam"] = rule.lam
     if rule.granularity != "tensor":
         kwargs["granularity"] = rule.granularity
-    out = compress_weights(weights, method, k=rule.k, prune=rule.prune, unified=rule.unified,
-                           layer_types=kinds, types=tuple(sorted(set(kinds.values()))),
-                           seed=rule.seed, **kwargs)
+    with warnings.catch_warnings():  # compress_model reports k >= weight count per layer itself
+        warnings.simplefilter("ignore", KNotSmallerWarning)
+        out = compress_weights(weights, method, k=rule.k, prune=rule.prune, unified=rule.unified,
+                               layer_types=kinds, types=tuple(sorted(set(kinds.values()))),
+                               seed=rule.seed, **kwargs)
     return {key: out[key] for key in weights}
 
 
