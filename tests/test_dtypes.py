@@ -99,6 +99,9 @@ def test_encoded_layer_decodes_to_its_source_dtype(dt, enc):
     f = load(save({"w": e}))
     assert f.format_version == (1, 1) and f["w"].source_dtype == dt and same(f["w"].decode(), w)
     np.testing.assert_array_equal(f["w"].matmul(np.ones(13, np.float32)), w.astype(np.float32).sum(1))
+    # codebooks and values stay <f4 on disk (spec/encodings.md, "Common rules"): a 1.1 reader reads them
+    assert all(s["dtype"] in ("float32", "uint8", "uint16", "uint32", "uint64")
+               for s in f.info("w")["sections"]), f.info("w")["sections"]
 
 
 def test_float32_files_stay_format_1_0():
