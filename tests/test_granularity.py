@@ -156,3 +156,30 @@ def test_doctests():
 
     res = doctest.testmod(scaled, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
+
+
+@pytest.mark.parametrize("groups, in_ch, out_ch", [(4, 4, 8), (2, 6, 4)])  # depthwise (mult 2), grouped
+@pytest.mark.parametrize("granularity", ["channel", 2])
+def test_grouped_and_depthwise_convs_with_row_scales_run_from_the_compressed_form(groups, in_ch, out_ch,
+                                                                                  granularity, monkeypatch):
+    """Issue 16: a per-channel (ScaledMatrix) weight of a grouped or depthwise conv used to fall back to
+    decoding each group's rows; it now runs the inner encoding's grouped/depthwise kernel, then the scales."""
+    torch = pytest.importorskip("torch")
+    import pydnnz.torch as pt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(in_ch, out_ch, 3, padding=1, groups=groups))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-3, 1, out_ch).view(-1, 1, 1, 1))  # rows of very different ranges
+    small = pt.compress_model(model, {"method": "uq", "k": 16, "granularity": granularity})
+    assert isinstance(small[0].encoded, ScaledMatrix)
+    x = torch.randn(2, in_ch, 7, 9)
+    with torch.no_grad():
+        ref = torch.nn.functional.conv2d(x, small[0].weight, small[0].bias, padding=1, groups=groups)
+
+        def no_decode(*a, **k):
+            raise AssertionError("decoded rows in forward")
+        monkeypatch.setattr(ScaledMatrix, "decode_rows", no_decode)
+        monkeypatch.setattr(ScaledMatrix, "decode", no_decode)
+        out = small(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))

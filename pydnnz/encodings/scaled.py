@@ -48,7 +48,8 @@ class ScaledMatrix:
 
     Same interface as an EncodedMatrix (contract 3): ``encoding`` (the inner encoding's name),
     ``shape``, ``matrix_shape``, ``params`` and ``sections`` (the inner ones plus the scale's),
-    ``nbytes``, ``decode()``, ``matmul(x)``. ``inner`` is the encoded normalised matrix,
+    ``nbytes``, ``decode()``, ``matmul(x)``, and the conv products ``matmul_grouped`` and
+    ``conv_depthwise`` (the inner kernel, then the scales). ``inner`` is the encoded normalised matrix,
     ``row_scale`` the scales and ``scale_rows`` the rows per scale (1: per output channel).
 
     >>> import numpy as np, pydnnz
@@ -113,6 +114,20 @@ class ScaledMatrix:
         """``x @ W.T`` = ``(x @ Wn.T) * s_row``: the inner encoding's kernel, then one multiply per output."""
         y = self.inner.matmul(x)
         y *= self._s
+        return y
+
+    def matmul_grouped(self, cols, groups):
+        """Grouped product (EncodedMatrix.matmul_grouped) of the inner encoding, each output row
+        then times its scale: grouped and depthwise convs run from the compressed form."""
+        y = self.inner.matmul_grouped(cols, groups)  # (groups, n, rows // groups); checks the shapes
+        y *= self._s.reshape(int(groups), 1, -1)
+        return y
+
+    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1)):
+        """Depthwise convolution (EncodedMatrix.conv_depthwise) of the inner encoding, each output
+        channel then times its scale."""
+        y = self.inner.conv_depthwise(x, kernel_size, stride, dilation)  # (batch, rows, oh, ow)
+        y *= self._s[None, :, None, None]
         return y
 
     def __repr__(self):

@@ -333,7 +333,7 @@ class _CompressedConvNd(_CompressedBase):
                 elif hasattr(em, "matmul_grouped"):  # one C call for every group: (G, n*pos, in) -> (G, n*pos, out)
                     y = torch.from_numpy(em.matmul_grouped(
                         _as_f32_numpy(cols.reshape(G, n * n_pos, per_in)), G)).view(G, n, n_pos, per_out)
-                else:  # a wrapper without grouped products (per-channel scaled): each group's rows, decoded
+                else:  # a wrapper without grouped products: each group's rows, decoded
                     y = torch.stack([cols[g].reshape(n * n_pos, per_in) @ torch.from_numpy(
                         em.decode_rows(np.arange(g * per_out, (g + 1) * per_out)).reshape(per_out, per_in)).T
                         for g in range(G)]).view(G, n, n_pos, per_out)
