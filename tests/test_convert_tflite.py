@@ -40,9 +40,8 @@ def build_tflite(tensors, ops, codes=(CONV_2D, DEQUANTIZE, FULLY_CONNECTED)):
     for name, ttype, shape, data, quant in tensors:
         n, s = b.CreateString(name), vec(m.TensorStartShapeVector, list(shape), "Int32")
         q = sp = None
-        if quant == "sparse":
-            m.SparsityParametersStart(b)
-            sp = m.SparsityParametersEnd(b)
+        if isinstance(quant, dict):  # sparsity: {"order": [...], "block_map": [...], "levels": [...]}
+            sp = _sparsity(b, quant, vec)
         elif quant is not None:
             sc = vec(m.QuantizationParametersStartScaleVector, [quant[0]], "Float32")
             zp = vec(m.QuantizationParametersStartZeroPointVector, [quant[1]], "Int64")
@@ -94,6 +93,51 @@ def build_tflite(tensors, ops, codes=(CONV_2D, DEQUANTIZE, FULLY_CONNECTED)):
     return bytes(b.Output())
 
 
+def _sparsity(b, sp, vec):
+    """levels: ("dense", size) or ("csr", segments, indices) (int32 vectors)."""
+    m = tflite
+    dims = []
+    for level in sp["levels"]:
+        if level[0] == "csr":
+            vs = []
+            for values in level[1:]:
+                v = vec(m.Int32VectorStartValuesVector, list(values), "Int32")
+                m.Int32VectorStart(b)
+                m.Int32VectorAddValues(b, v)
+                vs.append(m.Int32VectorEnd(b))
+        m.DimensionMetadataStart(b)
+        if level[0] == "dense":
+            m.DimensionMetadataAddFormat(b, 0)
+            m.DimensionMetadataAddDenseSize(b, level[1])
+        else:
+            m.DimensionMetadataAddFormat(b, 1)
+            m.DimensionMetadataAddArraySegmentsType(b, 1)
+            m.DimensionMetadataAddArraySegments(b, vs[0])
+            m.DimensionMetadataAddArrayIndicesType(b, 1)
+            m.DimensionMetadataAddArrayIndices(b, vs[1])
+        dims.append(m.DimensionMetadataEnd(b))
+    order = vec(m.SparsityParametersStartTraversalOrderVector, sp["order"], "Int32")
+    bmap = vec(m.SparsityParametersStartBlockMapVector, sp["block_map"], "Int32") if sp["block_map"] else None
+    dv = vec(m.SparsityParametersStartDimMetadataVector, dims, "UOffsetTRelative")
+    m.SparsityParametersStart(b)
+    m.SparsityParametersAddTraversalOrder(b, order)
+    if bmap is not None:
+        m.SparsityParametersAddBlockMap(b, bmap)
+    m.SparsityParametersAddDimMetadata(b, dv)
+    return m.SparsityParametersEnd(b)
+
+
+#: The schema's block-sparse example: a 4x4 matrix in 2x2 blocks, block (1, 0) all zero.
+SPARSE_DENSE = np.array([[1, 0, 2, 3], [0, 4, 0, 0], [0, 0, 5, 0], [0, 0, 0, 6]], np.float32)
+SPARSE_BLOCKS = {"order": [0, 1, 2, 3], "block_map": [0, 1],
+                 "levels": [("dense", 2), ("csr", [0, 2, 3], [0, 1, 1]), ("dense", 2), ("dense", 2)]}
+SPARSE_VALUES = np.array([1, 0, 0, 4, 2, 3, 0, 0, 5, 0, 0, 6], np.float32)
+#: The same matrix in plain CSR (rows dense, columns compressed): values in row order.
+SPARSE_CSR = {"order": [0, 1], "block_map": [],
+              "levels": [("dense", 4), ("csr", [0, 3, 4, 5, 6], [0, 2, 3, 1, 2, 3])]}
+SPARSE_CSR_VALUES = np.array([1, 2, 3, 4, 5, 6], np.float32)
+
+
 @pytest.fixture
 def small_model(tmp_path):
     rng = np.random.default_rng(0)
@@ -141,18 +185,20 @@ def test_dnnz_compress_tflite_defaults_and_lossy(small_model, tmp_path):
     assert main(["convert", str(tmp_path / "q.dnnz"), str(tmp_path / "back.tflite")]) == 1  # read only
 
 
-def test_tflite_sparse_tensors_are_left_out_and_said(tmp_path, capsys):
-    """A tensor with TFLite sparsity parameters is not densified: it is left out and named."""
-    w = np.arange(8, dtype=np.float32)
+@pytest.mark.parametrize("sparsity, values", [(SPARSE_BLOCKS, SPARSE_VALUES), (SPARSE_CSR, SPARSE_CSR_VALUES)])
+def test_tflite_sparse_tensors_are_densified(tmp_path, sparsity, values):
+    """MediaPipe's *_sparse models store kernels in TFLite's sparse format (traversal order, block
+    map, DENSE/CSR levels): they come back dense, bit for bit, and are compressed like the rest."""
     path = tmp_path / "s.tflite"
-    path.write_bytes(build_tflite([("dense", 0, (2, 4), w.tobytes(), None),
-                                   ("blocky", 0, (2, 2), w[:4].tobytes(), "sparse")], []))
+    path.write_bytes(build_tflite([("w", 0, (4, 4), values.tobytes(), sparsity), ("x", 0, (1, 4), None, None),
+                                   ("y", 0, (1, 4), None, None)], [(2, [1, 0], [2])]))
     got, meta = read_tensors(path)
-    assert list(got) == ["dense"] and json.loads(meta[pydnnz.convert.SKIPPED_KEY]) == ["blocky (sparse)"]
-    assert main(["compress", str(path), "-o", str(tmp_path / "s.dnnz")]) == 0
-    assert "blocky (sparse)" in capsys.readouterr().err
-    path.write_bytes(build_tflite([("blocky", 0, (2, 2), w[:4].tobytes(), "sparse")], []))
-    with pytest.raises(pydnnz.errors.CorruptDataError, match="1 sparse ones left out"):
+    assert np.array_equal(got["w"], SPARSE_DENSE) and got["w"].dtype == np.float32
+    assert json.loads(meta["pydnnz.tflite_weights"]) == ["w"]
+    bad = dict(sparsity, levels=[sparsity["levels"][0], ("csr", [0, 2, 9], [0, 1, 1])] + sparsity["levels"][2:]) \
+        if sparsity is SPARSE_BLOCKS else dict(sparsity, levels=[("dense", 4), ("csr", [0, 3, 4, 5, 6], [0, 2, 7, 1, 2, 3])])
+    path.write_bytes(build_tflite([("w", 0, (4, 4), values.tobytes(), bad)], []))
+    with pytest.raises(pydnnz.errors.CorruptDataError, match="sparse tensor 'w'"):
         read_tensors(path)
 
 
