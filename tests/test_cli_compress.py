@@ -147,3 +147,23 @@ def test_k_not_smaller_than_the_weight_count_warns_on_the_numpy_and_cli_paths(tm
                    "value and nothing is gained; lower k or leave it out"]
     assert compress(src, tmp_path / "p.dnnz", "--quantize", "cws", "--k", "64", "--layers", "conv.weight") == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_long_commands_show_a_progress_bar_on_a_terminal(tmp_path, ckpt, capsys, monkeypatch):
+    """Issue 16: only `demo` showed progress. compress, convert, bench and info --entropy draw a tqdm bar
+    on stderr when it is a terminal (and compress --progress forces one); a pipe stays quiet."""
+    import sys
+
+    src, _ = ckpt
+    out = tmp_path / "m.dnnz"
+    assert compress(src, out, "--quantize", "uq", "--k", "16") == 0
+    assert "encoding" not in capsys.readouterr().err  # not a terminal: no bar
+    assert compress(src, tmp_path / "p.dnnz", "--quantize", "uq", "--k", "16", "--progress") == 0
+    assert "encoding" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    for argv, desc in ((["convert", str(out), str(tmp_path / "back.npz")], "reading"),
+                       (["bench", str(out), "--batch", "1"], "bench"),
+                       (["info", str(out), "--entropy"], "info"),
+                       (["compress", str(src), "-o", str(tmp_path / "t.dnnz")], "encoding")):
+        assert main(argv) == 0, argv
+        assert desc in capsys.readouterr().err, argv

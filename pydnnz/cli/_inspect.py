@@ -44,10 +44,12 @@ def tensor_report(name, info, tensor=None) -> dict:
 
 
 def _file_reports(path: Path, entropy: bool):
+    from .._progress import progress_bar
     from ..container import safe_open
 
-    with safe_open(path) as f:
-        reports = [tensor_report(k, f.info(k), f.get(k) if entropy else None) for k in f.keys()]
+    with safe_open(path) as f:  # --entropy decodes every tensor: long work, a progress bar on a terminal
+        reports = [tensor_report(k, f.info(k), f.get(k) if entropy else None)
+                   for k in progress_bar(list(f.keys()), desc="info", unit="tensor", disable=None if entropy else True)]
         metadata = dict(f.metadata() or {})
     total = sum(r["bytes"] for r in reports)
     dense = sum(r["decoded_bytes"] for r in reports)
