@@ -247,3 +247,47 @@ def test_ckpt_that_needs_full_pickle_is_refused_without_running_it(tmp_path, cap
     back, meta = read_tensors(out)
     assert np.array_equal(back["state_dict.net.weight"], sd["net.weight"].numpy())
     assert json.loads(meta[pydnnz.convert.SKIPPED_KEY]) == ["epoch"]
+
+
+def test_onnx_round_trips_every_dtype_and_shape_bit_exact(tmp_path):
+    """Issue 16, 'Done when': conversion round trips are bit-exact for every dtype and shape, 0-d
+    included, ONNX too: initializers of every dtype ONNX and pydnnz share go to .dnnz/.npz/
+    .safetensors/.pt and back into the template, byte for byte; changed values land exactly."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(0)
+    dtypes = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16",
+              "float32", "float64", ml_dtypes.bfloat16]
+    shapes = [(), (0,), (3,), (2, 3), (2, 1, 3)]
+    init = {}
+    for i, dt in enumerate(dtypes):
+        dt = np.dtype(dt)
+        shape = shapes[i % len(shapes)]
+        bits = rng.integers(0, 256, int(np.prod(shape)) * dt.itemsize, dtype=np.uint8)
+        a = bits.view(np.uint16).view(dt) if dt.name == "bfloat16" else \
+            (bits % 2).astype(bool) if dt == bool else bits.view(dt)
+        if dt.kind == "f":  # finite values (ONNX keeps NaN payloads, but compare values, not NaN bits)
+            a = np.where(np.isfinite(a.astype(np.float64)), a, np.zeros((), dt)).astype(dt)
+        init[f"t_{dt.name}"] = a.reshape(shape)
+    init["w"] = rng.standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v, k) for k, v in init.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    src = tmp_path / "all.onnx"
+    onnx.save(model, str(src))
+    back, _ = read_tensors(src)
+    for k, v in init.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes(), k
+    original = onnx.load(str(src)).SerializeToString()
+    for ext in ("dnnz", "npz", "safetensors", "pt"):
+        convert(src, tmp_path / f"all.{ext}")
+        convert(tmp_path / f"all.{ext}", tmp_path / f"from_{ext}.onnx", template=src)
+        assert (tmp_path / f"from_{ext}.onnx").read_bytes() == original, ext
+    changed = dict(back)
+    changed["t_float16"] = (back["t_float16"].astype(np.float32) + 1).astype(np.float16)
+    changed["t_bfloat16"] = np.zeros_like(back["t_bfloat16"])
+    pydnnz.convert.write_tensors(changed, tmp_path / "changed.onnx", template=src)
+    again, _ = read_tensors(tmp_path / "changed.onnx")
+    for k, v in changed.items():
+        assert again[k].dtype == v.dtype and again[k].shape == v.shape and again[k].tobytes() == v.tobytes(), k
