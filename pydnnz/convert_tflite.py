@@ -12,13 +12,14 @@ use) are densified, to at most ``MAX_EXPANSION`` times the file size.
 
 The weights worth compressing (``pydnnz.tflite_weights`` in the metadata) are the float tensors
 that reach the kernel input of a CONV_2D, CONV_3D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV,
-FULLY_CONNECTED or BATCH_MATMUL operator (or MediaPipe's custom Convolution2DTransposeBias), directly or through DEQUANTIZE/RESHAPE/TRANSPOSE (fp16
-kernels are dequantized at run time). pydnnz does not write ``.tflite``: convert the ``.dnnz`` to
-``.npz`` or ``.safetensors``, and rebuild the model with the TensorFlow tooling.
+FULLY_CONNECTED or BATCH_MATMUL operator (or MediaPipe's custom Convolution2DTransposeBias),
+directly or through DEQUANTIZE/RESHAPE/TRANSPOSE/DENSIFY (fp16 kernels are dequantized, sparse
+ones densified at run time). pydnnz does not write ``.tflite``: convert the ``.dnnz`` to ``.npz``
+or ``.safetensors``, and rebuild the model with the TensorFlow tooling.
 
-The reader is bounded by the file: every vector it walks must fit in the file, the entries it
-visits are at most a quarter of the file's bytes, and the tensors it returns at most the file's
-size; anything else is a CorruptDataError naming the file.
+The reader is bounded by the file: every vector it walks must fit in the file (together, the
+vectors it visits hold at most the file's bytes), and the tensors it returns hold at most
+``MAX_EXPANSION`` times the file's size; anything else is a CorruptDataError naming the file.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ DTYPES = {0: "<f4", 1: "<f2", 2: "<i4", 3: "u1", 4: "<i8", 6: "?", 7: "<i2", 9: 
 WEIGHT_INPUTS = {3: (1,), 132: (1,), 4: (1,), 67: (1,), 9: (1,), 126: (0, 1)}
 #: Custom operators (BuiltinOperator CUSTOM, 32) whose kernel input is known: MediaPipe's transposed conv.
 CUSTOM_WEIGHT_INPUTS = {"Convolution2DTransposeBias": (1,)}
-#: DEQUANTIZE, RESHAPE, TRANSPOSE: a kernel may pass through them (their first input is the data).
-PASS_THROUGH = (6, 22, 39)
+#: DEQUANTIZE, RESHAPE, TRANSPOSE, DENSIFY: a kernel may pass through them (their first input is the data).
+PASS_THROUGH = (6, 22, 39, 124)
 IDENTIFIER = b"TFL3"
 
 

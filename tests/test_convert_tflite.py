@@ -190,8 +190,10 @@ def test_tflite_sparse_tensors_are_densified(tmp_path, sparsity, values):
     """MediaPipe's *_sparse models store kernels in TFLite's sparse format (traversal order, block
     map, DENSE/CSR levels): they come back dense, bit for bit, and are compressed like the rest."""
     path = tmp_path / "s.tflite"
+    DENSIFY = 124  # the kernel reaches FULLY_CONNECTED through DENSIFY, as in MediaPipe's sparse models
     path.write_bytes(build_tflite([("w", 0, (4, 4), values.tobytes(), sparsity), ("x", 0, (1, 4), None, None),
-                                   ("y", 0, (1, 4), None, None)], [(2, [1, 0], [2])]))
+                                   ("y", 0, (1, 4), None, None), ("w_dense", 0, (4, 4), None, None)],
+                                  [(1, [0], [3]), (2, [1, 3], [2])], codes=(CONV_2D, DENSIFY, FULLY_CONNECTED)))
     got, meta = read_tensors(path)
     assert np.array_equal(got["w"], SPARSE_DENSE) and got["w"].dtype == np.float32
     assert json.loads(meta["pydnnz.tflite_weights"]) == ["w"]
