@@ -22,6 +22,7 @@ from .errors import (
     DnnzError,
     DnnzMemoryError,
     InvalidArgumentError,
+    KNotSmallerWarning,
     ShapeError,
     TruncatedError,
     UnsupportedError,
@@ -59,4 +60,5 @@ __all__ = [
     "UnsupportedError",
     "UnsupportedVersionError",
     "DnnzMemoryError",
+    "KNotSmallerWarning",
 ]

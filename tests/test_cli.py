@@ -82,7 +82,9 @@ def test_convert_refuses_to_overwrite_and_unknown_types(tmp_path, weights):
     one_line_error(run("convert", src, dst, check_rc=2), "out.safetensors", "--force")
     assert dst.read_bytes() == b"precious"
     run("convert", src, dst, "--force", check_rc=0)
-    one_line_error(run("convert", src, tmp_path / "out.tflite", check_rc=2), "out.tflite", "unsupported file type")
+    one_line_error(run("convert", src, tmp_path / "out.caffemodel", check_rc=2), "out.caffemodel",
+                   "unsupported file type")
+    one_line_error(run("convert", src, tmp_path / "out.tflite", check_rc=1), "out.tflite", "does not write them")
     one_line_error(run("convert", src, tmp_path / "out.onnx", check_rc=2), "out.onnx", "--template")
 
 

@@ -12,12 +12,10 @@ class UsageError(Exception):
 
 
 def _note_skipped(src, names) -> None:
-    """One stderr line when a checkpoint held entries that are not tensors, or tensors pydnnz does not
-    read (TFLite's sparse ones, marked "(sparse)"): they are not converted."""
+    """One stderr line when a checkpoint held entries that are not tensors (not converted)."""
     if names:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        print(f"note: {src}: {len(names)} entries that are not tensors (or not readable ones) were left out "
-              f"({shown})", file=sys.stderr)
+        print(f"note: {src}: {len(names)} entries that are not tensors were left out ({shown})", file=sys.stderr)
 
 
 def _check_output(path: Path, force: bool) -> None:
