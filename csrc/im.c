@@ -100,26 +100,6 @@ int dnnz_enc_im_validate(const struct dnnz_im *m, struct dnnz_enc_err *err)
     return DNNZ_OK;
 }
 
-int dnnz_enc_im_decode(const struct dnnz_im *m, float *dst)
-{
-    if (!m || (!dst && m->rows * m->cols != 0))
-        return DNNZ_E_ARGUMENT;
-    int64_t stride = dnnz_enc_im_row_bytes(m->cols, m->bits);
-    const uint8_t *end = m->indices + m->indices_len;
-    uint32_t buf[256];
-    for (int64_t r = 0; r < m->rows; r++) {
-        const uint8_t *row = m->indices + r * stride;
-        for (int64_t j0 = 0; j0 < m->cols; j0 += 256) {
-            int64_t nn = m->cols - j0 < 256 ? m->cols - j0 : 256;
-            unpack_row(row, end, m->bits, j0, nn, buf);
-            float *d = dst + r * m->cols + j0;
-            for (int64_t j = 0; j < nn; j++)
-                d[j] = m->codebook[buf[j]];
-        }
-    }
-    return DNNZ_OK;
-}
-
 static const float *decode_im_tile_ref(const struct dnnz_tiles *c, int64_t r, int nr, int64_t k0, int64_t kc,
                                        int64_t kcp, float *wbuf, int64_t *cursor, int64_t *stride)
 {
@@ -471,6 +451,45 @@ static DNNZ_T_AVX512 void im_gemv_avx512(const struct dnnz_tiles *c, int64_t tas
 #undef IM_LOOKUP
 }
 #endif
+
+/* decode: the matmul's tile decoders (SIMD unpack + codebook lookup), RT rows x KC columns at a
+ * time through an L1 buffer into dst; the scalar path (or DNNZ_NO_SIMD) is decode_im_tile_ref. */
+int dnnz_enc_im_decode(const struct dnnz_im *m, float *dst)
+{
+    if (!m || (!dst && m->rows * m->cols != 0))
+        return DNNZ_E_ARGUMENT;
+    if (m->rows * m->cols == 0)
+        return DNNZ_OK;
+    struct dnnz_tiles c;
+    memset(&c, 0, sizeof c);
+    c.path = dnnz_cpu_get_path();
+    if (c.path < 0)
+        return DNNZ_E_UNSUPPORTED;
+    c.m = m;
+    c.rows = m->rows;
+    c.cols = m->cols;
+    c.row_bytes = dnnz_enc_im_row_bytes(m->cols, m->bits);
+    for (int64_t i = 0; i < m->k && i < 64; i++)
+        c.cbpad[i] = m->codebook[i];
+    dnnz_tile_fn tile = decode_im_tile_ref;
+#if DNNZ_X86
+    if (c.path == DNNZ_CPU_AVX512)
+        tile = decode_im_tile_avx512;
+    else if (c.path == DNNZ_CPU_AVX2)
+        tile = decode_im_tile_avx2;
+#endif
+    float wbuf[RT * KC] __attribute__((aligned(64)));
+    for (int64_t r = 0; r < m->rows; r += RT) {
+        int nr = m->rows - r < RT ? (int)(m->rows - r) : RT;
+        for (int64_t k0 = 0; k0 < m->cols; k0 += KC) {
+            int64_t kc = m->cols - k0 < KC ? m->cols - k0 : KC, kcp = (kc + 15) & ~(int64_t)15, st = kcp;
+            const float *t = tile(&c, r, nr, k0, kc, kcp, wbuf, NULL, &st);
+            for (int i = 0; i < nr; i++)
+                memcpy(dst + (r + i) * m->cols + k0, t + i * st, (size_t)kc * sizeof *dst);
+        }
+    }
+    return DNNZ_OK;
+}
 
 int dnnz_enc_im_matmul(const struct dnnz_im *m, const float *x, int64_t batch, float *y)
 {

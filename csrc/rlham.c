@@ -52,17 +52,28 @@
 #define FAST_EXTRA(f) ((unsigned)((f) >> 53) & 31u)
 #define FAST_EOR ((uint64_t)1 << 62)
 
-/* Multi-pair entry, indexed by the same prefix: the pairs of as many whole codes as fit in it
- * (at most 3; only codes without extra bits, runs and value indices below 256, no end of row):
- * byte j < 3 the run of pair j, byte 3 + j its value index, byte 6 the count (0: take the
- * fast path), byte 7 the bits they take. */
+/* Step entry, indexed by the same prefix: everything one step of rl_chunk4 needs, so that the
+ * common step is one load and no data-dependent branch. The pairs of as many whole codes as fit
+ * in the prefix (at most 3; runs and value indices below 256; no end of row; only a lone code may
+ * have extra bits): bits 0..23 the runs of pairs 0..2 (a byte each; the run of a code with extra
+ * bits is its class's smallest run), 24..47 their value indices, 48..49 the count (0: take the
+ * fast path), 50..54 the extra bits after the codes (count 1 only), 55..59 the code bits. With
+ * bit 63 set (count 0) the prefix starts only codes longer than the table: bits 0..31 are the
+ * offset of its second-level table in `sub`, bits 32..36 that table's index bits (the bits after
+ * the prefix); second-level entries have the same layout, one pair each (or count 0). */
 #define MULTI_MAX 3
+#define STEP_CNT(e) ((unsigned)((e) >> 48) & 3u)
+#define STEP_EXTRA(e) ((unsigned)((e) >> 50) & 31u)
+#define STEP_BITS(e) ((unsigned)((e) >> 55) & 31u)
+#define STEP_SUB ((uint64_t)1 << 63)
+#define SUB_MAX_BITS 8 /* second-level index bits: codes up to DNNZ_HUF_TABLE_BITS + 8 bits */
 
 struct rl_code {
     dnnz_huf_dtable t;
     uint64_t *map;      /* symbol -> MAP_* entry */
     uint64_t *fast;     /* prefix -> FAST_* entry (1 << DNNZ_HUF_TABLE_BITS entries) */
-    uint64_t *multi;    /* prefix -> multi-pair entry, or NULL (k > 256) */
+    uint64_t *multi;    /* prefix -> step entry, or NULL (k > 256) */
+    uint64_t *sub;      /* second-level step entries (NULL: none) */
     int refill2;        /* a code and its extra bits may need more than one refill's 56 bits */
 };
 
@@ -72,6 +83,8 @@ static void rl_code_free(struct rl_code *c)
     free(c->map);
     free(c->fast);
     free(c->multi);
+    free(c->sub);
+    c->sub = NULL;
     c->map = NULL;
     c->fast = NULL;
     c->multi = NULL;
@@ -88,6 +101,67 @@ static uint32_t rl_class_base(int64_t d, int64_t c)
 static unsigned rl_class_extra(int64_t d, int64_t c)
 {
     return c < d ? 0u : (unsigned)(c - d);
+}
+
+/* Second-level step tables for the prefixes that only start codes longer than the table (a
+ * large alphabet: rlham's joint symbols at high sparsity have codes of 12-20 bits): one load more
+ * instead of the exact decoder. Codes longer than DNNZ_HUF_TABLE_BITS + SUB_MAX_BITS, and pairs
+ * the entry cannot hold, keep count 0 (the exact path). Memory: at most 2^SUB_MAX_BITS entries
+ * per prefix, and only prefixes some code starts with. */
+static int rl_sub_init(struct rl_code *c, const struct dnnz_rlham *m)
+{
+    const unsigned tb = DNNZ_HUF_TABLE_BITS;
+    const size_t np = (size_t)1 << tb, n = (size_t)(m->run_classes * m->k + 1);
+    if (c->t.max_len <= tb)
+        return DNNZ_OK;
+    dnnz_huf_ctable ct;
+    DNNZ_CHECK(dnnz_huf_ctable_init(&ct, m->lengths, n));
+    uint8_t *sb = calloc(np, 1); /* per prefix: longest code it starts, minus tb, capped */
+    if (!sb) {
+        dnnz_huf_ctable_free(&ct);
+        return DNNZ_E_ALLOC;
+    }
+    for (size_t s = 0; s < n; s++) {
+        unsigned l = (unsigned)(ct.entry[s] & 0xff);
+        if (l > tb) {
+            size_t pre = (size_t)((ct.entry[s] >> 8) >> (l - tb));
+            unsigned x = l - tb < SUB_MAX_BITS ? l - tb : SUB_MAX_BITS;
+            sb[pre] = sb[pre] > x ? sb[pre] : (uint8_t)x;
+        }
+    }
+    size_t total = 0;
+    for (size_t p = 0; p < np; p++)
+        if (sb[p] && c->multi[p] == 0) {
+            c->multi[p] = STEP_SUB | (uint64_t)sb[p] << 32 | (uint64_t)total;
+            total += (size_t)1 << sb[p];
+        }
+    int st = DNNZ_OK;
+    if (total) {
+        c->sub = calloc(total, sizeof *c->sub);
+        if (!c->sub)
+            st = DNNZ_E_ALLOC;
+    }
+    for (size_t s = 0; s < n && c->sub; s++) {
+        unsigned l = (unsigned)(ct.entry[s] & 0xff);
+        uint64_t code = ct.entry[s] >> 8, me = c->map[s];
+        if (l <= tb || (me & MAP_EOR) || MAP_BASE(me) > 255 || MAP_V(me) > 255)
+            continue;
+        uint64_t h = c->multi[code >> (l - tb)];
+        unsigned b = (unsigned)(h >> 32) & 31u;
+        if (!(h & STEP_SUB) || l - tb > b)
+            continue; /* longer than the second level: the exact path */
+        uint64_t e = (uint64_t)MAP_BASE(me) | (uint64_t)MAP_V(me) << 24 | (uint64_t)1 << 48 |
+                     (uint64_t)MAP_EXTRA(me) << 50 | (uint64_t)l << 55;
+        uint64_t lo = (code & (((uint64_t)1 << (l - tb)) - 1)) << (b - (l - tb));
+        uint64_t *t = c->sub + (uint32_t)h;
+        for (uint64_t j = 0; j < ((uint64_t)1 << (b - (l - tb))); j++)
+            t[lo + j] = e;
+    }
+    free(sb);
+    dnnz_huf_ctable_free(&ct);
+    if (st != DNNZ_OK)
+        rl_code_free(c);
+    return st;
 }
 
 /* Params already checked (k <= 2^20, 1 <= D <= C <= D + 31, C * k + 1 <= DNNZ_HUF_MAX_SYMBOLS). */
@@ -133,19 +207,21 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
     const unsigned tb = DNNZ_HUF_TABLE_BITS, tmask = (1u << tb) - 1;
     for (uint32_t p = 0; p <= tmask; p++) {
         uint64_t e = 0;
-        unsigned used = 0, cnt = 0;
-        while (cnt < MULTI_MAX) {
+        unsigned used = 0, cnt = 0, nb = 0;
+        while (cnt < MULTI_MAX && nb == 0) {
             uint64_t f = c->fast[(p << used) & tmask];
             unsigned len = FAST_LEN(f);
-            if (len == 0 || used + len > tb || (f & FAST_EOR) || FAST_EXTRA(f) || MAP_BASE(f) > 255 || MAP_V(f) > 255)
+            if (len == 0 || used + len > tb || (f & FAST_EOR) || MAP_BASE(f) > 255 || MAP_V(f) > 255 ||
+                (FAST_EXTRA(f) && cnt))
                 break;
             e |= (uint64_t)MAP_BASE(f) << (8 * cnt) | (uint64_t)MAP_V(f) << (8 * (3 + cnt));
+            nb = FAST_EXTRA(f);
             used += len;
             cnt++;
         }
-        c->multi[p] = cnt ? e | (uint64_t)cnt << 48 | (uint64_t)used << 56 : 0;
+        c->multi[p] = cnt ? e | (uint64_t)cnt << 48 | (uint64_t)nb << 50 | (uint64_t)used << 55 : 0;
     }
-    return DNNZ_OK;
+    return rl_sub_init(c, m);
 }
 
 /* A row being walked. */
@@ -244,17 +320,21 @@ static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, c
     uint64_t c0 = s[0].pos, c1 = s[1].pos, c2 = s[2].pos, c3 = s[3].pos;
     int g0 = s[0].state == 0, g1 = s[1].state == 0, g2 = s[2].state == 0, g3 = s[3].state == 0;
     int n0 = 0, n1 = 0, n2 = 0, n3 = 0;
-    const uint64_t *const multi = c->multi;
+    const uint64_t *const multi = c->multi, *const sub = c->sub;
 #define RL_STEP(I)                                                                                 \
     if (g##I) {                                                                                    \
         if (DNNZ_LIKELY(can && p##I <= plim)) {                                                    \
             uint64_t a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                     \
             if (multi) {                                                                           \
                 uint64_t e_ = multi[a_ >> (64 - DNNZ_HUF_TABLE_BITS)];                             \
-                unsigned k_ = (unsigned)(e_ >> 48) & 0xff;                                         \
-                uint64_t q0_ = c##I + (e_ & 0xff), q1_ = q0_ + 1 + ((e_ >> 8) & 0xff);             \
-                uint64_t q2_ = q1_ + 1 + ((e_ >> 16) & 0xff);                                      \
-                uint64_t ql_ = k_ == 3 ? q2_ : k_ == 2 ? q1_ : q0_;                                \
+                if (DNNZ_UNLIKELY(e_ & STEP_SUB))                                                  \
+                    e_ = sub[(uint32_t)e_ + ((a_ << DNNZ_HUF_TABLE_BITS) >> (64 - ((e_ >> 32) & 31)))]; \
+                unsigned k_ = STEP_CNT(e_), cb_ = STEP_BITS(e_), nb_ = STEP_EXTRA(e_);             \
+                uint64_t q0_ = c##I + (e_ & 0xff) + (((a_ << cb_) >> 1) >> (63 - nb_));            \
+                uint64_t d1_ = 1 + ((e_ >> 8) & 0xff), d2_ = 1 + ((e_ >> 16) & 0xff);              \
+                uint64_t q1_ = q0_ + d1_, q2_ = q1_ + d2_;                                         \
+                /* the last pair's column without a branch on the count (it is data) */            \
+                uint64_t ql_ = q0_ + (d1_ & (0 - (uint64_t)(k_ >= 2))) + (d2_ & (0 - (uint64_t)(k_ >= 3))); \
                 if (DNNZ_LIKELY(k_ != 0 && ql_ < cols)) {                                          \
                     uint32_t *co_ = col + I * RS + n##I;                                           \
                     float *wo_ = w + I * RS + n##I;                                                \
@@ -263,7 +343,7 @@ static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, c
                     wo_[2] = cb[(e_ >> 40) & 0xff];                                                \
                     n##I += (int)k_;                                                               \
                     c##I = ql_ + 1;                                                                \
-                    p##I += e_ >> 56;                                                              \
+                    p##I += cb_ + nb_;                                                             \
                     goto done##I;                                                                  \
                 }                                                                                  \
             }                                                                                      \

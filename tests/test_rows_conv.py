@@ -151,6 +151,7 @@ CONV2D = [
     dict(in_channels=12, out_channels=12, kernel_size=1, groups=4),
     dict(in_channels=8, out_channels=8, kernel_size=5, groups=8, padding="same", dilation=2,
          padding_mode="reflect"),
+    dict(in_channels=4, out_channels=6, kernel_size=(2, 4), padding="same"),  # zeros, asymmetric
 ]
 CONV1D = [
     dict(in_channels=6, out_channels=6, kernel_size=4, groups=6, padding=2),
@@ -166,9 +167,25 @@ def _same_weights(dense, seed):
             dense.bias.normal_()
 
 
+@pytest.fixture(params=["c", "decoded", "decoded-blocks"])
+def conv_path(request, monkeypatch):
+    """Which forward a compressed conv takes: the C kernels (im2col + grouped product, or
+    depthwise), or torch on the weight decoded a block at a time (one block, or blocks of one
+    group / a few output channels)."""
+    from pydnnz.torch import _modules
+
+    if request.param == "c":
+        monkeypatch.setattr(_modules, "_DECODED_CONV_MIN_WINDOWS", 1 << 62)
+    else:
+        monkeypatch.setattr(_modules, "_DECODED_CONV_MIN_WINDOWS", 1)
+        if request.param == "decoded-blocks":
+            monkeypatch.setattr(_modules, "_DECODED_CONV_BLOCK", 20)
+    return request.param
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("i", range(len(CONV2D)))
-def test_conv2d_groups_match_torch(encoding, i):
+def test_conv2d_groups_match_torch(encoding, i, conv_path):
     torch.manual_seed(i)
     dense = nn.Conv2d(**CONV2D[i])
     _same_weights(dense, i)
@@ -186,7 +203,7 @@ def test_conv2d_groups_match_torch(encoding, i):
 
 @pytest.mark.parametrize("encoding", ["im", "ham", "csc", "rlham"])
 @pytest.mark.parametrize("i", range(len(CONV1D)))
-def test_conv1d_groups_match_torch(encoding, i):
+def test_conv1d_groups_match_torch(encoding, i, conv_path):
     torch.manual_seed(i)
     dense = nn.Conv1d(**CONV1D[i])
     _same_weights(dense, 10 + i)

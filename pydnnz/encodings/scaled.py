@@ -107,8 +107,8 @@ class ScaledMatrix:
     def decode_rows(self, ids):
         """Rows `ids` of the matrix view (needs the inner encoding's decode_rows)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        rows = np.asarray(self.inner.decode_rows(ids), dtype=np.float32)
-        return rows * self._s[ids][:, None]
+        rows = np.asarray(self.inner.decode_rows(ids), dtype=np.float32).reshape(ids.size, -1)
+        return (rows * self._s[ids][:, None]).reshape((ids.size,) + tuple(self.shape[1:]))
 
     def matmul(self, x):
         """``x @ W.T`` = ``(x @ Wn.T) * s_row``: the inner encoding's kernel, then one multiply per output."""
