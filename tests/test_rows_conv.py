@@ -172,14 +172,14 @@ def conv_path(request, monkeypatch):
     """Which forward a compressed conv takes: the C kernels (im2col + grouped product, or
     depthwise), or torch on the weight decoded a block at a time (one block, or blocks of one
     group / a few output channels)."""
-    from pydnnz.torch import _modules
+    from pydnnz.torch import _decoded
 
     if request.param == "c":
-        monkeypatch.setattr(_modules, "_DECODED_CONV_MIN_WINDOWS", 1 << 62)
+        monkeypatch.setattr(_decoded, "MIN_WINDOWS", 1 << 62)
     else:
-        monkeypatch.setattr(_modules, "_DECODED_CONV_MIN_WINDOWS", 1)
+        monkeypatch.setattr(_decoded, "MIN_WINDOWS", 1)
         if request.param == "decoded-blocks":
-            monkeypatch.setattr(_modules, "_DECODED_CONV_BLOCK", 20)
+            monkeypatch.setattr(_decoded, "BLOCK", 20)
     return request.param
 
 

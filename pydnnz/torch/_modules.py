@@ -20,8 +20,8 @@ never built in forward.
   the weight at a time, wider ones run the encoding's own kernel. Depthwise convs (one input
   channel per group) skip im2col: csrc/conv.c convolves straight from the padded input.
   A convolution whose weight meets many input windows (batch x output positions >=
-  _DECODED_CONV_MIN_WINDOWS) instead decodes its weight exactly (decode_rows, in C) a block of
-  output channels (whole groups) of at most _DECODED_CONV_BLOCK floats at a time and lets torch
+  _decoded.MIN_WINDOWS) instead decodes its weight exactly (decode_rows, in C) a block of
+  output channels (whole groups) of at most _decoded.BLOCK floats at a time and lets torch
   convolve with it: the decode costs about as much as a few windows, and torch's convolution
   beats im2col + a small-matrix product by 2-6x on such layers (MobileNetV2's 1x1 and depthwise
   convs at 112x112). Temporary memory stays bounded (one block); nothing decoded is kept.
@@ -45,13 +45,9 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 from . import _state
+from ._decoded import decoded_conv, use_decoded_conv
 
 _IM2COL_BYTES = 8 << 20
-# Convolutions whose weight meets at least this many input windows (batch x output positions)
-# decode the weight a block of output channels at a time and convolve with torch (see the module
-# docstring): the decode is paid once per weight, the convolution per window.
-_DECODED_CONV_MIN_WINDOWS = 32
-_DECODED_CONV_BLOCK = 1 << 18  # floats of decoded weight held at once (1 MiB)
 
 
 class _InferenceOnly(torch.autograd.Function):
@@ -315,19 +311,19 @@ class _CompressedConvNd(_CompressedBase):
             em = self.encoded
             # per spatial dim in order (self._pad is in F.pad order, last dim first), when symmetric
             pads = self._pad[::-2] if self._pad[0::2] == self._pad[1::2] else None
-            if pads is not None and self.padding_mode == "zeros" and hasattr(em, "decode_rows"):
+            if pads is not None and self.padding_mode == "zeros":
                 out_size = self._out_size([s + 2 * p for s, p in zip(t.shape[2:], pads)])
-                if all(s > 0 for s in out_size) and t.shape[0] * math.prod(out_size) >= _DECODED_CONV_MIN_WINDOWS:
+                if all(s > 0 for s in out_size) and use_decoded_conv(em, t.shape[0] * math.prod(out_size)):
                     biased.append(True)  # torch pads with zeros and adds the bias itself
-                    return self._decoded_conv(t, pads, self.bias)
+                    return decoded_conv(self, t, pads, self.bias)
             if any(self._pad):
                 mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
                 t = F.pad(t, self._pad, mode=mode)
             out_size = self._out_size(t.shape[2:])
             if any(s <= 0 for s in out_size):
                 raise ShapeError(f"{name}: input {tuple(x.shape)} is smaller than the (dilated) kernel")
-            if t.shape[0] * math.prod(out_size) >= _DECODED_CONV_MIN_WINDOWS and hasattr(em, "decode_rows"):
-                return self._decoded_conv(t, 0, None)
+            if use_decoded_conv(em, t.shape[0] * math.prod(out_size)):
+                return decoded_conv(self, t, 0, None)
             if self.groups > 1 and self.groups == self.in_channels and hasattr(em, "conv_depthwise"):
                 # depthwise: straight from the input
                 x4 = t if nd == 2 else t.unsqueeze(2)
@@ -366,27 +362,6 @@ class _CompressedConvNd(_CompressedBase):
         if biased:
             return out.squeeze(0) if unbatched else out
         return self._conv_output(out, nd, unbatched)
-
-    def _decoded_conv(self, t, padding, bias):
-        """The convolution of t (zero `padding` each side, then `bias`) by torch, the weight
-        decoded (exactly, from its own rows: decode_rows) a block of output channels (whole groups)
-        at a time, at most _DECODED_CONV_BLOCK floats (one group at least): bounded temporary
-        memory whatever the layer size."""
-        conv = (F.conv1d, F.conv2d, F.conv3d)[self._nd - 1]
-        G, em = self.groups, self.encoded
-        per_out, per_in = self.out_channels // G, self.in_channels // G
-        per_row = per_in * math.prod(self.kernel_size)
-        if G == 1:  # blocks of output channels
-            ob = max(1, min(self.out_channels, _DECODED_CONV_BLOCK // max(1, per_row)))
-            blocks = [(o0, min(self.out_channels, o0 + ob), t, 1) for o0 in range(0, self.out_channels, ob)]
-        else:  # blocks of whole groups
-            gb = max(1, min(G, _DECODED_CONV_BLOCK // max(1, per_out * per_row)))
-            blocks = [(g0 * per_out, min(G, g0 + gb) * per_out, t[:, g0 * per_in:min(G, g0 + gb) * per_in],
-                       min(G, g0 + gb) - g0) for g0 in range(0, G, gb)]
-        outs = [conv(x, torch.from_numpy(em.decode_rows(np.arange(o0, o1))),
-                     None if bias is None else bias[o0:o1].float(), self.stride, padding, self.dilation, g)
-                for o0, o1, x, g in blocks]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
 
     def decompress(self):
         m = self._dense(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
