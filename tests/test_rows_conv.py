@@ -235,3 +235,27 @@ def test_conv_depthwise_checks_its_arguments():
         e.conv_depthwise(np.zeros((1, 4, 2, 5), np.float32), (3, 3))  # smaller than the kernel
     with pytest.raises(ShapeError):
         e.conv_depthwise(x.astype(np.float64), (3, 3))
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("block", [1 << 22, 40, 1])
+def test_linear_decoded_path_matches_dense(encoding, block, monkeypatch):
+    """Enough input rows: the weight is decoded (whole, or a few rows at a time) and torch runs
+    the product; the result matches the dense layer and the C kernels' result."""
+    from pydnnz.torch import CompressedLinear, _decoded
+
+    dense = nn.Linear(24, 13)
+    _same_weights(dense, 3)
+    w = dense.weight.detach().numpy()
+    if not encodable(encoding, w):
+        pytest.skip(f"{encoding} cannot hold this weight")
+    comp = CompressedLinear.from_module(dense, pydnnz.encode(w, encoding))
+    x = torch.randn(5, 7, 24)
+    with torch.no_grad():
+        monkeypatch.setattr(_decoded, "MIN_LINEAR_ROWS", 1 << 62)
+        via_c = comp(x)
+        monkeypatch.setattr(_decoded, "MIN_LINEAR_ROWS", 1)
+        monkeypatch.setattr(_decoded, "LINEAR_BLOCK", block)
+        via_torch = comp(x)
+        torch.testing.assert_close(via_torch, dense(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(via_torch, via_c, rtol=1e-4, atol=1e-4)

@@ -5,6 +5,7 @@ decodes the weight exactly (EncodedMatrix.decode_rows, in C) a block of output c
 groups) of at most BLOCK floats at a time and lets torch convolve with it: the decode costs about
 as much as a few windows, and torch's convolution beats im2col + the small-matrix C product by
 2-6x on such layers (MobileNetV2's 1x1 and depthwise convs at 112x112). Nothing decoded is kept.
+Linear layers do the same from MIN_LINEAR_ROWS input rows (decoded_linear).
 """
 import math
 
@@ -13,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 MIN_WINDOWS = 32  # batch x output positions from which a conv runs here
-BLOCK = 1 << 18   # floats of decoded weight held at once (1 MiB)
+MIN_LINEAR_ROWS = 256  # input rows from which a linear layer runs here (below, the C kernels are
+# as fast as torch: they decode each tile once per call and reuse it for the whole batch)
+BLOCK = 1 << 18   # floats of decoded conv weight held at once (1 MiB)
+LINEAR_BLOCK = 1 << 22  # floats of decoded linear weight held at once (16 MiB; with >= 256 input
+# rows the activations are of that order, and splitting a GEMM by output blocks cost 1.5x here)
 
 
 def use_decoded_conv(em, windows):
@@ -41,3 +46,23 @@ def decoded_conv(self, t, padding, bias):  # self: a _CompressedConvNd
                  None if bias is None else bias[o0:o1].float(), self.stride, padding, self.dilation, g)
             for o0, o1, x, g in blocks]
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+def use_decoded_linear(em, rows):
+    """Whether a linear layer of weight `em` over `rows` input rows runs here."""
+    return rows >= MIN_LINEAR_ROWS and hasattr(em, "decode_rows")
+
+
+def decoded_linear(em, x2d, bias):
+    """x2d @ W.T (+ bias) by torch, W decoded exactly a block of at most LINEAR_BLOCK floats (one
+    row at least) at a time."""
+    out, inn = em.matrix_shape
+    ob = max(1, min(out, LINEAR_BLOCK // max(1, inn)))
+    if ob == out:
+        return F.linear(x2d, torch.from_numpy(em.decode_rows(np.arange(out)).reshape(out, inn)), bias)
+    y = torch.empty((x2d.shape[0], out), dtype=torch.float32)
+    for o0 in range(0, out, ob):
+        o1 = min(out, o0 + ob)
+        w = torch.from_numpy(em.decode_rows(np.arange(o0, o1)).reshape(o1 - o0, inn))
+        y[:, o0:o1] = F.linear(x2d, w, None if bias is None else bias[o0:o1])
+    return y

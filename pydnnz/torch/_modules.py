@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 from . import _state
-from ._decoded import decoded_conv, use_decoded_conv
+from ._decoded import decoded_conv, decoded_linear, use_decoded_conv, use_decoded_linear
 
 _IM2COL_BYTES = 8 << 20
 
@@ -152,7 +152,10 @@ class _CompressedBase(nn.Module):
 
     def _run(self, x, op):
         _state.check_not_tracing(type(self).__name__)
-        out = _InferenceOnly.apply(x, op, type(self).__name__)
+        if x.requires_grad and torch.is_grad_enabled():  # a graph is being built: refuse backward clearly
+            out = _InferenceOnly.apply(x, op, type(self).__name__)
+        else:  # no graph (inference_mode, no_grad, or an input without grad): skip the Function's cost
+            out = op(x)
         if x.dtype.is_floating_point and x.dtype != torch.float32:
             out = out.to(x.dtype)
         if x.device.type != "cpu":
@@ -205,11 +208,19 @@ class CompressedLinear(_CompressedBase):
             raise ShapeError(f"CompressedLinear: input has {x.shape[-1]} features, expected {self.in_features}")
         lead = x.shape[:-1]
 
+        biased = []  # set when op already added the bias
+
         def op(t):
-            return _matmul(self.encoded, t.reshape(-1, self.in_features)).reshape(*lead, self.out_features)
+            t2 = t.reshape(-1, self.in_features)
+            if use_decoded_linear(self.encoded, t2.shape[0]):
+                biased.append(True)
+                t2 = t2.float() if t2.dtype != torch.float32 else t2
+                b = None if self.bias is None else self.bias.float()
+                return decoded_linear(self.encoded, t2.cpu(), b).reshape(*lead, self.out_features)
+            return _matmul(self.encoded, t2).reshape(*lead, self.out_features)
 
         out = self._run(x, op)
-        return out + self.bias.to(out.dtype) if self.bias is not None else out
+        return out + self.bias.to(out.dtype) if self.bias is not None and not biased else out
 
     def decompress(self):
         m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
