@@ -209,8 +209,7 @@ class CompressedLinear(_CompressedBase):
         lead = x.shape[:-1]
 
         biased = []  # set when op already added the bias
-
-        def op(t):
+        def op(t):  # noqa: E306
             t2 = t.reshape(-1, self.in_features)
             if use_decoded_linear(self.encoded, t2.shape[0]):
                 biased.append(True)
@@ -315,8 +314,7 @@ class _CompressedConvNd(_CompressedBase):
                              f"got {tuple(x.shape)}")
 
         biased = []  # set when op already added the bias
-
-        def op(t):
+        def op(t):  # noqa: E306
             t = t.float() if t.dtype != torch.float32 else t
             t = t.cpu() if t.device.type != "cpu" else t
             em = self.encoded
@@ -473,9 +471,17 @@ class CompressedEmbedding(_CompressedBase):
         if flat.size and (flat.min() < 0 or flat.max() >= self.num_embeddings):
             raise InvalidArgumentError(f"CompressedEmbedding: ids must be in [0, {self.num_embeddings}), "
                                        f"got values in [{flat.min()}, {flat.max()}]")
-        uniq, inv = np.unique(flat, return_inverse=True)
+        if flat.size and self.num_embeddings <= max(4096, 4 * flat.size):  # a table no bigger than the ids
+            present = np.zeros(self.num_embeddings, np.bool_)  # O(ids + table), no sort
+            present[flat] = True
+            uniq = np.flatnonzero(present)
+            pos = np.empty(self.num_embeddings, np.int64)
+            pos[uniq] = np.arange(uniq.size)
+            inv = pos[flat]
+        else:
+            uniq, inv = np.unique(flat, return_inverse=True)
         rows = torch.from_numpy(self._rows(uniq)) if uniq.size else torch.zeros((0, self.embedding_dim))
-        out = rows[torch.from_numpy(inv.reshape(-1))].reshape(*ids.shape, self.embedding_dim)
+        out = F.embedding(torch.from_numpy(inv.reshape(ids.shape)), rows)
         return out.to(ids.device) if ids.device.type != "cpu" else out
 
     def decompress(self):
