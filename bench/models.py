@@ -335,6 +335,7 @@ def calibrate(shapes=((512, 512), (1024, 1024), (2048, 1024)), sparsities=(0.0, 
     from scipy.optimize import nnls
 
     from pydnnz.encodings import MatrixInput, get_encoding
+    from pydnnz.encodings._speed import im_extra
 
     pydnnz.set_num_threads(1)
     torch.set_num_threads(1)
@@ -356,6 +357,8 @@ def calibrate(shapes=((512, 512), (1024, 1024), (2048, 1024)), sparsities=(0.0, 
                     if not get_encoding(name).applicable(m):
                         continue
                     e = pydnnz.encode(m, name)
+                    if im_extra(name, e.params.get("k"), e.params.get("bits")):
+                        continue  # an im slow path: IM_SLOW_PATHS prices it, not the linear fit
                     t = best_time(lambda: e.matmul(x), min_runs=5, min_time=0.05)
                     rows.setdefault(name, []).append((n, nnz, 8 * e.nbytes, t / td * n))
     fit = {}

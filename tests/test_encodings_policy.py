@@ -34,7 +34,9 @@ CASES = [dict(seed=0), dict(seed=1, skew=True), dict(seed=2, zeros=0.9), dict(se
 
 def ratio(e, w):
     m = MatrixInput(w)
-    return _speed.estimated_ratio(e.encoding, m.rows * m.cols, int(np.count_nonzero(m.nonzero_mask)), e.nbytes)
+    p = e.params
+    return _speed.estimated_ratio(e.encoding, m.rows * m.cols, int(np.count_nonzero(m.nonzero_mask)), e.nbytes,
+                                  p.get("k"), p.get("bits"))
 
 
 def applicable(w):
@@ -65,6 +67,21 @@ def test_auto_is_deterministic_and_never_picks_a_slow_encoding_for_an_unpruned_l
     picks = {pydnnz.encode(w).encoding for _ in range(3)}
     assert len(picks) == 1
     assert _speed.speed_class(ratio(pydnnz.encode(w), w)) == "fast"
+
+
+@pytest.mark.parametrize("k", [256, 300])
+def test_auto_avoids_the_im_slow_paths(k):
+    """More than 64 codebook values (a gathered codebook) or indices wider than 8 bits (scalar
+    unpacking) make `im` several times slower than dense at batch 1 (_speed.IM_SLOW_PATHS): auto
+    must not take it there, while it still takes `im` for the same layer at k = 32."""
+    w = matrix(7, k=k)
+    bits = 8 if k <= 256 else 9
+    assert _speed.im_extra("im", k, bits) >= _speed.IM_SLOW_PATHS["gather"]
+    assert pydnnz.encode(w).encoding not in ("im", "im8")
+    assert _speed.speed_class(ratio(pydnnz.encode(w), w)) == "fast"
+    assert pydnnz.encode(matrix(7, k=32)).encoding == "im"
+    im = pydnnz.encode(w, "im")  # dnnz info's class (from the header) knows the slow path too
+    assert _speed.speed_class(_speed.header_ratio("im", im.shape, im.params, im.nbytes)) != "fast"
 
 
 def test_policy_names_cannot_be_registered():

@@ -47,16 +47,34 @@ COST = {
 }
 _UNKNOWN = (4.0, 60.0, 0.0)  # an encoding registered without a calibration: assume it is slow
 
+#: Extra cost per entry of the `im` family's slow paths, added to COST's `a` (measured with
+#: bench.kernels-style batch-1 runs on an AMD EPYC with AVX-512, 1024x1024 and 4096x1024: k = 256
+#: im/im8 3.8-5.1x torch dense against 0.4-0.7x for k = 32; k = 257, 9-bit indices, 7.6-17.7x):
+#: a codebook of more than 64 values is looked up with a gather instead of registers, and
+#: indices wider than 8 bits are unpacked by scalar code. The linear model above cannot see
+#: either (its bits term grows by one bit), so without these terms "auto" took `im` there.
+IM_SLOW_PATHS = {"gather": 4.0, "wide": 13.0}
+_IM_FAMILY = ("im", "im8", "im4")
+
+
+def im_extra(name, k, bits):
+    """The extra per-entry cost of `im`-family encoding `name` for k codebook values in `bits`-bit
+    indices (0 for every other encoding, or when k is unknown)."""
+    if name not in _IM_FAMILY or k is None:
+        return 0.0
+    return (IM_SLOW_PATHS["gather"] if k > 64 else 0.0) + (IM_SLOW_PATHS["wide"] if (bits or 0) > 8 else 0.0)
+
 #: Speed classes (`dnnz info`): the estimated time relative to dense float32 at batch 1.
 SPEED_CLASSES = (("fast", 1.3), ("medium", 3.0), ("slow", float("inf")))
 
 
-def estimated_ratio(name, n, nnz, nbytes):
-    """Estimated batch-1 dot product time of encoding `name` relative to dense float32."""
+def estimated_ratio(name, n, nnz, nbytes, k=None, bits=None):
+    """Estimated batch-1 dot product time of encoding `name` relative to dense float32 (k, bits:
+    the `im` family's codebook size and index width, see IM_SLOW_PATHS)."""
     if n <= 0:
         return 0.0
     a, b, c = COST.get(name, _UNKNOWN)
-    return (a * n + b * nnz + c * 8 * nbytes) / n
+    return (a * n + b * nnz + c * 8 * nbytes) / n + im_extra(name, k, bits)
 
 
 def speed_class(ratio):
@@ -78,7 +96,10 @@ def header_ratio(name, shape, params, nbytes):
         if name == "rlham":
             k = max(int(params.get("k", 2)) if isinstance(params, dict) else 2, 2)
             nnz = min(n, int(8 * nbytes / (np.log2(k) + 2)))
-    return estimated_ratio(name, n, nnz, nbytes)
+    k = params.get("k") if isinstance(params, dict) else None
+    bits = params.get("bits") if isinstance(params, dict) else None
+    return estimated_ratio(name, n, nnz, nbytes, k if isinstance(k, int) else None,
+                           bits if isinstance(bits, int) else None)
 
 
 def choose(m, policy, classes):
@@ -121,6 +142,11 @@ def choose(m, policy, classes):
     n = m.rows * m.cols
     nnz = int(np.count_nonzero(m.nonzero_mask)) if n else 0
     coef = {cls: COST.get(cls.name, _UNKNOWN) for cls in classes}
+    for cls in classes:
+        if cls.name in _IM_FAMILY:
+            bits = cls._bits_for(m.k) if hasattr(cls, "_bits_for") else None
+            a, b, c = coef[cls]
+            coef[cls] = (a + im_extra(cls.name, m.k, bits), b, c)
     lower = {cls: coef[cls][0] * n + coef[cls][1] * nnz for cls in classes}  # without the bits term
 
     def cost(cls):

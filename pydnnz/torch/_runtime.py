@@ -47,7 +47,8 @@ def reencode(layers, target, budget):
         if target == "fastest":
             new = encode(m, "fastest")
             if new.encoding == em.encoding or \
-                    estimated_ratio(new.encoding, n, nnz, new.nbytes) >= estimated_ratio(em.encoding, n, nnz, em.nbytes):
+                    header_ratio(new.encoding, new.shape, new.params, new.nbytes) >= \
+                    header_ratio(em.encoding, em.shape, em.params, em.nbytes):
                 continue
         else:
             if not get_encoding(target).applicable(m):
