@@ -21,6 +21,19 @@ LINEAR_BLOCK = 1 << 22  # floats of decoded linear weight held at once (16 MiB; 
 # rows the activations are of that order, and splitting a GEMM by output blocks cost 1.5x here)
 
 
+def _block(em, o0, o1):
+    """Rows o0..o1-1 of em, exact float32, shaped (o1 - o0, *shape[1:]): the whole matrix through
+    the encoding's decoder directly (no id checks: the per-layer cost of a small conv counts),
+    else decode_rows."""
+    rows = em.matrix_shape[0]
+    if o0 == 0 and o1 == rows and hasattr(em, "_c_decode"):
+        out = np.empty(em.matrix_shape, np.float32)
+        if out.size:
+            em._c_decode(out)
+        return torch.from_numpy(out.reshape(tuple(em.shape)))
+    return torch.from_numpy(em.decode_rows(np.arange(o0, o1)))
+
+
 def use_decoded_conv(em, windows):
     """Whether a conv of weight `em` over `windows` input windows runs here."""
     return windows >= MIN_WINDOWS and hasattr(em, "decode_rows")
@@ -42,7 +55,7 @@ def decoded_conv(self, t, padding, bias):  # self: a _CompressedConvNd
         gb = max(1, min(G, BLOCK // max(1, per_out * per_row)))
         blocks = [(g0 * per_out, min(G, g0 + gb) * per_out, t[:, g0 * per_in:min(G, g0 + gb) * per_in],
                    min(G, g0 + gb) - g0) for g0 in range(0, G, gb)]
-    outs = [conv(x, torch.from_numpy(em.decode_rows(np.arange(o0, o1))),
+    outs = [conv(x, _block(em, o0, o1),
                  None if bias is None else bias[o0:o1].float(), self.stride, padding, self.dilation, g)
             for o0, o1, x, g in blocks]
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
@@ -59,10 +72,10 @@ def decoded_linear(em, x2d, bias):
     out, inn = em.matrix_shape
     ob = max(1, min(out, LINEAR_BLOCK // max(1, inn)))
     if ob == out:
-        return F.linear(x2d, torch.from_numpy(em.decode_rows(np.arange(out)).reshape(out, inn)), bias)
+        return F.linear(x2d, _block(em, 0, out).reshape(out, inn), bias)
     y = torch.empty((x2d.shape[0], out), dtype=torch.float32)
     for o0 in range(0, out, ob):
         o1 = min(out, o0 + ob)
-        w = torch.from_numpy(em.decode_rows(np.arange(o0, o1)).reshape(o1 - o0, inn))
+        w = _block(em, o0, o1).reshape(o1 - o0, inn)
         y[:, o0:o1] = F.linear(x2d, w, None if bias is None else bias[o0:o1])
     return y
