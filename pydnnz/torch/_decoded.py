@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import runtime
+
 MIN_WINDOWS = 32  # batch x output positions from which a conv runs here
 MIN_LINEAR_ROWS = 256  # input rows from which a linear layer runs here (below, the C kernels are
 # as fast as torch: they decode each tile once per call and reuse it for the whole batch)
@@ -27,6 +29,7 @@ def _block(em, o0, o1):
     else decode_rows."""
     rows = em.matrix_shape[0]
     if o0 == 0 and o1 == rows and hasattr(em, "_c_decode"):
+        runtime.check_decoded_size(em.decoded_nbytes, em._what())  # as decode() and decode_rows()
         out = np.empty(em.matrix_shape, np.float32)
         if out.size:
             em._c_decode(out)
