@@ -69,17 +69,17 @@ def test_auto_is_deterministic_and_never_picks_a_slow_encoding_for_an_unpruned_l
     assert _speed.speed_class(ratio(pydnnz.encode(w), w)) == "fast"
 
 
-@pytest.mark.parametrize("k", [256, 300])
-def test_auto_avoids_the_im_slow_paths(k):
-    """More than 64 codebook values (a gathered codebook) or indices wider than 8 bits (scalar
-    unpacking) make `im` several times slower than dense at batch 1 (_speed.IM_SLOW_PATHS): auto
-    must not take it there, while it still takes `im` for the same layer at k = 32."""
-    w = matrix(7, k=k)
-    bits = 8 if k <= 256 else 9
-    assert _speed.im_extra("im", k, bits) >= _speed.IM_SLOW_PATHS["gather"]
-    assert pydnnz.encode(w).encoding not in ("im", "im8")
+def test_auto_avoids_the_im_wide_index_path():
+    """Indices wider than 8 bits (k > 256) are unpacked by scalar code, which makes `im` many times
+    slower than dense at batch 1 (_speed.IM_SLOW_PATHS): auto must not take it there, while it
+    still takes `im` at k = 32 and k = 256."""
+    w = matrix(7, k=300)
+    assert _speed.im_extra("im", 300, 9) == _speed.IM_SLOW_PATHS["wide"]
+    assert _speed.im_extra("im", 256, 8) == 0.0 and _speed.im_extra("ham", 300, 9) == 0.0
+    assert pydnnz.encode(w).encoding != "im"
     assert _speed.speed_class(ratio(pydnnz.encode(w), w)) == "fast"
     assert pydnnz.encode(matrix(7, k=32)).encoding == "im"
+    assert pydnnz.encode(matrix(7, k=256)).encoding in ("im", "im8")
     im = pydnnz.encode(w, "im")  # dnnz info's class (from the header) knows the slow path too
     assert _speed.speed_class(_speed.header_ratio("im", im.shape, im.params, im.nbytes)) != "fast"
 

@@ -47,13 +47,14 @@ COST = {
 }
 _UNKNOWN = (4.0, 60.0, 0.0)  # an encoding registered without a calibration: assume it is slow
 
-#: Extra cost per entry of the `im` family's slow paths, added to COST's `a` (measured with
-#: bench.kernels-style batch-1 runs on an AMD EPYC with AVX-512, 1024x1024 and 4096x1024: k = 256
-#: im/im8 3.8-5.1x torch dense against 0.4-0.7x for k = 32; k = 257, 9-bit indices, 7.6-17.7x):
-#: a codebook of more than 64 values is looked up with a gather instead of registers, and
-#: indices wider than 8 bits are unpacked by scalar code. The linear model above cannot see
-#: either (its bits term grows by one bit), so without these terms "auto" took `im` there.
-IM_SLOW_PATHS = {"gather": 4.0, "wide": 13.0}
+#: Extra cost per entry of the `im` family's slow path, added to COST's `a`: indices wider than
+#: 8 bits (k > 256) are unpacked by scalar code, measured 7.6-17.7x torch dense at batch 1 (AMD
+#: EPYC, AVX-512, 1024x1024 and 4096x1024, k = 257) against 0.4-0.7x at k = 32. The linear model
+#: above cannot see it (its bits term grows by one bit), so without this term "auto" took `im`
+#: there. (A codebook of 65-256 values is looked up with a gather instead of registers: 3.8-5.1x
+#: dense on that machine, but not priced here: it would make every 8-bit layer dense, 4x larger,
+#: and the gather's cost differs widely between CPUs while the choice must not depend on one.)
+IM_SLOW_PATHS = {"wide": 13.0}
 _IM_FAMILY = ("im", "im8", "im4")
 
 
@@ -62,7 +63,7 @@ def im_extra(name, k, bits):
     indices (0 for every other encoding, or when k is unknown)."""
     if name not in _IM_FAMILY or k is None:
         return 0.0
-    return (IM_SLOW_PATHS["gather"] if k > 64 else 0.0) + (IM_SLOW_PATHS["wide"] if (bits or 0) > 8 else 0.0)
+    return IM_SLOW_PATHS["wide"] if (bits or 0) > 8 else 0.0
 
 #: Speed classes (`dnnz info`): the estimated time relative to dense float32 at batch 1.
 SPEED_CLASSES = (("fast", 1.3), ("medium", 3.0), ("slow", float("inf")))
