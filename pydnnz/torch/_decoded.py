@@ -38,8 +38,9 @@ def _block(em, o0, o1):
 
 
 def use_decoded_conv(em, windows):
-    """Whether a conv of weight `em` over `windows` input windows runs here."""
-    return windows >= MIN_WINDOWS and hasattr(em, "decode_rows")
+    """Whether a conv of weight `em` over `windows` input windows runs here (plain encodings only:
+    a row-scaled weight runs its inner encoding's grouped/depthwise kernel, then the scales)."""
+    return windows >= MIN_WINDOWS and hasattr(em, "_c_decode")
 
 
 def decoded_conv(self, t, padding, bias):  # self: a _CompressedConvNd
@@ -65,8 +66,8 @@ def decoded_conv(self, t, padding, bias):  # self: a _CompressedConvNd
 
 
 def use_decoded_linear(em, rows):
-    """Whether a linear layer of weight `em` over `rows` input rows runs here."""
-    return rows >= MIN_LINEAR_ROWS and hasattr(em, "decode_rows")
+    """Whether a linear layer of weight `em` over `rows` input rows runs here (plain encodings)."""
+    return rows >= MIN_LINEAR_ROWS and hasattr(em, "_c_decode")
 
 
 def decoded_linear(em, x2d, bias):
