@@ -211,30 +211,26 @@ const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_
     (void)r;
     (void)k0;
     *stride = kcp;
-    if (width == 1) {
-        uint64_t pos[4];
-        int64_t any = -1;
-        for (int i = 0; i < nr; i++)
-            if (cursor[i] >= 0)
-                any = cursor[i];
-        for (int i = 0; i < 4; i++) /* ended and missing rows decode a discarded copy */
-            pos[i] = (uint64_t)(i < nr && cursor[i] >= 0 ? cursor[i] : any >= 0 ? any : 0);
-        uint8_t *const o[4] = {ib, ib + bstride, ib + 2 * bstride, ib + 3 * bstride};
-        if (any >= 0)
+    uint64_t pos[4];
+    int64_t any = -1;
+    for (int i = 0; i < nr; i++)
+        if (cursor[i] >= 0)
+            any = cursor[i];
+    for (int i = 0; i < 4; i++) /* ended and missing rows decode a discarded copy */
+        pos[i] = (uint64_t)(i < nr && cursor[i] >= 0 ? cursor[i] : any >= 0 ? any : 0);
+    if (any >= 0) {
+        if (width == 1) {
+            uint8_t *const o[4] = {ib, ib + bstride, ib + 2 * bstride, ib + 3 * bstride};
             dnnz_huf_decode4_u8_at(t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
-        for (int i = 0; i < nr; i++)
-            if (cursor[i] >= 0)
-                cursor[i] = (int64_t)pos[i];
-    } else {
-        for (int i = 0; i < nr; i++) {
-            if (cursor[i] < 0)
-                continue;
-            dnnz_bit_reader rd;
-            dnnz_bit_reader_init(&rd, h->payload, (size_t)h->payload_len, (uint64_t)cursor[i]);
-            dnnz_huf_decode_reader(t, &rd, ib + i * bstride, (size_t)kc);
-            cursor[i] = (int64_t)dnnz_bit_reader_tell(&rd);
+        } else {
+            void *const o[4] = {ib, ib + bstride, ib + 2 * bstride, ib + 3 * bstride};
+            const size_t n[4] = {(size_t)kc, (size_t)kc, (size_t)kc, (size_t)kc};
+            dnnz_huf_decode4_wide_at(t, h->payload, (size_t)h->payload_len, pos, o, n);
         }
     }
+    for (int i = 0; i < nr; i++)
+        if (cursor[i] >= 0)
+            cursor[i] = (int64_t)pos[i];
     for (int i = 0; i < 4; i++) {
         float *dst = wbuf + i * kcp;
         if (i >= nr || cursor[i] < 0) {

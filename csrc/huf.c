@@ -919,6 +919,91 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
     return flags;
 }
 
+/* Four streams of one buffer, 2- or 4-byte outputs (large alphabets): each symbol resolves in
+ * the primary table or, for a code longer than DNNZ_HUF_TABLE_BITS, in its second-level table,
+ * both looked up branch-free (the primary entry wins when it holds a length). The four streams'
+ * dependency chains (load -> lookup -> shift) run interleaved, so the second-level lookup's
+ * latency overlaps with the other streams' work. A round loads 8 bytes per stream at pos >> 3
+ * (>= 57 valid bits after the shift) and decodes syms_per_refill symbols (<= 56 bits). */
+#define DEFINE_DECODE4_WIDE(NAME, T)                                                              \
+    static uint32_t NAME(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[4], \
+                         T *const out[4], const size_t n[4])                                      \
+    {                                                                                             \
+        uint32_t flags = 0;                                                                       \
+        T *o[4] = {out[0], out[1], out[2], out[3]};                                               \
+        const uint32_t spr = t->syms_per_refill;                                                  \
+        if ((t->sub || t->max_len <= TB) && spr >= 1 && spr <= 56 && size >= 8) {                 \
+            const uint32_t *single = t->single;                                                   \
+            const uint32_t *sub = t->sub ? t->sub : t->single;                                    \
+            const uint32_t *sob = t->sub_off;                                                     \
+            const int two = t->sub != NULL;                                                       \
+            const uint64_t plim = ((uint64_t)size - 8) * 8;                                       \
+            uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3];                          \
+            T *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];                                     \
+            T *const e0 = out[0] + n[0], *const e1 = out[1] + n[1];                               \
+            T *const e2 = out[2] + n[2], *const e3 = out[3] + n[3];                               \
+            while ((size_t)(e0 - o0) >= spr && (size_t)(e1 - o1) >= spr &&                        \
+                   (size_t)(e2 - o2) >= spr && (size_t)(e3 - o3) >= spr &&                        \
+                   p0 <= plim && p1 <= plim && p2 <= plim && p3 <= plim) {                        \
+                uint64_t a0 = dnnz_bit_load_be64(src + (p0 >> 3)) << (p0 & 7);                    \
+                uint64_t a1 = dnnz_bit_load_be64(src + (p1 >> 3)) << (p1 & 7);                    \
+                uint64_t a2 = dnnz_bit_load_be64(src + (p2 >> 3)) << (p2 & 7);                    \
+                uint64_t a3 = dnnz_bit_load_be64(src + (p3 >> 3)) << (p3 & 7);                    \
+                for (uint32_t s_ = 0; s_ < spr; s_++) {                                           \
+                    WIDE_STEP(a0, p0, o0, T);                                                     \
+                    WIDE_STEP(a1, p1, o1, T);                                                     \
+                    WIDE_STEP(a2, p2, o2, T);                                                     \
+                    WIDE_STEP(a3, p3, o3, T);                                                     \
+                }                                                                                 \
+            }                                                                                     \
+            pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3;                                   \
+            o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3;                                           \
+        }                                                                                         \
+        for (int i = 0; i < 4; i++) {                                                             \
+            dnnz_bit_reader r;                                                                    \
+            if (pos[i] > (uint64_t)size * 8)                                                      \
+                continue; /* already past the end: the caller sees the position */                \
+            dnnz_bit_reader_init(&r, src, size, pos[i]);                                          \
+            flags |= dnnz_huf_decode_reader(t, &r, o[i], (size_t)(out[i] + n[i] - o[i]));         \
+            pos[i] = dnnz_bit_reader_tell(&r);                                                    \
+        }                                                                                         \
+        return flags;                                                                             \
+    }
+/* One symbol of stream A (bit position P, output O): primary entry e1, second-level entry e2
+ * (for a prefix without long codes sub_off is 0 bits and the read stays in the table: see
+ * build_sub_tables' spare entry). */
+#define WIDE_STEP(A, P, O, T)                                                                     \
+    do {                                                                                          \
+        uint32_t p_ = (uint32_t)(A >> (64 - TB)), e_ = single[p_];                                \
+        if (two) {                                                                                \
+            uint32_t so_ = sob[p_];                                                               \
+            uint32_t e2_ = sub[(so_ >> 5) + (uint32_t)(((A << TB) >> 1) >> (63 - (so_ & 31)))];  \
+            e_ = (e_ & 63) ? e_ : e2_;                                                            \
+        }                                                                                         \
+        *O++ = (T)(e_ >> 8);                                                                      \
+        flags |= e_;                                                                              \
+        A <<= (e_ & 63);                                                                          \
+        P += (e_ & 63);                                                                           \
+    } while (0)
+DEFINE_DECODE4_WIDE(decode4_u16_at, uint16_t)
+DEFINE_DECODE4_WIDE(decode4_u32_at, uint32_t)
+#undef WIDE_STEP
+
+uint32_t dnnz_huf_decode4_wide_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[4],
+                                  void *const out[4], const size_t n[4])
+{
+    if (t->out_width == 2) {
+        uint16_t *const o[4] = {out[0], out[1], out[2], out[3]};
+        return decode4_u16_at(t, src, size, pos, o, n);
+    }
+    if (t->out_width == 4) {
+        uint32_t *const o[4] = {out[0], out[1], out[2], out[3]};
+        return decode4_u32_at(t, src, size, pos, o, n);
+    }
+    uint8_t *const o[4] = {out[0], out[1], out[2], out[3]};
+    return dnnz_huf_decode4_u8_at_n(t, src, size, pos, o, n);
+}
+
 int dnnz_huf_decode(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t bit_start,
                     uint64_t bit_end, size_t n, void *out, uint64_t *bit_pos)
 {

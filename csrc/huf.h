@@ -175,6 +175,12 @@ uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
 uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
                                   uint64_t pos[4], uint8_t *const o[4], const size_t n[4]);
 
+/* The same four-stream decode, n[i] symbols for stream i, for any output width (out[i] of
+ * t->out_width bytes per symbol): 1-byte outputs take dnnz_huf_decode4_u8_at_n; wider ones
+ * (large alphabets) decode through both table levels, branch-free and interleaved. */
+uint32_t dnnz_huf_decode4_wide_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[4],
+                                  void *const out[4], const size_t n[4]);
+
 /* Same for one stream, any width (t->out_width bytes per symbol). */
 uint32_t dnnz_huf_decode_reader(const dnnz_huf_dtable *t, dnnz_bit_reader *r, void *out, size_t n);
 

@@ -75,6 +75,22 @@ def test_codebook_sizes_every_path(enc, k, cpu_path):
         check(w, enc, batch, seed=batch)
 
 
+@pytest.mark.parametrize("spread", [0.02, 0.0035])
+def test_large_alphabet_long_codes_every_path(spread, cpu_path):
+    """Skewed large alphabets: most codes longer than the primary table (second-level tables,
+    the four-stream wide decoder), rows not a multiple of four and crossing the 2048-column
+    slices."""
+    rng = np.random.default_rng(int(spread * 1e4))
+    k = 3000
+    levels = (np.arange(k) - k // 2).astype(np.float32) / 64
+    i = np.clip(np.rint(rng.geometric(spread, (23, 4500)) - 1), 0, k - 1).astype(int)
+    w = levels[i]
+    w[0, :k] = levels  # every level used: the rare ones get the longest codes
+    e = check(w, "ham", batch=1)
+    assert e.sections["lengths"].max() > 11
+    check(w, "ham", batch=9, seed=9)
+
+
 @pytest.mark.parametrize("enc", HUF)
 def test_larger_matrix_long_rows(enc, cpu_path):
     rng = np.random.default_rng(1)
