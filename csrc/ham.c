@@ -261,6 +261,161 @@ const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_
     return wbuf;
 }
 
+/* ---- batch 1: eight rows decoded together, the decode fused with the multiply-add --------- */
+
+#define GEMV_ROWS 8
+#define GEMV_KC 2048 /* symbols per row and slice: 8 x 2 KiB of indices stay in L1 with x's slice */
+#define GEMV_BS (GEMV_KC + 64) /* bytes per row buffer: the decoders store up to 8 bytes past n */
+
+/* The next kc symbols of the group's rows (positions pos[8]; rows past nr decode a copy of a
+ * live row) into ib, zero indices past kc for the last vector's loads. */
+static void gemv_decode(const struct dnnz_ham_rows *h, uint64_t pos[GEMV_ROWS], uint8_t *ib, int64_t kc)
+{
+    uint8_t *const o[GEMV_ROWS] = {ib, ib + GEMV_BS, ib + 2 * GEMV_BS, ib + 3 * GEMV_BS,
+                                   ib + 4 * GEMV_BS, ib + 5 * GEMV_BS, ib + 6 * GEMV_BS, ib + 7 * GEMV_BS};
+    dnnz_huf_decode8_u8_at(h->t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
+    for (int i = 0; i < GEMV_ROWS; i++)
+        memset(o[i] + kc, 0, 16);
+}
+
+static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t pos[GEMV_ROWS])
+{
+    const struct dnnz_ham_rows *h = c->aux;
+    for (int i = 0; i < GEMV_ROWS; i++)
+        pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r + (i < nr ? i : 0));
+}
+
+#if DNNZ_X86
+/* One slice of eight rows: acc[i] += W[i, k0:k0+kc] . x[k0:k0+kc], the weights looked up from
+ * the decoded indices in registers (LOOKUP of a vector of 32-bit indices), the last partial
+ * vector masked (x is zero-padded, but a codebook value may be infinite). */
+#define GEMV_DOT_512(LOOKUP)                                                                      \
+    do {                                                                                          \
+        int64_t j = 0;                                                                            \
+        for (; j + 16 <= kc; j += 16) {                                                           \
+            const __m512 xv = _mm512_loadu_ps(x + j);                                             \
+            for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
+                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ib + i * GEMV_BS + j))); \
+                acc[i] = _mm512_fmadd_ps(LOOKUP(iv), xv, acc[i]);                                 \
+            }                                                                                     \
+        }                                                                                         \
+        if (j < kc) {                                                                             \
+            const __mmask16 mk = (__mmask16)((1u << (kc - j)) - 1);                               \
+            const __m512 xv = _mm512_loadu_ps(x + j);                                             \
+            for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
+                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ib + i * GEMV_BS + j))); \
+                acc[i] = _mm512_mask3_fmadd_ps(LOOKUP(iv), xv, acc[i], mk);                       \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+#define LK16(iv) _mm512_permutexvar_ps(iv, c0)
+#define LK32(iv) _mm512_permutex2var_ps(c0, iv, c1)
+#define LK64(iv)                                                                                  \
+    _mm512_mask_blend_ps(_mm512_test_epi32_mask(iv, b5), _mm512_permutex2var_ps(c0, iv, c1),      \
+                         _mm512_permutex2var_ps(c2, iv, c3))
+#define LKG(iv) _mm512_i32gather_ps(iv, cb, 4)
+
+static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t task)
+{
+    const struct dnnz_ham_rows *h = c->aux;
+    const float *cb = h->codebook;
+    const int64_t k = h->k;
+    const __m512 c0 = _mm512_loadu_ps(c->cbpad), c1 = _mm512_loadu_ps(c->cbpad + 16);
+    const __m512 c2 = _mm512_loadu_ps(c->cbpad + 32), c3 = _mm512_loadu_ps(c->cbpad + 48);
+    const __m512i b5 = _mm512_set1_epi32(32);
+    uint8_t ib[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64)));
+    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
+    for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
+        int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
+        uint64_t pos[GEMV_ROWS];
+        __m512 acc[GEMV_ROWS];
+        gemv_start(c, r, nr, pos);
+        for (int i = 0; i < GEMV_ROWS; i++)
+            acc[i] = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
+            const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC;
+            const float *x = c->x + k0;
+            gemv_decode(h, pos, ib, kc);
+            if (k <= 16)
+                GEMV_DOT_512(LK16);
+            else if (k <= 32)
+                GEMV_DOT_512(LK32);
+            else if (k <= 64)
+                GEMV_DOT_512(LK64);
+            else
+                GEMV_DOT_512(LKG);
+        }
+        for (int i = 0; i < nr; i++)
+            c->y[r + i] = dnnz_hsum_avx512(acc[i]);
+    }
+}
+#undef LK16
+#undef LK32
+#undef LK64
+#undef LKG
+
+#define GEMV_DOT_256(LOOKUP)                                                                      \
+    do {                                                                                          \
+        int64_t j = 0;                                                                            \
+        for (; j + 8 <= kc; j += 8) {                                                             \
+            const __m256 xv = _mm256_loadu_ps(x + j);                                             \
+            for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
+                __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + i * GEMV_BS + j))); \
+                acc[i] = _mm256_fmadd_ps(LOOKUP(iv), xv, acc[i]);                                 \
+            }                                                                                     \
+        }                                                                                         \
+        if (j < kc) {                                                                             \
+            const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(                           \
+                _mm256_set1_epi32((int)(kc - j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));    \
+            const __m256 xv = _mm256_loadu_ps(x + j);                                             \
+            for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
+                __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + i * GEMV_BS + j))); \
+                acc[i] = _mm256_fmadd_ps(_mm256_and_ps(LOOKUP(iv), keep), xv, acc[i]);            \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+#define LK8(iv) _mm256_permutevar8x32_ps(c0, iv)
+#define LK16(iv)                                                                                  \
+    _mm256_blendv_ps(_mm256_permutevar8x32_ps(c0, iv), _mm256_permutevar8x32_ps(c1, iv),          \
+                     _mm256_castsi256_ps(_mm256_cmpgt_epi32(iv, seven)))
+#define LKG(iv) _mm256_i32gather_ps(cb, iv, 4)
+
+static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
+{
+    const struct dnnz_ham_rows *h = c->aux;
+    const float *cb = h->codebook;
+    const int64_t k = h->k;
+    const __m256 c0 = _mm256_loadu_ps(c->cbpad), c1 = _mm256_loadu_ps(c->cbpad + 8);
+    const __m256i seven = _mm256_set1_epi32(7);
+    uint8_t ib[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64)));
+    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
+    for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
+        int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
+        uint64_t pos[GEMV_ROWS];
+        __m256 acc[GEMV_ROWS];
+        gemv_start(c, r, nr, pos);
+        for (int i = 0; i < GEMV_ROWS; i++)
+            acc[i] = _mm256_setzero_ps();
+        for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
+            const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC;
+            const float *x = c->x + k0;
+            gemv_decode(h, pos, ib, kc);
+            if (k <= 8)
+                GEMV_DOT_256(LK8);
+            else if (k <= 16)
+                GEMV_DOT_256(LK16);
+            else
+                GEMV_DOT_256(LKG);
+        }
+        for (int i = 0; i < nr; i++)
+            c->y[r + i] = dnnz_hsum_avx2(acc[i]);
+    }
+}
+#undef LK8
+#undef LK16
+#undef LKG
+#endif
+
 static int64_t ham_row_start(const struct dnnz_tiles *c, int64_t r)
 {
     const struct dnnz_ham_rows *h = c->aux;
@@ -282,6 +437,13 @@ int dnnz_ham_rows_matmul(const struct dnnz_ham_rows *h, int64_t rows, int64_t co
     c.path = path;
     c.kc_max = HAM_TILE_KC;
     c.rows_outer = 1;
+#if DNNZ_X86
+    /* batch 1, 1-byte symbols, every row as long as the matrix (no end-of-row symbol) */
+    if (h->eor < 0 && h->t->out_width == 1 && (path == DNNZ_CPU_AVX512 || path == DNNZ_CPU_AVX2)) {
+        memcpy(c.cbpad, h->codebook, (size_t)(h->k < 64 ? h->k : 64) * 4);
+        c.gemv = path == DNNZ_CPU_AVX512 ? ham_gemv_avx512 : ham_gemv_avx2;
+    }
+#endif
     return dnnz_tiles_run(&c, x);
 }
 

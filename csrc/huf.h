@@ -175,6 +175,11 @@ uint32_t dnnz_huf_decode4_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
 uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, size_t size,
                                   uint64_t pos[4], uint8_t *const o[4], const size_t n[4]);
 
+/* The same for eight streams (pos[8], out[8], n symbols each): more dependency chains in flight
+ * when every multi[] entry holds a symbol (the others decode four streams at a time). */
+uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[8],
+                                uint8_t *const out[8], size_t n);
+
 /* The same four-stream decode, n[i] symbols for stream i, for any output width (out[i] of
  * t->out_width bytes per symbol): 1-byte outputs take dnnz_huf_decode4_u8_at_n; wider ones
  * (large alphabets) decode through both table levels, branch-free and interleaved. */

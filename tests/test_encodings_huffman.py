@@ -75,6 +75,23 @@ def test_codebook_sizes_every_path(enc, k, cpu_path):
         check(w, enc, batch, seed=batch)
 
 
+@pytest.mark.parametrize("k", [5, 20, 40, 100])
+def test_batch_one_infinite_codebook_values_stay_in_their_rows(k, cpu_path):
+    """Batch 1 (the fused decode-and-dot kernel) with infinities among the codebook values and a
+    column count that is not a multiple of the vector width or the slice: the padding columns
+    must not turn an infinite weight into NaN, and the other rows stay exact."""
+    rng = np.random.default_rng(k)
+    w = laplace_matrix(rng, 13, 2061, k)
+    w[3, 5], w[7, 2060] = -np.inf, np.inf
+    x = np.abs(rng.standard_normal((1, 2061))).astype(np.float32) + 0.5
+    y = encode(w, "ham").matmul(x)[0]
+    assert y[3] == -np.inf and y[7] == np.inf
+    rest = [r for r in range(13) if r not in (3, 7)]
+    ref = (x.astype(np.float64) @ w[rest].T.astype(np.float64))[0]
+    scale = (np.abs(x).astype(np.float64) @ np.abs(w[rest].T).astype(np.float64))[0]
+    assert np.all(np.abs(y[rest] - ref) <= 1e-5 * scale + 1e-6)
+
+
 @pytest.mark.parametrize("spread", [0.02, 0.0035])
 def test_large_alphabet_long_codes_every_path(spread, cpu_path):
     """Skewed large alphabets: most codes longer than the primary table (second-level tables,
