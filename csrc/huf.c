@@ -430,6 +430,8 @@ int dnnz_huf_encode_at(const uint8_t *lengths, size_t n_alphabet, const void *sy
 
 void dnnz_huf_dtable_free(dnnz_huf_dtable *t)
 {
+    free(t->wide);
+    t->wide = NULL;
     free(t->single);
     free(t->sub);
     free(t->sub_off);
@@ -546,6 +548,23 @@ int dnnz_huf_dtable_init(dnnz_huf_dtable *t, const uint8_t *lengths, size_t n_al
     }
     if (ml > TB && ml <= TB + DNNZ_HUF_SUB_MAX_BITS)
         build_sub_tables(t, count); /* best effort: without them, the canonical search */
+    if (width > 1 && ml > TB && t->sub) {
+        /* best effort too: the wide table (huf.h); each code of length l <= wb fills its
+         * 2^(wb - l) prefixes, so the work is bounded by the table size */
+        unsigned wb = ml < DNNZ_HUF_WIDE_BITS ? ml : DNNZ_HUF_WIDE_BITS;
+        uint32_t *wide = calloc((size_t)1 << wb, sizeof *wide);
+        if (wide) {
+            for (unsigned l = 1; l <= wb; l++)
+                for (uint32_t i = 0; i < count[l]; i++) {
+                    uint32_t base = (t->first[l] + i) << (wb - l), span = 1u << (wb - l);
+                    uint32_t e = (t->sorted[t->index[l] + i] << 8) | l;
+                    for (uint32_t j = 0; j < span; j++)
+                        wide[base + j] = e;
+                }
+            t->wide = wide;
+            t->wide_bits = wb;
+        }
+    }
     if (t->multi) {
         const unsigned maxsyms = 6 / width;
         uint32_t full = 1;
@@ -1010,6 +1029,8 @@ uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
             const uint32_t *sub = t->sub ? t->sub : t->single;                                    \
             const uint32_t *sob = t->sub_off;                                                     \
             const int two = t->sub != NULL;                                                       \
+            const uint32_t *wide = t->wide;                                                       \
+            const unsigned wshift = 64 - t->wide_bits;                                            \
             const uint64_t plim = ((uint64_t)size - 8) * 8;                                       \
             uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3];                          \
             T *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];                                     \
@@ -1047,20 +1068,35 @@ uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
  * build_sub_tables' spare entry). */
 #define WIDE_STEP(A, P, O, T)                                                                     \
     do {                                                                                          \
-        uint32_t p_ = (uint32_t)(A >> (64 - TB)), e_ = single[p_];                                \
-        if (two) {                                                                                \
-            uint32_t so_ = sob[p_];                                                               \
-            uint32_t e2_ = sub[(so_ >> 5) + (uint32_t)(((A << TB) >> 1) >> (63 - (so_ & 31)))];  \
-            e_ = (e_ & 63) ? e_ : e2_;                                                            \
+        uint32_t e_;                                                                              \
+        if (wide) {                                                                               \
+            e_ = wide[A >> wshift];                                                               \
+            if (DNNZ_UNLIKELY(!(e_ & 63))) { /* longer than wide_bits: both levels */             \
+                uint32_t q_ = (uint32_t)(A >> (64 - TB)), so_ = sob[q_];                          \
+                e_ = sub[(so_ >> 5) + (uint32_t)(((A << TB) >> 1) >> (63 - (so_ & 31)))];         \
+            }                                                                                     \
+        } else {                                                                                  \
+            WIDE_TWO_LEVEL(A);                                                                    \
         }                                                                                         \
         *O++ = (T)(e_ >> 8);                                                                      \
         flags |= e_;                                                                              \
         A <<= (e_ & 63);                                                                          \
         P += (e_ & 63);                                                                           \
     } while (0)
+#define WIDE_TWO_LEVEL(A)                                                                         \
+    do {                                                                                          \
+        uint32_t p_ = (uint32_t)(A >> (64 - TB));                                                 \
+        e_ = single[p_];                                                                          \
+        if (two) {                                                                                \
+            uint32_t so_ = sob[p_];                                                               \
+            uint32_t e2_ = sub[(so_ >> 5) + (uint32_t)(((A << TB) >> 1) >> (63 - (so_ & 31)))];  \
+            e_ = (e_ & 63) ? e_ : e2_;                                                            \
+        }                                                                                         \
+    } while (0)
 DEFINE_DECODE4_WIDE(decode4_u16_at, uint16_t)
 DEFINE_DECODE4_WIDE(decode4_u32_at, uint32_t)
 #undef WIDE_STEP
+#undef WIDE_TWO_LEVEL
 
 uint32_t dnnz_huf_decode4_wide_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[4],
                                   void *const out[4], const size_t n[4])

@@ -139,7 +139,14 @@ typedef struct {
     uint32_t *sub;
     uint32_t *sub_off;
     uint8_t *sub_bits;
+    /* Large alphabets (2- and 4-byte outputs with codes longer than DNNZ_HUF_TABLE_BITS): one
+     * wider table of wide_bits (<= DNNZ_HUF_WIDE_BITS) bits, entries as single[] (0: a longer
+     * code, take the two levels), so that most symbols take one lookup (NULL otherwise). */
+    uint32_t *wide;
+    uint32_t wide_bits;
 } dnnz_huf_dtable;
+
+#define DNNZ_HUF_WIDE_BITS 14 /* 64 KiB: measured best of 12..15 at k = 4096 */
 
 #define DNNZ_HUF_SUB_MAX_BITS 12      /* bits a second-level table resolves at most */
 #define DNNZ_HUF_SUB_MAX_ENTRIES (1u << 20) /* all second-level tables together (4 MiB) */
