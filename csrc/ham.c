@@ -268,14 +268,24 @@ const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_
 #define GEMV_BS (GEMV_KC + 64) /* bytes per row buffer: the decoders store up to 8 bytes past n */
 
 /* The next kc symbols of the group's rows (positions pos[8]; rows past nr decode a copy of a
- * live row) into ib, zero indices past kc for the last vector's loads. */
-static void gemv_decode(const struct dnnz_ham_rows *h, uint64_t pos[GEMV_ROWS], uint8_t *ib, int64_t kc)
+ * live row) into buf (GEMV_BS symbols of the table's width, 1 or 2 bytes, per row), with zero
+ * indices past kc for the last vector's loads. */
+static void gemv_decode(const struct dnnz_ham_rows *h, uint64_t pos[GEMV_ROWS], void *buf, int64_t kc)
 {
-    uint8_t *const o[GEMV_ROWS] = {ib, ib + GEMV_BS, ib + 2 * GEMV_BS, ib + 3 * GEMV_BS,
-                                   ib + 4 * GEMV_BS, ib + 5 * GEMV_BS, ib + 6 * GEMV_BS, ib + 7 * GEMV_BS};
-    dnnz_huf_decode8_u8_at(h->t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
+    const int width = (int)h->t->out_width;
+    uint8_t *o[GEMV_ROWS];
     for (int i = 0; i < GEMV_ROWS; i++)
-        memset(o[i] + kc, 0, 16);
+        o[i] = (uint8_t *)buf + (size_t)i * GEMV_BS * width;
+    if (width == 1) {
+        dnnz_huf_decode8_u8_at(h->t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
+    } else {
+        const size_t n[4] = {(size_t)kc, (size_t)kc, (size_t)kc, (size_t)kc};
+        void *const o0[4] = {o[0], o[1], o[2], o[3]}, *const o1[4] = {o[4], o[5], o[6], o[7]};
+        dnnz_huf_decode4_wide_at(h->t, h->payload, (size_t)h->payload_len, pos, o0, n);
+        dnnz_huf_decode4_wide_at(h->t, h->payload, (size_t)h->payload_len, pos + 4, o1, n);
+    }
+    for (int i = 0; i < GEMV_ROWS; i++)
+        memset(o[i] + kc * width, 0, 16 * (size_t)width);
 }
 
 static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t pos[GEMV_ROWS])
@@ -295,7 +305,7 @@ static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t p
         for (; j + 16 <= kc; j += 16) {                                                           \
             const __m512 xv = _mm512_loadu_ps(x + j);                                             \
             for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
-                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ib + i * GEMV_BS + j))); \
+                __m512i iv = IDX512(i, j);                                                        \
                 acc[i] = _mm512_fmadd_ps(LOOKUP(iv), xv, acc[i]);                                 \
             }                                                                                     \
         }                                                                                         \
@@ -303,11 +313,16 @@ static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t p
             const __mmask16 mk = (__mmask16)((1u << (kc - j)) - 1);                               \
             const __m512 xv = _mm512_loadu_ps(x + j);                                             \
             for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
-                __m512i iv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ib + i * GEMV_BS + j))); \
+                __m512i iv = IDX512(i, j);                                                        \
                 acc[i] = _mm512_mask3_fmadd_ps(LOOKUP(iv), xv, acc[i], mk);                       \
             }                                                                                     \
         }                                                                                         \
     } while (0)
+/* indices i..i+VW of row i's buffer: 1-byte (ib) or 2-byte (ib16) symbols */
+#define IDX512(i, j) (wide2 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ib16 + (i) * GEMV_BS + (j)))) \
+                            : _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ib + (i) * GEMV_BS + (j)))))
+#define IDX256(i, j) (wide2 ? _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(ib16 + (i) * GEMV_BS + (j)))) \
+                            : _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + (i) * GEMV_BS + (j)))))
 #define LK16(iv) _mm512_permutexvar_ps(iv, c0)
 #define LK32(iv) _mm512_permutex2var_ps(c0, iv, c1)
 #define LK64(iv)                                                                                  \
@@ -323,7 +338,9 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t ta
     const __m512 c0 = _mm512_loadu_ps(c->cbpad), c1 = _mm512_loadu_ps(c->cbpad + 16);
     const __m512 c2 = _mm512_loadu_ps(c->cbpad + 32), c3 = _mm512_loadu_ps(c->cbpad + 48);
     const __m512i b5 = _mm512_set1_epi32(32);
-    uint8_t ib[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64)));
+    uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64))); /* 1- or 2-byte symbols */
+    const uint8_t *ib = (const uint8_t *)ib16;
+    const int wide2 = h->t->out_width == 2;
     int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
@@ -335,8 +352,10 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t ta
         for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
             const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC;
             const float *x = c->x + k0;
-            gemv_decode(h, pos, ib, kc);
-            if (k <= 16)
+            gemv_decode(h, pos, ib16, kc);
+            if (wide2)
+                GEMV_DOT_512(LKG);
+            else if (k <= 16)
                 GEMV_DOT_512(LK16);
             else if (k <= 32)
                 GEMV_DOT_512(LK32);
@@ -360,7 +379,7 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t ta
         for (; j + 8 <= kc; j += 8) {                                                             \
             const __m256 xv = _mm256_loadu_ps(x + j);                                             \
             for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
-                __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + i * GEMV_BS + j))); \
+                __m256i iv = IDX256(i, j);                                                        \
                 acc[i] = _mm256_fmadd_ps(LOOKUP(iv), xv, acc[i]);                                 \
             }                                                                                     \
         }                                                                                         \
@@ -369,7 +388,7 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t ta
                 _mm256_set1_epi32((int)(kc - j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));    \
             const __m256 xv = _mm256_loadu_ps(x + j);                                             \
             for (int i = 0; i < GEMV_ROWS; i++) {                                                 \
-                __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + i * GEMV_BS + j))); \
+                __m256i iv = IDX256(i, j);                                                        \
                 acc[i] = _mm256_fmadd_ps(_mm256_and_ps(LOOKUP(iv), keep), xv, acc[i]);            \
             }                                                                                     \
         }                                                                                         \
@@ -387,7 +406,9 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
     const int64_t k = h->k;
     const __m256 c0 = _mm256_loadu_ps(c->cbpad), c1 = _mm256_loadu_ps(c->cbpad + 8);
     const __m256i seven = _mm256_set1_epi32(7);
-    uint8_t ib[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64)));
+    uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64))); /* 1- or 2-byte symbols */
+    const uint8_t *ib = (const uint8_t *)ib16;
+    const int wide2 = h->t->out_width == 2;
     int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
@@ -399,8 +420,10 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
         for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
             const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC;
             const float *x = c->x + k0;
-            gemv_decode(h, pos, ib, kc);
-            if (k <= 8)
+            gemv_decode(h, pos, ib16, kc);
+            if (wide2)
+                GEMV_DOT_256(LKG);
+            else if (k <= 8)
                 GEMV_DOT_256(LK8);
             else if (k <= 16)
                 GEMV_DOT_256(LK16);
@@ -438,8 +461,8 @@ int dnnz_ham_rows_matmul(const struct dnnz_ham_rows *h, int64_t rows, int64_t co
     c.kc_max = HAM_TILE_KC;
     c.rows_outer = 1;
 #if DNNZ_X86
-    /* batch 1, 1-byte symbols, every row as long as the matrix (no end-of-row symbol) */
-    if (h->eor < 0 && h->t->out_width == 1 && (path == DNNZ_CPU_AVX512 || path == DNNZ_CPU_AVX2)) {
+    /* batch 1, 1- or 2-byte symbols, every row as long as the matrix (no end-of-row symbol) */
+    if (h->eor < 0 && h->t->out_width <= 2 && (path == DNNZ_CPU_AVX512 || path == DNNZ_CPU_AVX2)) {
         memcpy(c.cbpad, h->codebook, (size_t)(h->k < 64 ? h->k : 64) * 4);
         c.gemv = path == DNNZ_CPU_AVX512 ? ham_gemv_avx512 : ham_gemv_avx2;
     }
