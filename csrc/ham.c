@@ -267,6 +267,7 @@ const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_
 #define GEMV_KC 2048 /* symbols per row and slice: 8 x 2 KiB of indices stay in L1 with x's slice */
 #define GEMV_BS (GEMV_KC + 64) /* bytes per row buffer: the decoders store up to 8 bytes past n */
 
+#if DNNZ_X86
 /* The next kc symbols of the group's rows (positions pos[8]; rows past nr decode a copy of a
  * live row) into buf (GEMV_BS symbols of the table's width, 1 or 2 bytes, per row), with zero
  * indices past kc for the last vector's loads. */
@@ -295,7 +296,6 @@ static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t p
         pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r + (i < nr ? i : 0));
 }
 
-#if DNNZ_X86
 /* One slice of eight rows: acc[i] += W[i, k0:k0+kc] . x[k0:k0+kc], the weights looked up from
  * the decoded indices in registers (LOOKUP of a vector of 32-bit indices), the last partial
  * vector masked (x is zero-padded, but a codebook value may be infinite). */
