@@ -296,6 +296,44 @@ static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t p
         pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r + (i < nr ? i : 0));
 }
 
+/* Batch > 1: the same eight-row decode, each slice looked up once into a float tile (8 x 2048,
+ * in L2) that the register-blocked micro-kernel multiplies with every batch row (four rows of
+ * the tile at a time, as the tile driver would: same slices, same sums). */
+static void ham_batch_task(const struct dnnz_tiles *c, int64_t task)
+{
+    const struct dnnz_ham_rows *h = c->aux;
+    const int width = (int)h->t->out_width;
+    uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64)));
+    float wbuf[GEMV_ROWS * GEMV_KC] __attribute__((aligned(64)));
+    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
+    for (int64_t b = 0; b < c->batch; b++)
+        memset(c->y + b * c->rows + r0, 0, (size_t)(r1 - r0) * 4);
+    for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
+        int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
+        uint64_t pos[GEMV_ROWS];
+        gemv_start(c, r, nr, pos);
+        for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
+            const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC, kcp = (kc + 15) & ~(int64_t)15;
+            gemv_decode(h, pos, ib16, kc);
+            for (int i = 0; i < GEMV_ROWS; i++) {
+                float *dst = wbuf + i * kcp;
+                if (i >= nr) {
+                    memset(dst, 0, (size_t)kcp * 4);
+                    continue;
+                }
+                dnnz_kern_lookup(c->path, (const uint8_t *)ib16 + (size_t)i * GEMV_BS * width, width, (int)kc,
+                                 h->codebook, h->k, dst);
+                memset(dst + kc, 0, (size_t)(kcp - kc) * 4);
+            }
+            for (int half = 0; half * DNNZ_KERN_RT < nr; half++)
+                dnnz_kern_micro(c->path, wbuf + half * DNNZ_KERN_RT * kcp, kcp, kcp, c->x + k0, c->xstride,
+                                c->batch, c->y + r + half * DNNZ_KERN_RT, c->rows,
+                                nr - half * DNNZ_KERN_RT < DNNZ_KERN_RT ? nr - half * DNNZ_KERN_RT : DNNZ_KERN_RT);
+        }
+    }
+}
+_Static_assert(GEMV_ROWS == 2 * DNNZ_KERN_RT, "two micro-kernel tiles per group of rows");
+
 /* One slice of eight rows: acc[i] += W[i, k0:k0+kc] . x[k0:k0+kc], the weights looked up from
  * the decoded indices in registers (LOOKUP of a vector of 32-bit indices), the last partial
  * vector masked (x is zero-padded, but a codebook value may be infinite). */
@@ -437,6 +475,22 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
 #undef LK8
 #undef LK16
 #undef LKG
+
+static DNNZ_T_AVX512 void ham_task_avx512(const struct dnnz_tiles *c, int64_t task)
+{
+    if (c->batch == 1)
+        ham_gemv_avx512(c, task);
+    else
+        ham_batch_task(c, task);
+}
+
+static DNNZ_T_AVX2 void ham_task_avx2(const struct dnnz_tiles *c, int64_t task)
+{
+    if (c->batch == 1)
+        ham_gemv_avx2(c, task);
+    else
+        ham_batch_task(c, task);
+}
 #endif
 
 static int64_t ham_row_start(const struct dnnz_tiles *c, int64_t r)
@@ -461,10 +515,12 @@ int dnnz_ham_rows_matmul(const struct dnnz_ham_rows *h, int64_t rows, int64_t co
     c.kc_max = HAM_TILE_KC;
     c.rows_outer = 1;
 #if DNNZ_X86
-    /* batch 1, 1- or 2-byte symbols, every row as long as the matrix (no end-of-row symbol) */
+    /* 1- or 2-byte symbols, every row as long as the matrix (no end-of-row symbol): eight rows
+     * decoded together, fused with the dot product at batch 1 */
     if (h->eor < 0 && h->t->out_width <= 2 && (path == DNNZ_CPU_AVX512 || path == DNNZ_CPU_AVX2)) {
         memcpy(c.cbpad, h->codebook, (size_t)(h->k < 64 ? h->k : 64) * 4);
-        c.gemv = path == DNNZ_CPU_AVX512 ? ham_gemv_avx512 : ham_gemv_avx2;
+        c.gemv = path == DNNZ_CPU_AVX512 ? ham_task_avx512 : ham_task_avx2;
+        c.gemv_all = 1;
     }
 #endif
     return dnnz_tiles_run(&c, x);

@@ -353,11 +353,32 @@ static DNNZ_T_AVX2 void micro_avx2(const float *w, int64_t ws, int64_t kcp, cons
 }
 #endif
 
+void dnnz_kern_micro(int path, const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs, int64_t batch,
+                     float *y, int64_t ys, int nr)
+{
+    micro_fn micro = micro_ref;
+    int bt_max = 1;
+#if DNNZ_X86
+    if (path == DNNZ_CPU_AVX512) {
+        micro = micro_avx512;
+        bt_max = 4;
+    } else if (path == DNNZ_CPU_AVX2) {
+        micro = micro_avx2;
+        bt_max = 2;
+    }
+#endif
+    (void)path;
+    for (int64_t b = 0; b < batch; b += bt_max) {
+        int bt = batch - b < bt_max ? (int)(batch - b) : bt_max;
+        micro(w, ws, kcp, x + b * xs, xs, bt, y + b * ys, ys, nr);
+    }
+}
+
 static void tiles_task(void *ctx, int64_t task, int worker)
 {
     const struct dnnz_tiles *c = ctx;
     (void)worker;
-    if (c->gemv && c->batch == 1) {
+    if (c->gemv && (c->batch == 1 || c->gemv_all)) {
         c->gemv(c, task);
         return;
     }

@@ -184,10 +184,17 @@ struct dnnz_tiles {
     int xperm64;
     int path;
     int64_t kc_max;           /* slice width (multiple of 16, <= DNNZ_KERN_KC_MAX); 0: DNNZ_KERN_KC */
+    int gemv_all;             /* 1: `gemv` runs the task at every batch size, not only batch 1 */
     int rows_outer;           /* 1: each group of RT rows goes through every slice before the next
                                * group (stream decoders: long decode runs, one group's state);
                                * 0: each slice goes through every group (x slice stays in cache) */
 };
+
+/* The micro-kernel of the tile driver on its own: y[b * ys + i] += w[i] . x[b] for the nr <= RT
+ * rows of an RT x kcp tile w (row stride ws, zeros past nr rows) and every batch row b of x
+ * (stride xs, kcp readable floats each), register-blocked over the batch. */
+void dnnz_kern_micro(int path, const float *w, int64_t ws, int64_t kcp, const float *x, int64_t xs, int64_t batch,
+                     float *y, int64_t ys, int nr);
 
 /* Run c (m, aux, rows, cols, batch, y, cbpad, tile, gemv, row_start, xperm64, path set). */
 int dnnz_tiles_run(struct dnnz_tiles *c, const float *x);
