@@ -1,15 +1,18 @@
 /* ham.c: the `ham` encoding (pydnnz/encodings/ham.py) and the stream machinery it shares with
  * `sham` and `rlham` (see ham.h).
  *
- * matmul runs on the kern.h tile driver: a task is a block of DNNZ_KERN_TASK_ROWS output rows;
- * four rows at a time, for each slice of HAM_TILE_KC input columns, the four row streams are
- * decoded together (interleaved: four independent dependency chains, multi-symbol table,
- * dnnz_huf_decode4_u8_at) into L1-resident index buffers, the indices become weights by a
- * codebook lookup held in vector registers (a permute for k <= 64 on AVX-512, k <= 16 on AVX2;
- * a gather above), and the register-blocked micro-kernel multiplies the 4-row tile with every
- * batch row: each tile is decoded once per call whatever the batch. The dense matrix never
- * exists. Every output is summed by one task in a fixed order: results do not depend on the
- * thread count (they do between CPU paths: FMA contraction and lane order).
+ * matmul: a task is a block of DNNZ_KERN_TASK_ROWS output rows. On the AVX2 / AVX-512 paths,
+ * for 1- and 2-byte symbols and rows without an end-of-row symbol, eight rows are decoded
+ * together, 2048 columns at a time (eight interleaved dependency chains, multi-symbol table,
+ * dnnz_huf_decode8_u8_at; for large alphabets two four-stream decodes through the 14-bit wide
+ * table, dnnz_huf_decode4_wide_at) into L1 index buffers. At batch 1 the indices go straight
+ * into the multiply-add (codebook in registers: a permute for k <= 64 on AVX-512, k <= 16 on
+ * AVX2; a gather above); at batch > 1 each slice is looked up once into an 8-row float tile
+ * that the register-blocked micro-kernel multiplies with every batch row. Everything else
+ * (scalar path, rlham's rows, 4-byte symbols) runs the kern.h tile driver with four rows per
+ * tile (dnnz_ham_tile). The dense matrix never exists. Every output is summed by one task in a
+ * fixed order: results do not depend on the thread count (they do between CPU paths: FMA
+ * contraction and lane order).
  */
 #include "ham.h"
 
