@@ -82,6 +82,67 @@ def study_rows(name, limit, hib):
     return out, rows
 
 
+def cached_mse(dd, data):
+    """The test MSE of a DeepDTA model, computed like dd.predict but with each branch's features
+    (embedding + convolutions over the distinct drugs / proteins) cached under a digest of that
+    branch's weights: auto_compress's moves on the dense head then skip the protein convolutions
+    (the expensive part). Same numbers as dd.mse(data.y, dd.predict(m, data))."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    used_d, inv_d = np.unique(data.drug_index, return_inverse=True)
+    used_p, inv_p = np.unique(data.protein_index, return_inverse=True)
+    cache = {}
+
+    def feats(m, which):
+        mods = [m.smi_embed, *m.smi_conv] if which == "d" else [m.prot_embed, *m.prot_conv]
+        h = hashlib.sha256()
+        for mod in mods:
+            for p in mod.parameters():
+                h.update(p.detach().cpu().numpy().tobytes())
+        key = (which, h.hexdigest())
+        if key not in cache:
+            with torch.inference_mode():
+                if which == "d":
+                    f = torch.cat([m.encode_drug(torch.from_numpy(data.drugs[used_d[i:i + 256]]))
+                                   for i in range(0, len(used_d), 256)])
+                else:
+                    f = torch.cat([m.encode_protein(torch.from_numpy(data.proteins[used_p[i:i + 64]]))
+                                   for i in range(0, len(used_p), 64)])
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = f
+        return cache[key]
+
+    def evaluate(m):
+        m.eval()
+        fd, fp = feats(m, "d"), feats(m, "p")
+        with torch.inference_mode():
+            pred = torch.cat([m.head(fd[torch.from_numpy(inv_d[i:i + 1024])], fp[torch.from_numpy(inv_p[i:i + 1024])])
+                              for i in range(0, len(inv_d), 1024)])
+        return dd.mse(data.y, pred.numpy().astype(np.float32))
+
+    return evaluate
+
+
+def calibration_batches(dd, name, n=128, batch=128, seed=0):
+    """`n` pairs drawn (seeded) from the TRAINING folds, as (smiles ids, protein ids) batches:
+    auto_compress's bias correction takes the layers' mean inputs on them (never the test fold)."""
+    import numpy as np
+    import torch
+
+    train = dd.load_dataset(SHARED / "data" / "deepdta" / name, fold="train")
+    idx = np.sort(np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False))
+    out = []
+    for i in range(0, len(idx), batch):
+        sl = idx[i:i + batch]
+        out.append((torch.from_numpy(train.drugs[train.drug_index[sl]]),
+                    torch.from_numpy(train.proteins[train.protein_index[sl]])))
+    return out
+
+
 def run_model(name, budget, time_limit, data_free_budgets, threads):
     import torch
 
@@ -105,13 +166,14 @@ def run_model(name, budget, time_limit, data_free_budgets, threads):
         model = dd.load_model(SHARED / "models" / f"deepdta_{name}.safetensors")
         data = dd.load_dataset(SHARED / "data" / "deepdta" / name)
 
-        def evaluate(m):
-            return dd.mse(data.y, dd.predict(m, data))
+        evaluate = cached_mse(dd, data)
+        calibration = calibration_batches(dd, name)
 
     f32 = 4 * sum(p.numel() for p in model.parameters())
     rows = []
     t = time.perf_counter()
-    small, report = pt.auto_compress(model, evaluate, budget, higher_is_better=hib, time_limit=time_limit, progress=None)
+    small, report = pt.auto_compress(model, evaluate, budget, higher_is_better=hib, time_limit=time_limit,
+                                     calibration=None if name == "mnist" else calibration, progress=None)
     wall = time.perf_counter() - t
     report.save(RESULTS / f"auto_recipe_{name}.json")
     report.save_report(RESULTS / f"auto_report_{name}.json")
@@ -177,8 +239,10 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["davis", "kiba", "mnist"], choices=["davis", "kiba", "mnist"])
     ap.add_argument("--budget", type=float, default=None,
                     help="allowed metric loss (default: 0.003 MSE for DeepDTA, 0.001 accuracy for MNIST)")
-    ap.add_argument("--time-limit", type=float, default=None)
-    ap.add_argument("--data-free", type=float, nargs="*", default=[0.002, 0.01])
+    ap.add_argument("--time-limit", type=float, default=240.0,
+                    help="auto_compress's time limit in seconds (the search stops there with the best verified "
+                         "allocation; the final compression and measurement come after it)")
+    ap.add_argument("--data-free", type=float, nargs="*", default=[0.002])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     from bench._common import machine_text
@@ -208,10 +272,19 @@ def main(argv=None):
         else:
             met = a["psi_file"] <= TARGET_PSI[name] and a["metric"] <= TARGET_MSE[name]
             target = f"ψ ≤ {TARGET_PSI[name]} at MSE ≤ {TARGET_MSE[name]}"
+        why = ""
+        if not met and name != "mnist":
+            why = (" Why: " + ("the metric is over the target MSE; " if a["metric"] > TARGET_MSE[name] else "")
+                   + (f"the file is {a['psi_file'] / TARGET_PSI[name]:.2f}x the target size (the closest "
+                      "verified point within the budget that the search found in its evaluations)"
+                      if a["psi_file"] > TARGET_PSI[name] else "") + ".")
+        fast = a["seconds"] <= 300
         lines += ["", f"Target {target}: "
                   f"{'MET' if met else 'NOT MET'} (auto: ψ {a['psi_file']:.4f}, {metric} {a['metric']:.4f}, "
-                  f"{a['seconds']:.0f} s, {a['evaluations']} metric evaluations, sensitivities "
-                  f"'{a['hypothesis']}', recipe replays bit-exact: {a['replays_bit_exact']}).",
+                  f"{a['evaluations']} metric evaluations, start '{a['hypothesis']}', "
+                  f"recipe replays bit-exact: {a['replays_bit_exact']}).{why}",
+                  f"Target under 5 minutes on 2 cores: {'MET' if fast else 'NOT MET'} ({a['seconds']:.0f} s "
+                  f"wall clock, load average {os.getloadavg()[0]:.1f}).",
                   f"Phases (s): {a['phases']}", ""]
         for r in rows:
             out.append({"model": name, **r})

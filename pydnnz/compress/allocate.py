@@ -32,8 +32,8 @@ from .rdq import MAX_LEVELS, fit_rdq
 __all__ = ["Candidate", "candidate_table", "choose", "data_free", "lambda_grid", "materialize", "rule_for",
            "DEFAULT_STEPS", "DEFAULT_RDOS", "DEFAULT_UQ_KS"]
 
-DEFAULT_STEPS = tuple(range(-2, 15))   # Δ = rms · 2^(-j/2): from 2·rms (almost all zero) to rms/128
-DEFAULT_RDOS = (0.0, 0.15, 0.4)        # plain rounding, a mild and a strong dead zone
+DEFAULT_STEPS = tuple(x / 2 for x in range(-4, 29))  # Δ = rms · 2^(-j/2), quarter-octave: 2·rms .. rms/128
+DEFAULT_RDOS = (0.0, 0.15)             # plain rounding and a mild dead zone
 DEFAULT_UQ_KS = (16, 32, 64)           # the paper's UQ at a few k (range-searched step)
 
 
@@ -78,9 +78,9 @@ def _encoded_size(q: QuantizedTensor):
     return best
 
 
-def _rdq_levels(w64, sd, step, rdo, k):
-    fit = fit_rdq(sd, k, None, step=step, rdo=rdo)
-    return fit, fit.levels(w64)
+def _rdq_levels(w64, sd, step, rdo, k, balance=False, rows=1):
+    fit = fit_rdq(sd, k, None, step=step, rdo=rdo, balance=balance)
+    return fit, fit.assign_rows(w64, rows) + fit.m_lo
 
 
 def _as_matrix(w):
@@ -95,8 +95,10 @@ def rdq_k(w, step) -> int:
 
 
 def candidate_table(weights: dict, *, steps=DEFAULT_STEPS, rdos=DEFAULT_RDOS, uq_ks=(), dense=True,
-                    progress=None) -> dict:
-    """{name: [Candidate, ...]} for each float tensor of `weights` (name -> ndarray)."""
+                    balance=True, progress=None) -> dict:
+    """{name: [Candidate, ...]} for each float tensor of `weights` (name -> ndarray).
+
+    balance: RDQ candidates balance each row's sum (pydnnz.compress.rdq, ``balance=True``)."""
     from .._progress import progress_bar
 
     table = {}
@@ -119,7 +121,7 @@ def candidate_table(weights: dict, *, steps=DEFAULT_STEPS, rdos=DEFAULT_RDOS, uq
             if k > MAX_LEVELS:
                 continue
             for rdo in rdos:
-                fit, m = _rdq_levels(w64, sd, step, float(rdo), k)
+                fit, m = _rdq_levels(w64, sd, step, float(rdo), k, balance, w.shape[0] if w.ndim >= 2 else 1)
                 key = m.tobytes()
                 if key in seen:  # same levels as a cheaper-to-describe candidate
                     continue
@@ -127,7 +129,10 @@ def candidate_table(weights: dict, *, steps=DEFAULT_STEPS, rdos=DEFAULT_RDOS, uq
                 q = _quantized(fit.codebook.astype(np.float64), m - fit.m_lo, w.shape)
                 nb, enc = _encoded_size(q)
                 d = float(np.sum((w64 - fit.codebook[m - fit.m_lo].astype(np.float64)) ** 2))
-                cands.append(Candidate("rdq", k, {"step": step, "rdo": float(rdo)}, nb, enc, d))
+                opts = {"step": step, "rdo": float(rdo)}
+                if balance:
+                    opts["balance"] = True
+                cands.append(Candidate("rdq", k, opts, nb, enc, d))
         for kk in uq_ks:
             from .quantize import quantize
 
@@ -186,10 +191,13 @@ def materialize(w, cand: Candidate):
     return np.asarray(q, dtype=np.float32).reshape(np.shape(w))
 
 
-def rule_for(pattern: str, cand: Candidate, encoding: str = "auto") -> dict:
-    """The compress_model recipe rule that replays `cand` on the layer named by `pattern`."""
+def rule_for(pattern: str, cand: Candidate, encoding: str | None = None) -> dict:
+    """The compress_model recipe rule that replays `cand` on the layer named by `pattern`, with
+    the encoding whose size the candidate measured (None; "auto" would pick by speed and could
+    store a larger file than the allocation counted)."""
     if cand.method == "dense":
         return {"match": pattern, "method": "none"}
+    encoding = encoding or cand.encoding or "auto"
     rule = {"match": pattern, "method": cand.method, "k": int(cand.k), "encoding": encoding}
     if cand.options:
         rule["options"] = dict(cand.options)

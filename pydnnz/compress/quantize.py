@@ -126,7 +126,11 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
     values = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if values.size:
         fit = _fit(method, SortedData(values), k, rng, opts)
-        sub = [fit.assign(v, rng) for v in parts]
+        if getattr(fit, "balance", False) and not (pruned and not include_zeros):
+            # rdq balance=True: row sums balanced, rows = dimension 0 (a 1-D tensor is one row)
+            sub = [fit.assign_rows(v, a.shape[0] if a.ndim >= 2 else 1) for v, a in zip(parts, arrays)]
+        else:
+            sub = [fit.assign(v, rng) for v in parts]
         cb = fit.codebook
         info = fit.info
     else:  # everything was pruned

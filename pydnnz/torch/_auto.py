@@ -3,21 +3,28 @@
 The steps (each with a tqdm bar; `time_limit` stops the search early with the best verified result):
 
 1. candidates: for every Linear / Conv1d / Conv2d / Embedding weight, RDQ settings (uniform step
-   Δ = rms·2^(-j/2), rate-distortion-optimised rounding with a dead zone, pydnnz.compress.rdq),
-   optional UQ k-levels, and "dense"; each with its real encoded size and squared error
-   (pydnnz.compress.allocate).
-2. sensitivity: each layer alone is quantized at a probe setting and the degradation is measured
-   (the user's metric, or the output error on `calibration` batches when given); s = degradation /
-   squared error. Data-free (neither): s = 1 / ||W||², i.e. relative weight-space error.
-3. allocation: one Lagrange multiplier λ; every layer independently takes argmin s·D + λ·bytes
-   (the knapsack optimum on the convex hull of real sizes). The predicted degradation Σ s·D picks
-   a first λ.
-4. verification: the allocation is applied and the real metric measured; λ is then searched
-   (expansion, then bisection on the λ grid) for the largest λ whose measured metric stays
-   within the budget: a wrong prediction backs off to a smaller λ.
+   Δ = rms·2^(-j/2) on a quarter-octave grid, plain or dead-zone rate-distortion-optimised
+   rounding with balanced row sums, pydnnz.compress.rdq), optional UQ k-levels, and "dense"; each
+   with its real encoded size (and the encoding that gave it, which the recipe then names) and
+   its squared error (pydnnz.compress.allocate).
+2. start (with a metric): every layer at the same step relative to its rms, the coarsest such
+   step whose measured degradation is within half the budget (_auto_search.uniform_start).
+3. descent: layers take turns moving to their next cheaper candidate; a move is kept only when
+   the measured metric of the whole allocation stays within a threshold that rises over three
+   rounds to the budget (_auto_search.descend). No per-layer sensitivity probes: on the models
+   measured the metric's response to one layer is far from additive or monotone, so the
+   prediction mis-ordered the allocations while costing evaluations.
+4. bias correction (when `calibration` is given, without retraining): each quantized Linear
+   layer's bias is re-set so that its mean output on the calibration inputs equals the float
+   model's, in forward order on the quantized model (_auto_search.sequential_bias_correction).
+   The corrected biases travel in the recipe (a rule's "bias").
 5. the result: compress_model with the recipe of the chosen allocation (one rule per layer,
    replayable bit for bit), the final metric measured on the compressed model itself, and the file
    size measured by save_model.
+
+Data-free (no metric, no calibration): one Lagrange multiplier λ, every layer independently takes
+argmin s·D + λ·bytes with s = 1 / (L·||W||²) (relative weight-space error), the largest λ whose
+mean relative squared error is within the budget.
 """
 from __future__ import annotations
 
@@ -48,7 +55,7 @@ class AutoReport:
 
     recipe: list
     layers: list
-    mode: str                 # "metric", "calibration" (proxy for sensitivities) or "data-free"
+    mode: str                 # "metric", "calibration" (relative output error as the metric) or "data-free"
     baseline: float | None
     metric: float | None      # measured on the compressed model (None in data-free mode)
     limit: float | None       # the metric the result must not cross
@@ -130,7 +137,7 @@ def _output_error(model, calibration, reference):
 
 def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_better: bool = False,
                   calibration=None, retrain=None, time_limit: float | None = None, seed: int = 0,
-                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 24,
+                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 60,
                   progress: bool | None = None):
     """Compress `model` into the fewest file bytes whose metric stays within `budget`.
 
@@ -144,18 +151,21 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
             is ABSOLUTE (0.003 = MSE may grow by 0.003; 0.001 = accuracy may drop by 0.1 point),
             a string "x%" is RELATIVE to the baseline metric ("1%"). Data-free: the allowed mean
             relative squared error of the layers' weights, ||W - Q(W)||² / ||W||² (e.g. 0.002).
-        calibration: optional list of input batches (a tensor or a tuple of model arguments each);
-            when given, per-layer sensitivities come from the output error on them (cheap) instead
-            of from `evaluate`; the budget is still checked with `evaluate` when there is one.
+        calibration: optional list of input batches (a tensor or a tuple of model arguments each;
+            all of them go through the model as ONE batch for each measured allocation, so keep
+            it small: ~100 samples). When given (and no `retrain`), the quantized Linear layers get
+            bias correction (see above). Without `evaluate` the metric is the relative output
+            error on them. Take them from training data, not from the data `evaluate` scores.
         retrain: optional ``retrain(model)`` training loop: each verification then fine-tunes the
             shared values (compress_model's ``finetune``) before measuring. The recipe then replays
             bit-exact only together with the same retraining.
         time_limit: seconds; the search stops at the limit with the best verified allocation.
-        seed: recorded in the rules (the RD quantizer itself draws no random numbers, so the result
-            is deterministic for a given model, metric and seed).
+        seed: recorded in the rules (the RD quantizer and the search draw no random numbers, so the
+            result is deterministic for a given model, metric and seed, unless `time_limit` cuts
+            the search at a point that depends on the machine's speed).
         include_embeddings: compress nn.Embedding tables too (they count in the file).
         steps, rdos, uq_ks: the candidate grid (see pydnnz.compress.allocate).
-        max_evals: at most this many verifications of allocations with the real metric.
+        max_evals: at most this many measured allocations (each one call of `evaluate`).
 
     Returns:
         (compressed model, AutoReport). ``report.save("recipe.json")`` writes the recipe;
@@ -171,7 +181,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         (True, True)
     """
     from ..compress.allocate import materialize
-    from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, DEFAULT_UQ_KS, candidate_table, choose, lambda_grid, rule_for
+    from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, candidate_table, choose, lambda_grid, rule_for
+    from ._auto_search import concat_batches, descend, mean_outputs, sequential_bias_correction, uniform_alloc, uniform_start
     from ._compress import _copy_model, compress_model
     from ._io import save_model
 
@@ -228,15 +239,31 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     def degradation(v, base):
         return (base - v) if higher_is_better else (v - base)
 
-    def proxy(m):  # what sensitivities are measured with
-        if calibration is not None:
-            return _output_error(m, calibration, reference)
-        return measure(m)
-
     def set_weights(values):
         with torch.no_grad():
             for name, v in values.items():
                 modules[name].weight.copy_(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+
+    # Bias correction (with calibration batches, without retraining): the Linear layers' biases
+    # are re-set so that each one's mean output on the calibration inputs equals the float
+    # model's, in forward order on the quantized model (sequential_bias_correction: one pass,
+    # upstream errors included). On a regression head the mean output shift moves every
+    # prediction (DeepDTA DAVIS fc3 at Δ = 0.055: +0.047 test MSE, +0.0007 with the shift taken
+    # out), so without it the metric's response to a layer is erratic and the search keeps lucky
+    # points rather than good ones. The corrected biases travel in the recipe ("bias").
+    biases = {n: m.bias.detach().to("cpu", torch.float32).numpy().copy() for n, m in modules.items()
+              if getattr(m, "bias", None) is not None}
+    linear = {n: m for n, m in modules.items() if isinstance(m, nn.Linear) and m.bias is not None}
+    if calibration is not None and retrain is None and linear:
+        cal_batch = concat_batches(calibration)
+        targets = mean_outputs(work, linear, cal_batch)
+    else:
+        cal_batch, targets = None, {}
+
+    def set_biases(values):
+        with torch.no_grad():
+            for name, v in values.items():
+                modules[name].bias.copy_(torch.from_numpy(v).reshape(modules[name].bias.shape))
 
     if mode == "data-free":
         baseline = None
@@ -254,143 +281,109 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     t = time.perf_counter()
     table = candidate_table(originals, steps=DEFAULT_STEPS if steps is None else steps,
                             rdos=DEFAULT_RDOS if rdos is None else rdos,
-                            uq_ks=DEFAULT_UQ_KS if uq_ks is None else uq_ks, progress=progress)
+                            uq_ks=() if uq_ks is None else uq_ks, progress=progress)
     phases["candidates"] = round(time.perf_counter() - t, 3)
 
     # --- 2. sensitivities ------------------------------------------------------------------------
-    t = time.perf_counter()
-    sens = {}
-    if mode == "data-free":
-        n_layers = len(originals)
-        for name, w in originals.items():
-            energy = float(np.sum(w.astype(np.float64) ** 2))
-            sens[name] = 1.0 / (n_layers * energy) if energy > 0 else 0.0
-    else:
-        bar = progress_bar(list(originals), desc="sensitivity", disable=quiet)
-        for name in bar:
-            cands = table[name]
-            w = originals[name]
-            rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
-            s = None
-            for factor in (0.5, 1.0, 2.0):  # probe steps rms·factor, plain rounding; coarser if no effect
-                probe = [c for c in cands if c.method == "rdq" and c.options["rdo"] == 0.0]
-                if not probe or rms == 0.0:
-                    break
-                c = min(probe, key=lambda c: abs(math.log(c.options["step"] / (rms * factor))))
-                if c.distortion <= 0:
-                    continue
-                set_weights({name: materialize(w, c)})
-                d = proxy(work) if calibration is not None else degradation(proxy(work), baseline)
-                set_weights({name: w})
-                floor = (allowed / 50.0) if calibration is None else 1e-6
-                if d > floor:
-                    s = d / c.distortion
-                    break
-                if over_time():
-                    break
-            sens[name] = s
-        known = [v for v in sens.values() if v]
-        tiny = (min(known) * 1e-2) if known else 1e-12
-        for name in sens:
-            if not sens[name]:
-                sens[name] = tiny
-    phases["sensitivity"] = round(time.perf_counter() - t, 3)
+    # Data-free: relative weight-space error, s = 1 / (L·||W||²). With a metric no per-layer
+    # probes: on the models measured the metric's response to one layer is not monotone in that
+    # layer's squared error (see _auto_search), so probes mis-predicted and cost evaluations; the
+    # search below measures every allocation it keeps instead.
+    energy = {n: float(np.sum(w.astype(np.float64) ** 2)) for n, w in originals.items()}
+    sens = {n: (1.0 / (len(originals) * e) if e > 0 else 0.0) for n, e in energy.items()}
 
     # --- 3/4. allocation and verification -------------------------------------------------------
-    # Sensitivity hypotheses, each searched on the real metric: the measured one (when there is
-    # data), "equal" (one absolute step for every layer, like NNCodec's global QP) and "relative"
-    # (the same relative error in every layer). The prediction only seeds the search; the metric
-    # decides, and the smallest verified allocation over all hypotheses wins.
+    # The sensitivities predict a start (the largest λ whose predicted degradation is half the
+    # budget), verified on the real metric and backed off to smaller λ if it fails; then the
+    # coordinate descent of _auto_search moves one layer at a time to cheaper candidates, each
+    # move measured together with all the others (the metric, not the prediction, decides).
     t = time.perf_counter()
-    energy = {n: float(np.sum(w.astype(np.float64) ** 2)) for n, w in originals.items()}
-    relative = {n: (1.0 / (len(originals) * e) if e > 0 else 0.0) for n, e in energy.items()}
-    if mode == "data-free":
-        hyps = [("relative", relative)]
-    else:
-        hyps = [("measured", sens), ("equal", {n: 1.0 for n in originals}), ("relative", relative)]
+    hyp = "relative" if mode == "data-free" else "uniform start"
+    s_h = sens
 
     def nbytes(alloc):
         return sum(table[n][i].nbytes for n, i in alloc.items())
 
     history = []
     cache = {}
-    passed = []  # (bytes, order, alloc, lam, hypothesis)
+
+    mat_cache, bias_cache = {}, {}
+
+    def values_of(n, i):  # the float values of candidate i of layer n (kept: the descent reuses them)
+        if (n, i) not in mat_cache:
+            mat_cache[(n, i)] = materialize(originals[n], table[n][i])
+        return mat_cache[(n, i)]
+
+    alloc_bias = {}  # allocation key -> {layer: corrected float32 bias}
+
+    def corrections(alloc):  # with the allocation's weights set in `work`
+        quantized = {n: linear[n] for n, i in alloc.items() if n in linear and table[n][i].method != "dense"}
+        if cal_batch is None or not quantized:
+            return {}
+        return sequential_bias_correction(work, quantized, cal_batch, {n: targets[n] for n in quantized})
 
     def recipe_of(alloc):
-        rules = [rule_for(_glob_literal(n), table[n][i]) for n, i in sorted(alloc.items())]
-        for r in rules:
+        rules = []
+        for n, i in sorted(alloc.items()):
+            r = rule_for(_glob_literal(n), table[n][i])
             if r["method"] != "none":
                 r["seed"] = seed
+                b = alloc_bias.get(tuple(sorted(alloc.items())), {}).get(n)
+                if b is not None:
+                    r["bias"] = [float(x) for x in b]
+            rules.append(r)
         return rules
 
-    def verify(alloc, lam, hyp, pred):
+    def check(alloc, threshold, lam=None, pred=None):
         key = tuple(sorted(alloc.items()))
-        if key in cache:
-            return cache[key]
-        if retrain is not None:
-            cand_model = compress_model(work, recipe_of(alloc), finetune=retrain, progress=False)
-        else:
-            set_weights({n: materialize(originals[n], table[n][i]) for n, i in alloc.items()})
-            cand_model = work
-        v = measure(cand_model)
-        if retrain is None:
-            set_weights(originals)
-        ok = degradation(v, baseline) <= allowed
-        history.append({"hypothesis": hyp, "lam": lam, "bytes": nbytes(alloc), "predicted": pred,
-                        "metric": v, "ok": ok})
-        if ok:
-            passed.append((nbytes(alloc), len(passed), alloc, lam, hyp))
-        cache[key] = ok
-        return ok
-
-    chosen = None
-    per_hyp = max(2, max_evals // len(hyps))
-    bar = progress_bar(total=per_hyp * len(hyps), desc="verify",
-                       disable=True if mode == "data-free" else quiet)
-    for hyp, s_h in hyps:
-        grid = lambda_grid(table, s_h, n=160)
-        allocs = [choose(table, s_h, float(lam)) for lam in grid]
-        preds = [sum(s_h[n] * table[n][i].distortion for n, i in a.items()) for a in allocs]
-        if mode == "data-free":
-            ok_idx = [i for i, p in enumerate(preds) if p <= allowed]
-            best = max(ok_idx) if ok_idx else 0
-            chosen = (allocs[best], float(grid[best]), hyp, preds[best] <= allowed)
-            break
-        if hyp == "measured":  # the largest λ whose prediction is within the budget
-            fits = [i for i, p in enumerate(preds) if p <= allowed]
-            i = max(fits) if fits else 0
-        elif passed:  # the allocation of this hypothesis closest in bytes to the best so far
-            target = min(passed)[0]
-            i = min(range(len(allocs)), key=lambda j: abs(nbytes(allocs[j]) - target))
-        else:
-            i = len(grid) // 2
-        lo, hi = -1, len(grid)  # lo: largest index known to pass; hi: smallest known to fail
-        step = max(1, len(grid) // 40)
-        n = 0
-        while n < per_hyp and not over_time() and hi - lo > 1:
-            ok = verify(allocs[i], float(grid[i]), hyp, preds[i])
-            n += 1
-            bar.update(1)
-            if ok:
-                lo = i
-                nxt = i + step if hi == len(grid) else (lo + hi) // 2
+        if key not in cache:
+            if len(cache) >= max_evals:
+                return False, math.inf
+            if retrain is not None:
+                cand_model = compress_model(work, recipe_of(alloc), finetune=retrain, progress=False)
             else:
-                hi = i
-                nxt = i - step if lo == -1 else (lo + hi) // 2
-            step *= 2
-            nxt = min(max(nxt, lo + 1), hi - 1)
-            if nxt <= lo or nxt >= hi:
-                break
-            i = nxt
-        if over_time():
-            break
-    bar.close()
-    if chosen is None:
-        if passed:
-            _, _, alloc, lam, hyp = min(passed, key=lambda p: (p[0], p[1]))
-            chosen = (alloc, lam, hyp, True)
-        else:  # nothing verified within the budget: every layer dense (no loss)
-            chosen = ({n: 0 for n in originals}, 0.0, "dense", False)
+                set_weights({n: values_of(n, i) for n, i in alloc.items()})
+                alloc_bias[key] = corrections(alloc)
+                cand_model = work
+            v = measure(cand_model)
+            if retrain is None:
+                set_weights(originals)
+                set_biases({n: biases[n] for n in alloc_bias[key]})
+            cache[key] = degradation(v, baseline)
+            history.append({"lam": lam, "bytes": nbytes(alloc), "predicted": pred, "metric": v,
+                            "threshold": threshold, "ok": cache[key] <= threshold})
+        d = cache[key]
+        return d <= threshold, d
+
+    grid = lambda_grid(table, s_h, n=160)
+    allocs = [choose(table, s_h, float(lam)) for lam in grid]
+    preds = [sum(s_h[n] * table[n][i].distortion for n, i in a.items()) for a in allocs]
+    if mode == "data-free":
+        ok_idx = [i for i, p in enumerate(preds) if p <= allowed]
+        best = max(ok_idx) if ok_idx else 0
+        chosen = (allocs[best], float(grid[best]), hyp, preds[best] <= allowed)
+    else:
+        bar = progress_bar(total=max_evals, desc="verify", disable=quiet)
+        rms = {n: math.sqrt(e / max(originals[n].size, 1)) for n, e in energy.items()}
+        js = [float(j) for j in (DEFAULT_STEPS if steps is None else steps)]
+
+        def test_uniform(j):
+            ok, _ = check(uniform_alloc(table, rms, j), allowed / 2, lam=None, pred=f"uniform j={j:g}")
+            bar.update(1)
+            return ok
+
+        j0 = uniform_start(js, test_uniform) if js else None
+        lam = 0.0
+        if j0 is None:
+            start, start_deg, hyp = {n: 0 for n in originals}, 0.0, "dense start"
+        else:
+            start = uniform_alloc(table, rms, j0)
+            start_deg = check(start, allowed)[1]
+            hyp = f"uniform start j={j0:g}"
+        alloc, _ = descend(table, start, lambda a, thr: check(a, thr), start_deg=start_deg, allowed=allowed,
+                           stop=lambda: over_time() or len(cache) >= max_evals, bar=bar)
+        bar.close()
+        chosen = (alloc, lam, hyp + " + descent", True)
     phases["search"] = round(time.perf_counter() - t, 3)
 
     # --- 5. the compressed model, its metric and its file ---------------------------------------

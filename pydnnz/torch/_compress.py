@@ -102,6 +102,20 @@ def _lossy(rule, members):
     return {key: out[key] for key in weights}
 
 
+def _set_biases(rules, layers):
+    """A rule's 'bias' (auto_compress's bias correction) becomes its one layer's bias."""
+    for rule in rules:
+        if rule.bias is None:
+            continue
+        members = [entry for entry in layers if entry[3] is rule]
+        b = getattr(members[0][1], "bias", None) if len(members) == 1 else None
+        if not isinstance(b, torch.Tensor) or b.numel() != len(rule.bias):
+            raise InvalidArgumentError(f"{rule.describe()}: 'bias' needs exactly one matched layer with a bias of "
+                                       f"{len(rule.bias)} values (matched: {[e[0] for e in members][:5]})")
+        with torch.no_grad():
+            b.copy_(torch.tensor(rule.bias, dtype=torch.float32).reshape(b.shape))
+
+
 def _copy_model(model):
     """deepcopy that shares the (immutable) EncodedMatrix objects of compressed layers: they may
     hold read-only views of a memory map and C-side pointers, which must not be copied."""
@@ -194,6 +208,8 @@ def compress_model(model: nn.Module, recipe, *, inplace: bool = False, finetune=
             raise UnsupportedError(f"compress_model: fine-tuning does not reach the weights of {multi[:5]} "
                                    "(LSTM/GRU/MultiheadAttention do not read .weight in forward); exclude them "
                                    "(method 'none') or compress without finetune=")
+
+    _set_biases(rules, layers)
 
     # Lossy step, one call per rule (unified codebooks never cross rules).
     lossy = {}

@@ -35,6 +35,11 @@ matches keep their dense weights. Keys of a rule (every one optional):
               codebook of row-normalised values) or an int B (one scale per block of B rows).
               For cws, pws, uq, ecsq and their pr_ variants. See spec/torch.md, "Per-channel".
     options   a dict of further keyword arguments passed as they are to the pydnnz.compress method.
+    bias      a list of numbers: the layer's new bias (float32), set before compressing; the rule
+              must then name exactly one layer that has a bias of that length. What
+              auto_compress's bias correction writes (the quantization error's mean effect on the
+              layer's output, taken out of the bias); stored as the layer's bias, not in the
+              file's copy of the recipe.
 
 Example:
     >>> rules = parse_recipe([{"match": "out", "method": "none"},
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
@@ -69,7 +75,7 @@ _TYPE_ALIASES = {
 QUANTIZERS = ("cws", "pws", "uq", "ecsq", "rdq")
 METHODS = ("none", "prune") + QUANTIZERS + tuple(f"pr_{q}" for q in QUANTIZERS)
 KEYS = ("match", "layers", "type", "method", "k", "prune", "unified", "encoding", "seed",
-        "lam", "lambda", "granularity", "options")
+        "lam", "lambda", "granularity", "options", "bias")
 DEFAULT_K = 32
 DEFAULT_PRUNE = 90.0
 
@@ -90,6 +96,7 @@ class Rule:
     lam: float | None = None
     options: dict = field(default_factory=dict)
     granularity: object = "tensor"
+    bias: tuple | None = None
 
     def matches(self, name: str, type_name: str) -> bool:
         types = self.types or (DEFAULT_TYPES if not self.patterns else LAYER_TYPES)
@@ -247,8 +254,16 @@ def _rule(raw, index, encodings):
         raise InvalidArgumentError(f"{where}: 'granularity' needs a quantizer, not method {method!r}")
     if "granularity" in options:
         raise InvalidArgumentError(f"{where}: give 'granularity' as a rule key, not in 'options'")
+    bias = raw.get("bias")
+    if bias is not None:
+        if (not isinstance(bias, (list, tuple)) or not bias
+                or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in bias)):
+            raise InvalidArgumentError(f"{where}: 'bias' must be a non-empty list of finite numbers")
+        if not patterns:
+            raise InvalidArgumentError(f"{where}: 'bias' needs 'match' naming the one layer it belongs to")
+        bias = tuple(float(b) for b in bias)
     return Rule(index, patterns, types, method, k, prune, unified, encoding, seed, lam, dict(options),
-                granularity)
+                granularity, bias)
 
 
 def parse_recipe(recipe, encodings=None) -> list:

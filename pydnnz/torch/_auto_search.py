@@ -1,0 +1,209 @@
+"""auto_compress's search on the real metric: a verified start (every layer at the same step
+relative to its rms, the coarsest such step within half the budget), then a coordinate descent that moves one layer at a time to a cheaper candidate
+and keeps the move only when the measured metric stays within a threshold.
+
+Why a descent and not only the Lagrangian prediction: on small regression heads the metric's
+response to one layer's quantization is far from additive or monotone in the squared error
+(DeepDTA DAVIS, fc3 alone, balanced rounding: +0.047 test MSE at Δ = 0.055, -0.001 at Δ = 0.065),
+so the prediction only orders the moves; every kept move is measured together with the others.
+The thresholds rise over the rounds (a third of the remaining budget, two thirds, all of it) so
+the first layer visited does not take the whole budget. Layers worth less than `min_share` of
+the current bytes are left where the start put them (a move there saves little and costs an
+evaluation, often the expensive kind: early layers invalidate any feature cache of `evaluate`).
+"""
+from __future__ import annotations
+
+import math
+
+
+def ladder(cands) -> list:
+    """Indices of the candidates on the (bytes, squared error) Pareto front, most bytes first.
+
+    >>> from pydnnz.compress.allocate import Candidate
+    >>> ladder([Candidate("dense", nbytes=400), Candidate("rdq", nbytes=90, distortion=2.0),
+    ...         Candidate("rdq", nbytes=100, distortion=3.0), Candidate("rdq", nbytes=50, distortion=5.0)])
+    [0, 1, 3]
+    """
+    order = sorted(range(len(cands)), key=lambda i: (cands[i].nbytes, cands[i].distortion, i))
+    front, best_d = [], math.inf
+    for i in order:  # fewest bytes first: keep a candidate only if it lowers the error
+        if cands[i].distortion < best_d:
+            front.append(i)
+            best_d = cands[i].distortion
+    return front[::-1]
+
+
+def uniform_alloc(table, rms, j) -> dict:
+    """Every layer at RDQ step rms·2^(-j/2) with plain (balanced) rounding: the candidate of that
+    kind whose step is nearest; a layer without one stays dense (index 0)."""
+    out = {}
+    for n, cands in table.items():
+        best, dist = 0, math.inf
+        target = rms[n] * 2.0 ** (-j / 2.0)
+        for i, c in enumerate(cands):
+            if c.method == "rdq" and c.options.get("rdo", 0.0) == 0.0 and target > 0:
+                d = abs(math.log(c.options["step"] / target))
+                if d < dist - 1e-12:
+                    best, dist = i, d
+        out[n] = best
+    return out
+
+
+def uniform_start(js, test, *, first=1.0, max_tries=6):
+    """The coarsest j of the grid `js` (larger j: finer) whose uniform allocation passes
+    test(j) -> bool, walking from the j nearest `first`: coarser while it passes, finer (two grid
+    steps at a time, then the one skipped) while it fails. None when nothing passed within max_tries."""
+    js = sorted(set(js))
+    p = min(range(len(js)), key=lambda i: (abs(js[i] - first), i))
+    tries, best = 0, None
+    if test(js[p]):
+        best, tries = js[p], 1
+        while p > 0 and tries < max_tries:
+            p -= 1
+            tries += 1
+            if not test(js[p]):
+                break
+            best = js[p]
+        return best
+    tries, failed = 1, p
+    while tries < max_tries:
+        p = min(p + 2, len(js) - 1)
+        tries += 1
+        if test(js[p]):
+            if p - 1 > failed and tries < max_tries and test(js[p - 1]):  # the one skipped
+                return js[p - 1]
+            return js[p]
+        failed = p
+        if p == len(js) - 1:
+            break
+    return None
+
+
+def descend(table, alloc, check, *, start_deg, allowed, rounds=3, patience=3, min_share=0.03, jump=0.08,
+            stop=lambda: False, bar=None):
+    """Coordinate descent from `alloc` ({name: candidate index}); returns (alloc, degradation).
+
+    check(alloc, threshold) -> (ok, degradation): the measured degradation of the allocation and
+    whether it is <= threshold (the caller caches and counts evaluations). Per round r of
+    `rounds` the threshold is start + (allowed - start)·r/rounds. Within a round the layers take
+    turns (round robin, largest first): each turn one layer tries its next cheaper candidate on
+    its ladder, at least a fraction `jump` below the last one tried (a dense ladder would spend
+    evaluations on 1 % moves), and keeps it if it passes; after `patience` consecutive failures
+    a layer sits out the rest of the round. Turns, not one layer at a time, so that the budget
+    is shared: the first layer visited does not take all of it. Deterministic: the order depends
+    only on the table and the start.
+    """
+    alloc = dict(alloc)
+    cur = max(0.0, start_deg)
+    ladders = {n: ladder(c) for n, c in table.items()}
+
+    def next_trial(n, after):
+        """The ladder position of the next candidate to try below position `after`."""
+        lad = ladders[n]
+        last = table[n][lad[after]].nbytes if after >= 0 else math.inf
+        j = after + 1
+        while j < len(lad) - 1 and table[n][lad[j]].nbytes > (1.0 - jump) * last:
+            j += 1
+        return j if j < len(lad) else None
+
+    def position(n):
+        lad = ladders[n]
+        if alloc[n] in lad:
+            return lad.index(alloc[n])
+        # the start chose a candidate off the front: the last front entry with at least its bytes
+        return max([j for j, i in enumerate(lad) if table[n][i].nbytes >= table[n][alloc[n]].nbytes], default=-1)
+
+    start = cur
+    for r in range(1, rounds + 1):
+        thr = start + (allowed - start) * r / rounds if r < rounds else allowed
+        total = sum(table[n][i].nbytes for n, i in alloc.items())
+        names = sorted(alloc, key=lambda n: (-table[n][alloc[n]].nbytes, n))
+        active = {n: [position(n), 0] for n in names if table[n][alloc[n]].nbytes >= min_share * total}
+        while active:
+            for n in [n for n in names if n in active]:
+                if stop():
+                    return alloc, cur
+                pos, fails = active[n]
+                j = next_trial(n, pos)
+                if j is None:
+                    del active[n]
+                    continue
+                trial = dict(alloc)
+                trial[n] = ladders[n][j]
+                ok, deg = check(trial, thr)
+                if bar is not None:
+                    bar.update(1)
+                if ok:
+                    alloc, cur = trial, deg
+                    active[n] = [j, 0]
+                elif fails + 1 >= patience:
+                    del active[n]
+                else:
+                    active[n] = [j, fails + 1]
+    return alloc, cur
+
+
+def concat_batches(calibration):
+    """The calibration batches as ONE batch (tensors, or tuples of tensors, joined on dim 0)."""
+    import torch
+
+    first = calibration[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(torch.cat([b[i] for b in calibration]) for i in range(len(first)))
+    return torch.cat(list(calibration))
+
+
+def mean_outputs(model, modules: dict, batch) -> dict:
+    """{name: float64 mean pre-activation output W·μ + b} of the given Linear layers on `batch`."""
+    import numpy as np
+    import torch
+
+    out, hooks = {}, []
+
+    def hook(name):
+        def post(mod, args, y):
+            y = y.detach().to(torch.float64)
+            out[name] = y.reshape(-1, y.shape[-1]).mean(0).numpy().copy()
+        return post
+
+    for name, m in modules.items():
+        hooks.append(m.register_forward_hook(hook(name)))
+    try:
+        with torch.inference_mode():
+            model(*batch) if isinstance(batch, tuple) else model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: np.asarray(v) for n, v in out.items()}
+
+
+def sequential_bias_correction(model, modules: dict, batch, targets: dict) -> dict:
+    """Empirical bias correction in one forward pass over `batch`: just before each Linear layer of
+    `modules` runs, its bias becomes targets[name] - W_q·μ_q, with μ_q the mean of the input it
+    actually receives (upstream layers quantized AND already corrected, since the pass is in
+    order), so every corrected layer's mean output on the batch equals the float model's. The
+    biases are left set in the model and returned as float32 arrays."""
+    import numpy as np
+    import torch
+
+    out, hooks = {}, []
+
+    def hook(name):
+        def pre(mod, args):
+            x = args[0].detach().to(torch.float64)
+            mu = x.reshape(-1, x.shape[-1]).mean(0)
+            b = (torch.from_numpy(targets[name]) - mod.weight.detach().to(torch.float64) @ mu).to(torch.float32)
+            with torch.no_grad():
+                mod.bias.copy_(b.reshape(mod.bias.shape))
+            out[name] = b.numpy().astype(np.float32).copy()
+        return pre
+
+    for name, m in modules.items():
+        hooks.append(m.register_forward_pre_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(*batch) if isinstance(batch, tuple) else model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
