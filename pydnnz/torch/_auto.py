@@ -13,7 +13,9 @@ The steps (each with a tqdm bar; `time_limit` stops the search early with the be
    the measured metric of the whole allocation stays within a threshold that rises over three
    rounds to the budget (_auto_search.descend). No per-layer sensitivity probes: on the models
    measured the metric's response to one layer is far from additive or monotone, so the
-   prediction mis-ordered the allocations while costing evaluations.
+   prediction mis-ordered the allocations while costing evaluations. With evaluations left after
+   the descent, the Lagrangian allocations (relative weight-space error, one λ) smaller than the
+   descent's result are bisected on the metric and the smallest passing one is kept.
 4. bias correction (when `calibration` is given, without retraining): each quantized Linear
    layer's bias is re-set so that its mean output on the calibration inputs equals the float
    model's, in forward order on the quantized model (_auto_search.sequential_bias_correction).
@@ -182,7 +184,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     """
     from ..compress.allocate import materialize
     from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, candidate_table, choose, lambda_grid, rule_for
-    from ._auto_search import concat_batches, descend, mean_outputs, sequential_bias_correction, uniform_alloc, uniform_start
+    from ._auto_search import (concat_batches, descend, lagrangian_polish, mean_outputs, sequential_bias_correction,
+                               uniform_alloc, uniform_start)
     from ._compress import _copy_model, compress_model
     from ._io import save_model
 
@@ -380,10 +383,17 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
             start = uniform_alloc(table, rms, j0)
             start_deg = check(start, allowed)[1]
             hyp = f"uniform start j={j0:g}"
+        stop = lambda: over_time() or len(cache) >= max_evals  # noqa: E731
         alloc, _ = descend(table, start, lambda a, thr: check(a, thr), start_deg=start_deg, allowed=allowed,
-                           stop=lambda: over_time() or len(cache) >= max_evals, bar=bar)
+                           stop=stop, bar=bar)
+        # evaluations left: the Lagrangian allocations (relative weight-space error) smaller than
+        # the descent's, bisected on the metric (MNIST: the descent stops early, this goes on)
+        polished = lagrangian_polish(allocs, nbytes, check, nbytes(alloc), allowed, stop=stop)
+        hyp += " + descent"
+        if polished is not None:
+            alloc, hyp = polished, hyp + " + Lagrangian"
         bar.close()
-        chosen = (alloc, lam, hyp + " + descent", True)
+        chosen = (alloc, lam, hyp, True)
     phases["search"] = round(time.perf_counter() - t, 3)
 
     # --- 5. the compressed model, its metric and its file ---------------------------------------

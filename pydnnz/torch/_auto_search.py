@@ -207,3 +207,20 @@ def sequential_bias_correction(model, modules: dict, batch, targets: dict) -> di
         for h in hooks:
             h.remove()
     return out
+
+
+def lagrangian_polish(allocs, nbytes, check, best_bytes, allowed, stop=lambda: False):
+    """After the descent, with evaluations left: the Lagrangian allocations (one per λ, fewer
+    bytes as λ grows) that are smaller than `best_bytes`, bisected on the measured metric for the
+    smallest one within the budget (the response is assumed roughly monotone in λ; every answer
+    is still measured). Returns that allocation, or None."""
+    idx = [i for i in range(len(allocs)) if nbytes(allocs[i]) < best_bytes]
+    lo, hi, found = -1, len(idx), None
+    while hi - lo > 1 and not stop():
+        mid = (lo + hi) // 2
+        ok, _ = check(allocs[idx[mid]], allowed)
+        if ok:
+            lo, found = mid, allocs[idx[mid]]
+        else:
+            hi = mid
+    return found
