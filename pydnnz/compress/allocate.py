@@ -134,9 +134,7 @@ def candidate_table(weights: dict, *, steps=DEFAULT_STEPS, rdos=DEFAULT_RDOS, uq
                     opts["balance"] = True
                 cands.append(Candidate("rdq", k, opts, nb, enc, d))
         for kk in uq_ks:
-            from .quantize import quantize
-
-            q = quantize(w, "uq", int(kk))
+            q = _quantize(w, "uq", int(kk))
             nb, enc = _encoded_size(q)
             d = float(np.sum((w64 - np.asarray(q, dtype=np.float64).ravel()) ** 2))
             cands.append(Candidate("uq", int(kk), {}, nb, enc, d))
@@ -181,13 +179,24 @@ def lambda_grid(table: dict, sens: dict, n: int = 400) -> np.ndarray:
     return np.geomspace(lo, hi, n)
 
 
-def materialize(w, cand: Candidate):
-    """The float32 values a candidate gives w (what compress_model's replay will store)."""
+def _quantize(w, method, k, **options):
+    """quantize() without KNotSmallerWarning: rdq's k is only a cap on the levels (rdq_k leaves
+    every weight unclipped), so k >= the weight count of a small layer is expected there."""
+    import warnings
+
+    from ..errors import KNotSmallerWarning
     from .quantize import quantize
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KNotSmallerWarning)
+        return quantize(w, method, k, **options)
+
+
+def materialize(w, cand: Candidate):
+    """The float32 values a candidate gives w (what compress_model's replay will store)."""
     if cand.method == "dense":
         return np.asarray(w, dtype=np.float32)
-    q = quantize(np.asarray(w, dtype=np.float32), cand.method, cand.k, **cand.options)
+    q = _quantize(np.asarray(w, dtype=np.float32), cand.method, cand.k, **cand.options)
     return np.asarray(q, dtype=np.float32).reshape(np.shape(w))
 
 
@@ -239,14 +248,12 @@ def data_free_lossy(weights: dict, budget: float, *, progress=None, **grid):
     The rules are compress_model rules (one per tensor, matched by its module name, i.e. the
     tensor name without ".weight"), so the same choice replays on a PyTorch model.
     """
-    from .quantize import quantize
-
     pick, err = data_free(weights, budget, progress=progress, **grid)
     lossy, rules = {}, []
     for name in sorted(pick):
         c = pick[name]
         w = np.asarray(weights[name], dtype=np.float32)
-        lossy[name] = w if c.method == "dense" else quantize(w, c.method, c.k, **c.options)
+        lossy[name] = w if c.method == "dense" else _quantize(w, c.method, c.k, **c.options)
         module = name[:-len(".weight")] if name.endswith(".weight") else name
         rules.append(rule_for("".join(f"[{ch}]" if ch in "[]*?" else ch for ch in module), c))
     return lossy, rules, err
