@@ -62,7 +62,8 @@ class UnsupportedVersionError(UnsupportedError):
 
 class KNotSmallerWarning(UserWarning):
     """A quantizer was asked for k levels for a tensor (or a unified group) of at most k weights:
-    every value keeps its own level, so the result is the input and nothing is gained."""
+    the codebook is as large as the weights, so nothing is gained (CWS, PWS and ECSQ give every
+    value its own level; UQ still rounds the values to its grid)."""
 
 
 __all__ = [

@@ -135,6 +135,13 @@ def test_k_not_smaller_than_the_weight_count_warns_on_the_numpy_and_cli_paths(tm
     assert np.array_equal(np.asarray(out["small.weight"]), w["small.weight"])  # came back exact
     with pytest.warns(KNotSmallerWarning, match="k=6 is not smaller than the 6 weights"):
         cws(w["small.weight"], 6)
+    # UQ still rounds to its grid, so its message must not claim the values come back unchanged
+    with pytest.warns(KNotSmallerWarning, match=r"k=4 is not smaller than the 4 weights, so uq's codebook is as large as the weights themselves and "
+                      r"nothing is gained \(the values are still rounded to its grid\)") as rec:
+        uneven = np.float32([-0.31, 0.02, 0.29, 0.61])
+        q = quantize(uneven, "uq", 4)
+    assert "keeps every value" not in str(rec[0].message)
+    assert not np.array_equal(np.asarray(q), uneven)  # rounded: k >= n is lossy for UQ
     with warnings.catch_warnings():
         warnings.simplefilter("error", KNotSmallerWarning)
         quantize(w["big.weight"], "uq", 16)  # k < weight count: silent

@@ -10,7 +10,7 @@ import numpy as np
 from ._core import as_weights, check_k, check_p, make_rng
 from .lowrank import slr
 from .pruning import prune as _prune, prune_global
-from .quantize import EXTRA_METHODS, METHODS, quantize
+from .quantize import EXTRA_METHODS, METHODS, k_not_smaller_effect, quantize
 from ..errors import InvalidArgumentError, KNotSmallerWarning
 
 __all__ = ["compress_weights", "infer_layer_type"]
@@ -154,8 +154,8 @@ def compress_weights(weights, method="cws", k=32, prune=None, *, unified=True, l
             if kk is not None and kk >= count:
                 what = f"{members[0]!r}" if len(members) == 1 else f"the unified {gname!r} group ({len(members)} tensors)"
                 warnings.warn(KNotSmallerWarning(
-                    f"{what}: k={kk} is not smaller than its {count} weights, so {method} keeps every value "
-                    "and nothing is gained; lower k or leave it out"), stacklevel=2)
+                    f"{what}: k={kk} is not smaller than its {count} weights, so {k_not_smaller_effect(method)}; "
+                    "lower k or leave it out"), stacklevel=2)
             rng = make_rng([int(seed), zlib.crc32(gname.encode())])
             with warnings.catch_warnings():  # warned above, with the names
                 warnings.simplefilter("ignore", KNotSmallerWarning)

@@ -53,6 +53,15 @@ METHODS = ("cws", "pws", "uq", "ecsq")
 EXTRA_METHODS = ("rdq",)
 
 
+def k_not_smaller_effect(method):
+    """What k >= weight count means for `method`, for KNotSmallerWarning's message: the sharing
+    methods give every value its own level; the grid methods still round to their grid."""
+    if method in ("uq", "rdq"):
+        return (f"{method}'s codebook is as large as the weights themselves and nothing is gained "
+                "(the values are still rounded to its grid)")
+    return f"{method} keeps every value and nothing is gained"
+
+
 def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, include_zeros=False,
              seed=0, granularity="tensor", **opts):
     """Quantize one tensor, or several with ONE shared ("unified") codebook.
@@ -92,8 +101,8 @@ def quantize(weights, method: str = "cws", k=32, *, prune=None, masks=None, incl
         k = check_k(k)
     count = sum(a.size for a in arrays)
     if k is not None and k >= count:
-        warnings.warn(KNotSmallerWarning(f"quantize: k={k} is not smaller than the {count} weights, so {method} "
-                                         "keeps every value and nothing is gained"), stacklevel=2)
+        warnings.warn(KNotSmallerWarning(f"quantize: k={k} is not smaller than the {count} weights, so "
+                                         f"{k_not_smaller_effect(method)}"), stacklevel=2)
     rng = make_rng(seed)
     if masks is not None:
         masks = [masks] if single else list(masks)
@@ -246,7 +255,7 @@ def uq(w, k=32, *, mode="search", delta=None, deltas=None, prune=None, include_z
     than bisecting.
 
     >>> import numpy as np
-    >>> q = uq(np.array([-0.31, 0.02, 0.29, 0.61], np.float32), 4, mode="range")
+    >>> q = uq(np.array([-0.31, 0.02, 0.29, 0.61, 0.45], np.float32), 4, mode="range")
     >>> [round(float(v), 3) for v in q.codebook]
     [-0.244, 0.0, 0.244, 0.488]
     """

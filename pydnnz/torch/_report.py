@@ -97,7 +97,7 @@ def record(model, rules, stats, compressed_names, supported_types, type_name_of,
     small = k_not_smaller(stats)
     for s in small:
         warn.append(f"layer {s['layer']!r}: k={s['k']} is not smaller than its {s['weights']} weights, so "
-                    "quantization keeps every value and the layer gains nothing; lower k or exclude the "
+                    "its codebook is as large as the weights and the layer gains nothing; lower k or exclude the "
                     "layer (method 'none')")
     for w in warn:
         warnings.warn(w, UserWarning, stacklevel=3)
