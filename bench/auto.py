@@ -83,10 +83,18 @@ def study_rows(name, limit, hib):
 
 
 def cached_mse(dd, data):
-    """The test MSE of a DeepDTA model, computed like dd.predict but with each branch's features
+    """dd.mse(data.y, ·) of cached_predict's predictions (see there)."""
+    import numpy as np
+
+    predict = cached_predict(dd, data)
+    return lambda m: dd.mse(data.y, predict(m).astype(np.float32))
+
+
+def cached_predict(dd, data):
+    """The test predictions of a DeepDTA model, computed like dd.predict but with each branch's features
     (embedding + convolutions over the distinct drugs / proteins) cached under a digest of that
     branch's weights: auto_compress's moves on the dense head then skip the protein convolutions
-    (the expensive part). Same numbers as dd.mse(data.y, dd.predict(m, data))."""
+    (the expensive part). Same numbers as dd.predict(m, data)."""
     import hashlib
 
     import numpy as np
@@ -116,15 +124,15 @@ def cached_mse(dd, data):
             cache[key] = f
         return cache[key]
 
-    def evaluate(m):
+    def predict(m):
         m.eval()
         fd, fp = feats(m, "d"), feats(m, "p")
         with torch.inference_mode():
             pred = torch.cat([m.head(fd[torch.from_numpy(inv_d[i:i + 1024])], fp[torch.from_numpy(inv_p[i:i + 1024])])
                               for i in range(0, len(inv_d), 1024)])
-        return dd.mse(data.y, pred.numpy().astype(np.float32))
+        return pred.numpy()
 
-    return evaluate
+    return predict
 
 
 def calibration_batches(dd, name, n=128, batch=128, seed=0):
