@@ -1011,6 +1011,92 @@ uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
     return flags;
 }
 
+/* Eight streams, at least n[i] symbols each (sham's rows, whose lengths differ): the same
+ * untested rounds as dnnz_huf_decode8_u8_at, run until every stream has its n[i] symbols, so a
+ * stream that is done goes on decoding (whatever follows it in the buffer) while the others catch
+ * up, into its buffer's room of cap bytes. A round runs only while every buffer has room for it
+ * and every stream's load stays below src + size; what is then still missing goes to
+ * dnnz_huf_decode4_u8_at_n exactly. pos[i] is exact on return only for a stream that got
+ * exactly n[i] symbols: *got[i] (when got) receives the count decoded. */
+uint32_t dnnz_huf_decode8_u8_atleast(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[8],
+                                     uint8_t *const out[8], const size_t n[8], size_t cap, size_t got[8])
+{
+    const uint64_t *multi = t->multi;
+    uint8_t *o[8];
+    for (int i = 0; i < 8; i++)
+        o[i] = out[i];
+    if (multi && t->multi_full && t->out_width == 1 && size >= 8 && cap >= 64) {
+        const uint64_t plim = ((uint64_t)size - 8) * 8; /* a round may start at or below this bit */
+        for (;;) {
+            size_t nr = SIZE_MAX, need = SIZE_MAX;
+            for (int i = 0; i < 8; i++) {
+                uint8_t *const e = out[i] + cap - 32; /* a round stores <= 32 bytes from o */
+                size_t a = o[i] > e ? 0 : (size_t)(e - o[i]) / 24 + 1;
+                size_t b = pos[i] > plim ? 0 : (size_t)((plim - pos[i]) / 44) + 1;
+                a = a < b ? a : b;
+                nr = a < nr ? a : nr;
+                if (o[i] < out[i] + n[i]) {
+                    size_t q = (size_t)(out[i] + n[i] - o[i] + 23) / 24; /* rounds it surely needs */
+                    need = q < need ? q : need;
+                }
+            }
+            if (need == SIZE_MAX || nr == 0)
+                break;
+            nr = need < nr ? need : nr;
+            uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5], *o6 = o[6], *o7 = o[7];
+            uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3], p4 = pos[4], p5 = pos[5], p6 = pos[6],
+                     p7 = pos[7];
+            for (; nr; nr--) {
+#define LOAD8(I)                                                                        \
+    const unsigned s##I = (unsigned)(p##I & 7);                                         \
+    PREFETCH8(src + (p##I >> 3) + 512);                                                 \
+    uint64_t a##I = (dnnz_bit_load_be64(src + (p##I >> 3)) | 1) << s##I
+                LOAD8(0); LOAD8(1); LOAD8(2); LOAD8(3); LOAD8(4); LOAD8(5); LOAD8(6); LOAD8(7);
+#undef LOAD8
+#define STEP8(A, O)                                      \
+    do {                                                 \
+        uint64_t e_ = multi[A >> (64 - TB)];             \
+        memcpy(O, &e_, 8);                               \
+        O += MULTI_COUNT(e_);                            \
+        A <<= MULTI_BITS(e_);                            \
+    } while (0)
+                for (int k = 0; k < 4; k++) {
+                    STEP8(a0, o0); STEP8(a1, o1); STEP8(a2, o2); STEP8(a3, o3);
+                    STEP8(a4, o4); STEP8(a5, o5); STEP8(a6, o6); STEP8(a7, o7);
+                }
+#undef STEP8
+#define ADVANCE8(I) p##I += (uint64_t)__builtin_ctzll(a##I) - s##I
+                ADVANCE8(0); ADVANCE8(1); ADVANCE8(2); ADVANCE8(3);
+                ADVANCE8(4); ADVANCE8(5); ADVANCE8(6); ADVANCE8(7);
+#undef ADVANCE8
+            }
+            o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3, o[4] = o4, o[5] = o5, o[6] = o6, o[7] = o7;
+            pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3, pos[4] = p4, pos[5] = p5, pos[6] = p6, pos[7] = p7;
+        }
+    }
+    uint32_t flags = 0;
+    for (int g = 0; g < 8; g += 4) {
+        size_t ng[4];
+        uint8_t *og[4];
+        int any = 0;
+        for (int i = 0; i < 4; i++) {
+            og[i] = o[g + i];
+            ng[i] = o[g + i] < out[g + i] + n[g + i] ? (size_t)(out[g + i] + n[g + i] - o[g + i]) : 0;
+            any |= ng[i] != 0;
+        }
+        if (any) {
+            uint8_t *const oc[4] = {og[0], og[1], og[2], og[3]};
+            flags |= dnnz_huf_decode4_u8_at_n(t, src, size, pos + g, oc, ng);
+            for (int i = 0; i < 4; i++)
+                o[g + i] += ng[i];
+        }
+    }
+    if (got)
+        for (int i = 0; i < 8; i++)
+            got[i] = (size_t)(o[i] - out[i]);
+    return flags;
+}
+
 /* Four streams of one buffer, 2- or 4-byte outputs (large alphabets): each symbol resolves in
  * the primary table or, for a code longer than DNNZ_HUF_TABLE_BITS, in its second-level table,
  * both looked up branch-free (the primary entry wins when it holds a length). The four streams'

@@ -186,6 +186,12 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
  * when every multi[] entry holds a symbol (the others decode four streams at a time). */
 uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[8],
                                 uint8_t *const out[8], size_t n);
+/* Eight streams, at least n[i] symbols each into out[i] (cap bytes each, cap >= max n[i] + 64:
+ * a stream that is done may go on past its n[i] while the others catch up). pos[i] stays exact
+ * only where got[i] == n[i] (got: the counts decoded; may be NULL). Reads no byte at or after
+ * src + size. */
+uint32_t dnnz_huf_decode8_u8_atleast(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[8],
+                                     uint8_t *const out[8], const size_t n[8], size_t cap, size_t got[8]);
 
 /* The same four-stream decode, n[i] symbols for stream i, for any output width (out[i] of
  * t->out_width bytes per symbol): 1-byte outputs take dnnz_huf_decode4_u8_at_n; wider ones

@@ -112,6 +112,218 @@ struct sham_ctx {
 
 #define LN 16 /* batch lanes per transposed chunk of x */
 
+/* ------------------------------------------------------------------------------------------ */
+/* batch 1, AVX2 / AVX-512, 1-byte symbols: eight rows decoded together and fused with the dot  */
+/* ------------------------------------------------------------------------------------------ */
+
+#define GR 8              /* rows decoded together */
+#define GS (KC + 64)      /* bytes per row buffer: the decoders store up to 8 bytes past n */
+
+/* Decode the next chunk of each of the eight rows (n[i] <= KC symbols, 1-byte) into ib + i * GS:
+ * the common part through the eight-stream decoder, what is left of the longer rows through the
+ * four-stream one (both bounded by the payload; the streams were validated). When the chunk
+ * ends every row, the rows need only at least their n[i] symbols (dnnz_huf_decode8_u8_atleast:
+ * the eight-stream rounds run to the longest row; the symbols past a row's end are not used). */
+static void group_decode(const struct sham_ctx *c, uint64_t pos[GR], const uint64_t p[GR], const uint64_t pe[GR],
+                         const size_t n[GR], uint8_t *ib)
+{
+    const struct dnnz_sham *m = c->m;
+    size_t mn = n[0];
+    for (int i = 1; i < GR; i++)
+        mn = n[i] < mn ? n[i] : mn;
+    uint8_t *o[GR];
+    for (int i = 0; i < GR; i++)
+        o[i] = ib + (size_t)i * GS;
+    int last = 1; /* every row ends in this chunk: no position is needed after it */
+    for (int i = 0; i < GR; i++)
+        last &= p[i] + n[i] == pe[i];
+    if (last) {
+        dnnz_huf_decode8_u8_atleast(c->t, m->payload, (size_t)m->payload_len, pos, o, n, GS, NULL);
+        return;
+    }
+    if (mn)
+        dnnz_huf_decode8_u8_at(c->t, m->payload, (size_t)m->payload_len, pos, o, mn);
+    for (int g = 0; g < GR; g += 4) {
+        uint8_t *const og[4] = {o[g] + mn, o[g + 1] + mn, o[g + 2] + mn, o[g + 3] + mn};
+        const size_t ng[4] = {n[g] - mn, n[g + 1] - mn, n[g + 2] - mn, n[g + 3] - mn};
+        if (ng[0] | ng[1] | ng[2] | ng[3])
+            dnnz_huf_decode4_u8_at_n(c->t, m->payload, (size_t)m->payload_len, pos + g, og, ng);
+    }
+}
+
+/* set up a group of eight rows r..r+7: stream positions and entry ranges */
+static void group_start(const struct dnnz_sham *m, int64_t r, uint64_t pos[GR], uint64_t p[GR], uint64_t pe[GR])
+{
+    for (int i = 0; i < GR; i++) {
+        pos[i] = RD(m->offsets, m->off_bytes, r + i);
+        p[i] = RD(m->rowptr, m->ptr_bytes, r + i);
+        pe[i] = RD(m->rowptr, m->ptr_bytes, r + i + 1);
+    }
+}
+
+/* returns 1 when any row has entries left; n[i]: this chunk's count for row i */
+static int group_chunk(const uint64_t p[GR], const uint64_t pe[GR], size_t n[GR], size_t *mn)
+{
+    int any = 0;
+    *mn = KC;
+    for (int i = 0; i < GR; i++) {
+        uint64_t left = pe[i] - p[i];
+        n[i] = left < KC ? (size_t)left : KC;
+        *mn = n[i] < *mn ? n[i] : *mn;
+        any |= n[i] != 0;
+    }
+    return any;
+}
+
+#if DNNZ_X86
+
+/* column indices j..j+VW of a row (1-, 2- or 4-byte, any alignment), masked */
+#define COL512(cp, j, mk)                                                                          \
+    (xb == 1   ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, (const uint8_t *)(cp) + (j)))       \
+     : xb == 2 ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const uint8_t *)(cp) + 2 * (j))) \
+               : _mm512_maskz_loadu_epi32(mk, (const uint8_t *)(cp) + 4 * (j)))
+#define IDX512(i, j, mk) _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, ib + (i) * GS + (j)))
+
+/* the eight rows' dot products over this chunk: the common full vectors interleaved across the
+ * rows (eight gathers in flight), then each row's rest, the last vector masked (a codebook
+ * value may be infinite: masked lanes must not meet a zero) */
+#define GROUP_DOT_512(LOOKUP)                                                                     \
+    do {                                                                                          \
+        const size_t full = mn & ~(size_t)15;                                                     \
+        for (size_t j = 0; j < full; j += 16) {                                                   \
+            for (int i = 0; i < GR; i++) {                                                        \
+                __m512i iv = IDX512(i, j, 0xffff);                                                \
+                __m512 g = _mm512_i32gather_ps(COL512(colp[i], j, 0xffff), x, 4);                 \
+                acc[i] = _mm512_fmadd_ps(LOOKUP(iv), g, acc[i]);                                  \
+            }                                                                                     \
+        }                                                                                         \
+        for (int i = 0; i < GR; i++) {                                                            \
+            for (size_t j = full; j < n[i]; j += 16) {                                            \
+                const __mmask16 mk = n[i] - j >= 16 ? 0xffff : (__mmask16)((1u << (n[i] - j)) - 1); \
+                __m512i iv = IDX512(i, j, mk);                                                    \
+                __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, COL512(colp[i], j, mk), x, 4); \
+                acc[i] = _mm512_mask3_fmadd_ps(LOOKUP(iv), g, acc[i], mk);                        \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+#define LK16(iv) _mm512_permutexvar_ps(iv, c0)
+#define LK32(iv) _mm512_permutex2var_ps(c0, iv, c1)
+#define LK64(iv)                                                                                  \
+    _mm512_mask_blend_ps(_mm512_test_epi32_mask(iv, b5), _mm512_permutex2var_ps(c0, iv, c1),      \
+                         _mm512_permutex2var_ps(c2, iv, c3))
+#define LKG(iv) _mm512_i32gather_ps(iv, cb, 4)
+
+static DNNZ_T_AVX512 void sham_group_avx512(const struct sham_ctx *c, int64_t r, const float *cbpad)
+{
+    const struct dnnz_sham *m = c->m;
+    const float *cb = m->codebook, *x = c->x;
+    const int64_t k = m->k;
+    const int xb = m->idx_bytes;
+    const __m512 c0 = _mm512_loadu_ps(cbpad), c1 = _mm512_loadu_ps(cbpad + 16);
+    const __m512 c2 = _mm512_loadu_ps(cbpad + 32), c3 = _mm512_loadu_ps(cbpad + 48);
+    const __m512i b5 = _mm512_set1_epi32(32);
+    uint8_t ib[GR * GS] __attribute__((aligned(64)));
+    uint64_t pos[GR], p[GR], pe[GR];
+    size_t n[GR], mn;
+    __m512 acc[GR];
+    group_start(m, r, pos, p, pe);
+    for (int i = 0; i < GR; i++)
+        acc[i] = _mm512_setzero_ps();
+    while (group_chunk(p, pe, n, &mn)) {
+        group_decode(c, pos, p, pe, n, ib);
+        const uint8_t *colp[GR];
+        for (int i = 0; i < GR; i++)
+            colp[i] = m->colidx + p[i] * (uint64_t)xb;
+        if (k <= 16)
+            GROUP_DOT_512(LK16);
+        else if (k <= 32)
+            GROUP_DOT_512(LK32);
+        else if (k <= 64)
+            GROUP_DOT_512(LK64);
+        else
+            GROUP_DOT_512(LKG);
+        for (int i = 0; i < GR; i++)
+            p[i] += n[i];
+    }
+    for (int i = 0; i < GR; i++)
+        c->y[r + i] = dnnz_hsum_avx512(acc[i]);
+}
+#undef LK16
+#undef LK32
+#undef LK64
+#undef LKG
+
+/* AVX2: eight lanes; the last partial vector of a row goes entry by entry */
+#define COL256(cp, j)                                                                              \
+    (xb == 1   ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)(cp) + (j)))) \
+     : xb == 2 ? _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)(cp) + 2 * (j)))) \
+               : _mm256_loadu_si256((const __m256i *)((const uint8_t *)(cp) + 4 * (j))))
+#define IDX256(i, j) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + (i) * GS + (j))))
+#define GROUP_DOT_256(LOOKUP)                                                                     \
+    do {                                                                                          \
+        const size_t full = mn & ~(size_t)7;                                                      \
+        for (size_t j = 0; j < full; j += 8) {                                                    \
+            for (int i = 0; i < GR; i++) {                                                        \
+                __m256i iv = IDX256(i, j);                                                        \
+                __m256 g = _mm256_i32gather_ps(x, COL256(colp[i], j), 4);                         \
+                acc[i] = _mm256_fmadd_ps(LOOKUP(iv), g, acc[i]);                                  \
+            }                                                                                     \
+        }                                                                                         \
+        for (int i = 0; i < GR; i++) {                                                            \
+            size_t j = full;                                                                      \
+            for (; j + 8 <= n[i]; j += 8) {                                                       \
+                __m256i iv = IDX256(i, j);                                                        \
+                __m256 g = _mm256_i32gather_ps(x, COL256(colp[i], j), 4);                         \
+                acc[i] = _mm256_fmadd_ps(LOOKUP(iv), g, acc[i]);                                  \
+            }                                                                                     \
+            for (; j < n[i]; j++)                                                                 \
+                tail[i] += cb[ib[i * GS + j]] * x[RD(colp[i], xb, (int64_t)j)];                   \
+        }                                                                                         \
+    } while (0)
+#define LK8(iv) _mm256_permutevar8x32_ps(c0, iv)
+#define LK16(iv)                                                                                  \
+    _mm256_blendv_ps(_mm256_permutevar8x32_ps(c0, iv), _mm256_permutevar8x32_ps(c1, iv),          \
+                     _mm256_castsi256_ps(_mm256_cmpgt_epi32(iv, seven)))
+#define LKG(iv) _mm256_i32gather_ps(cb, iv, 4)
+
+static DNNZ_T_AVX2 void sham_group_avx2(const struct sham_ctx *c, int64_t r, const float *cbpad)
+{
+    const struct dnnz_sham *m = c->m;
+    const float *cb = m->codebook, *x = c->x;
+    const int64_t k = m->k;
+    const int xb = m->idx_bytes;
+    const __m256 c0 = _mm256_loadu_ps(cbpad), c1 = _mm256_loadu_ps(cbpad + 8);
+    const __m256i seven = _mm256_set1_epi32(7);
+    uint8_t ib[GR * GS] __attribute__((aligned(64)));
+    uint64_t pos[GR], p[GR], pe[GR];
+    size_t n[GR], mn;
+    __m256 acc[GR];
+    float tail[GR] = {0};
+    group_start(m, r, pos, p, pe);
+    for (int i = 0; i < GR; i++)
+        acc[i] = _mm256_setzero_ps();
+    while (group_chunk(p, pe, n, &mn)) {
+        group_decode(c, pos, p, pe, n, ib);
+        const uint8_t *colp[GR];
+        for (int i = 0; i < GR; i++)
+            colp[i] = m->colidx + p[i] * (uint64_t)xb;
+        if (k <= 8)
+            GROUP_DOT_256(LK8);
+        else if (k <= 16)
+            GROUP_DOT_256(LK16);
+        else
+            GROUP_DOT_256(LKG);
+        for (int i = 0; i < GR; i++)
+            p[i] += n[i];
+    }
+    for (int i = 0; i < GR; i++)
+        c->y[r + i] = dnnz_hsum_avx2(acc[i]) + tail[i];
+}
+#undef LK8
+#undef LK16
+#undef LKG
+#endif
+
 static void sham_matmul_task(void *vc, int64_t task, int worker)
 {
     const struct sham_ctx *c = vc;
@@ -123,6 +335,18 @@ static void sham_matmul_task(void *vc, int64_t task, int worker)
     const int pb = m->ptr_bytes, xb = m->idx_bytes;
     (void)worker;
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
+#if DNNZ_X86
+    if (c->batch == 1 && width == 1 && (c->path == DNNZ_CPU_AVX512 || c->path == DNNZ_CPU_AVX2)) {
+        float cbpad[64] = {0};
+        memcpy(cbpad, m->codebook, (size_t)(m->k < 64 ? m->k : 64) * sizeof(float));
+        for (; r0 + GR <= r1; r0 += GR) {
+            if (c->path == DNNZ_CPU_AVX512)
+                sham_group_avx512(c, r0, cbpad);
+            else
+                sham_group_avx2(c, r0, cbpad);
+        }
+    }
+#endif
     for (int64_t r = r0; r < r1; r += 4) {
         int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
         uint64_t pos[4], p[4], pend[4];

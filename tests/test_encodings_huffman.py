@@ -92,6 +92,34 @@ def test_batch_one_infinite_codebook_values_stay_in_their_rows(k, cpu_path):
     assert np.all(np.abs(y[rest] - ref) <= 1e-5 * scale + 1e-6)
 
 
+@pytest.mark.parametrize("k", [1, 5, 16, 17, 33, 64, 65, 200])
+@pytest.mark.parametrize("cols", [250, 2061])
+def test_sham_batch_one_row_groups(k, cols, cpu_path):
+    """sham at batch 1 (eight rows decoded together, fused with the gathers): rows of very
+    different lengths in one group (empty, a few entries, more than a 1024-entry chunk), a row
+    count that is not a multiple of eight, 1- and 2-byte column indices, infinite codebook values
+    (masked lanes must not turn them into NaN)."""
+    rng = np.random.default_rng(k + cols)
+    rows = 29
+    w = laplace_matrix(rng, rows, cols, max(k, 2))
+    keep = rng.random((rows, cols)) < rng.choice([0.0, 0.01, 0.1, 0.5, 1.0], rows)[:, None]
+    w[~keep] = 0
+    w[w == 0] = 0.0
+    if k == 1:
+        w[w != 0] = 0.75
+    w[4, :] = np.float32(0.125)  # a full row
+    w[5, 3], w[12, cols - 1] = -np.inf, np.inf
+    e = encode(w, "sham")
+    assert np.array_equal(e.decode(), w)
+    x = (np.abs(rng.standard_normal((1, cols))) + 0.5).astype(np.float32)
+    y = e.matmul(x)[0]
+    assert y[5] == -np.inf and y[12] == np.inf
+    rest = [r for r in range(rows) if r not in (5, 12)]
+    ref = (x.astype(np.float64) @ w[rest].T.astype(np.float64))[0]
+    scale = (np.abs(x).astype(np.float64) @ np.abs(w[rest].T).astype(np.float64))[0]
+    assert np.all(np.abs(y[rest] - ref) <= 1e-5 * scale + 1e-6)
+
+
 @pytest.mark.parametrize("spread", [0.02, 0.0035])
 def test_large_alphabet_long_codes_every_path(spread, cpu_path):
     """Skewed large alphabets: most codes longer than the primary table (second-level tables,
