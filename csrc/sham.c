@@ -202,7 +202,7 @@ static int group_chunk(const uint64_t p[GR], const uint64_t pe[GR], size_t n[GR]
                 const __mmask16 mk = n[i] - j >= 16 ? 0xffff : (__mmask16)((1u << (n[i] - j)) - 1); \
                 __m512i iv = IDX512(i, j, mk);                                                    \
                 __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, COL512(colp[i], j, mk), x, 4); \
-                acc[i] = _mm512_mask3_fmadd_ps(LOOKUP(iv), g, acc[i], mk);                        \
+                tacc[i] = _mm512_mask3_fmadd_ps(LOOKUP(iv), g, tacc[i], mk);                      \
             }                                                                                     \
         }                                                                                         \
     } while (0)
@@ -225,10 +225,10 @@ static DNNZ_T_AVX512 void sham_group_avx512(const struct sham_ctx *c, int64_t r,
     uint8_t ib[GR * GS] __attribute__((aligned(64)));
     uint64_t pos[GR], p[GR], pe[GR];
     size_t n[GR], mn;
-    __m512 acc[GR];
+    __m512 acc[GR], tacc[GR]; /* full vectors (kept in registers) and rows' last vectors */
     group_start(m, r, pos, p, pe);
     for (int i = 0; i < GR; i++)
-        acc[i] = _mm512_setzero_ps();
+        acc[i] = tacc[i] = _mm512_setzero_ps();
     while (group_chunk(p, pe, n, &mn)) {
         group_decode(c, pos, p, pe, n, ib);
         const uint8_t *colp[GR];
@@ -246,7 +246,7 @@ static DNNZ_T_AVX512 void sham_group_avx512(const struct sham_ctx *c, int64_t r,
             p[i] += n[i];
     }
     for (int i = 0; i < GR; i++)
-        c->y[r + i] = dnnz_hsum_avx512(acc[i]);
+        c->y[r + i] = dnnz_hsum_avx512(_mm512_add_ps(acc[i], tacc[i]));
 }
 #undef LK16
 #undef LK32
@@ -274,7 +274,7 @@ static DNNZ_T_AVX512 void sham_group_avx512(const struct sham_ctx *c, int64_t r,
             for (; j + 8 <= n[i]; j += 8) {                                                       \
                 __m256i iv = IDX256(i, j);                                                        \
                 __m256 g = _mm256_i32gather_ps(x, COL256(colp[i], j), 4);                         \
-                acc[i] = _mm256_fmadd_ps(LOOKUP(iv), g, acc[i]);                                  \
+                tacc[i] = _mm256_fmadd_ps(LOOKUP(iv), g, tacc[i]);                                \
             }                                                                                     \
             for (; j < n[i]; j++)                                                                 \
                 tail[i] += cb[ib[i * GS + j]] * x[RD(colp[i], xb, (int64_t)j)];                   \
@@ -297,11 +297,11 @@ static DNNZ_T_AVX2 void sham_group_avx2(const struct sham_ctx *c, int64_t r, con
     uint8_t ib[GR * GS] __attribute__((aligned(64)));
     uint64_t pos[GR], p[GR], pe[GR];
     size_t n[GR], mn;
-    __m256 acc[GR];
+    __m256 acc[GR], tacc[GR]; /* full vectors (kept in registers) and rows' last vectors */
     float tail[GR] = {0};
     group_start(m, r, pos, p, pe);
     for (int i = 0; i < GR; i++)
-        acc[i] = _mm256_setzero_ps();
+        acc[i] = tacc[i] = _mm256_setzero_ps();
     while (group_chunk(p, pe, n, &mn)) {
         group_decode(c, pos, p, pe, n, ib);
         const uint8_t *colp[GR];
@@ -317,7 +317,7 @@ static DNNZ_T_AVX2 void sham_group_avx2(const struct sham_ctx *c, int64_t r, con
             p[i] += n[i];
     }
     for (int i = 0; i < GR; i++)
-        c->y[r + i] = dnnz_hsum_avx2(acc[i]) + tail[i];
+        c->y[r + i] = dnnz_hsum_avx2(_mm256_add_ps(acc[i], tacc[i])) + tail[i];
 }
 #undef LK8
 #undef LK16
