@@ -347,6 +347,34 @@ static void sham_matmul_task(void *vc, int64_t task, int worker)
         }
     }
 #endif
+    if (c->batch > 1 && width == 1 && (c->path == DNNZ_CPU_AVX512 || c->path == DNNZ_CPU_AVX2)) {
+        /* the eight-row decode, then per row: lookup and the batch lanes (as the 4-row loop) */
+        uint8_t gb[GR * GS] __attribute__((aligned(64)));
+        for (; r0 + GR <= r1; r0 += GR) {
+            uint64_t pos[GR], p[GR], pe[GR];
+            size_t n[GR], mn;
+            group_start(m, r0, pos, p, pe);
+            for (int64_t b = 0; b < c->batch; b++)
+                memset(c->y + b * m->rows + r0, 0, GR * sizeof(float));
+            while (group_chunk(p, pe, n, &mn)) {
+                group_decode(c, pos, p, pe, n, gb);
+                for (int i = 0; i < GR; i++) {
+                    if (!n[i])
+                        continue;
+                    dnnz_kern_lookup(c->path, gb + i * GS, 1, (int)n[i], m->codebook, m->k, wb);
+                    const uint8_t *col = m->colidx + p[i] * (uint64_t)xb;
+                    for (int64_t b0 = 0; b0 < c->batch; b0 += LN) {
+                        float acc[LN] __attribute__((aligned(64))) = {0};
+                        dnnz_kern_lanes(c->path, wb, col, xb, (int)n[i], c->x + b0 * m->cols, LN, LN, acc);
+                        int64_t lanes = c->batch - b0 < LN ? c->batch - b0 : LN;
+                        for (int64_t l = 0; l < lanes; l++)
+                            c->y[(b0 + l) * m->rows + r0 + i] += acc[l];
+                    }
+                    p[i] += n[i];
+                }
+            }
+        }
+    }
     for (int64_t r = r0; r < r1; r += 4) {
         int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
         uint64_t pos[4], p[4], pend[4];

@@ -94,11 +94,11 @@ def test_batch_one_infinite_codebook_values_stay_in_their_rows(k, cpu_path):
 
 @pytest.mark.parametrize("k", [1, 5, 16, 17, 33, 64, 65, 200])
 @pytest.mark.parametrize("cols", [250, 2061])
-def test_sham_batch_one_row_groups(k, cols, cpu_path):
-    """sham at batch 1 (eight rows decoded together, fused with the gathers): rows of very
-    different lengths in one group (empty, a few entries, more than a 1024-entry chunk), a row
-    count that is not a multiple of eight, 1- and 2-byte column indices, infinite codebook values
-    (masked lanes must not turn them into NaN)."""
+def test_sham_row_groups(k, cols, cpu_path):
+    """sham with eight rows decoded together (batch 1: fused with the gathers; batch > 1: then
+    the batch lanes): rows of very different lengths in one group (empty, a few entries, more
+    than a 1024-entry chunk), a row count that is not a multiple of eight, 1- and 2-byte column
+    indices, infinite codebook values (masked lanes must not turn them into NaN)."""
     rng = np.random.default_rng(k + cols)
     rows = 29
     w = laplace_matrix(rng, rows, cols, max(k, 2))
@@ -111,13 +111,14 @@ def test_sham_batch_one_row_groups(k, cols, cpu_path):
     w[5, 3], w[12, cols - 1] = -np.inf, np.inf
     e = encode(w, "sham")
     assert np.array_equal(e.decode(), w)
-    x = (np.abs(rng.standard_normal((1, cols))) + 0.5).astype(np.float32)
-    y = e.matmul(x)[0]
-    assert y[5] == -np.inf and y[12] == np.inf
     rest = [r for r in range(rows) if r not in (5, 12)]
-    ref = (x.astype(np.float64) @ w[rest].T.astype(np.float64))[0]
-    scale = (np.abs(x).astype(np.float64) @ np.abs(w[rest].T).astype(np.float64))[0]
-    assert np.all(np.abs(y[rest] - ref) <= 1e-5 * scale + 1e-6)
+    for batch in (1, 3, 17):  # 17: two chunks of batch lanes
+        x = (np.abs(rng.standard_normal((batch, cols))) + 0.5).astype(np.float32)
+        y = e.matmul(x)
+        assert np.all(y[:, 5] == -np.inf) and np.all(y[:, 12] == np.inf)
+        ref = x.astype(np.float64) @ w[rest].T.astype(np.float64)
+        scale = np.abs(x).astype(np.float64) @ np.abs(w[rest].T).astype(np.float64)
+        assert np.all(np.abs(y[:, rest] - ref) <= 1e-5 * scale + 1e-6)
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.0035])
