@@ -1,11 +1,16 @@
 /* sham.c: the `sham` encoding (see sham.h).
  *
- * matmul: a task is a block of output rows; four rows at a time their value streams are decoded
- * together (dnnz_huf_decode4_u8_at_n, one chunk of at most DNNZ_HAM_KC non-zeros per row), the
- * symbols become weights by a codebook lookup in registers, and each row's weights meet x at the
- * row's column positions (a gather per vector). Each output is summed by one task in a fixed
- * order, so results do not depend on the thread count.
- */
+ * matmul: a task is a block of output rows. On the AVX2 / AVX-512 paths with 1-byte symbols,
+ * eight rows are decoded together (dnnz_huf_decode8_u8_atleast when the chunk ends every row:
+ * the eight-stream rounds run to the longest row, the symbols past a shorter row's end are
+ * never read; exact chunks of at most DNNZ_HAM_KC non-zeros otherwise). At batch 1 the indices
+ * go straight into the codebook lookup in registers (permutes for k <= 64 on AVX-512, k <= 16 on
+ * AVX2, a gather above), the gather of x at the column positions and the FMA, the eight rows
+ * interleaved so that eight gathers are in flight; at batch > 1 each row's weights meet the
+ * batch lanes (x transposed by chunks of LN). Everything else (scalar path, 2-/4-byte symbols,
+ * the last rows of a task that do not fill a group of eight) decodes four rows at a time
+ * (dnnz_huf_decode4_u8_at_n). Each output is summed by one task in a fixed order, so results do
+ * not depend on the thread count. */
 #include "sham.h"
 
 #include "kern.h"
