@@ -239,3 +239,7 @@ def test_demo_runs_and_prints_the_table():
     assert base["mse"] == pytest.approx(0.2327, abs=5e-4)
     for r in rows[1:]:
         assert r["ratio"] > 5 and r["ci"] > 0.85 and r["mse"] < 0.35
+    auto = rows[1]  # auto_compress's recipe, replayed: the smallest row, within its budget
+    assert auto["method"].startswith("auto_compress")
+    assert auto["ratio"] > 12 and auto["mse"] <= base["mse"] + 0.003
+    assert auto["file_bytes"] == min(r["file_bytes"] for r in rows)
