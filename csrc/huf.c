@@ -948,6 +948,43 @@ uint32_t dnnz_huf_decode4_u8_at_n(const dnnz_huf_dtable *t, const uint8_t *src, 
 #ifndef PREFETCH8
 #define PREFETCH8(a) __builtin_prefetch(a)
 #endif
+/* nr untested rounds of the eight streams: each loads 8 bytes per stream and takes 4 multi[]
+ * lookups (<= 24 symbols, <= 44 bits); the caller has checked that every round stays within the
+ * source and every output's room. Positions and outputs live in locals: the symbol stores
+ * (bytes) could alias pos[]. */
+DNNZ_INLINE void huf_rounds8(const uint64_t *multi, const uint8_t *src, uint8_t *o[8], uint64_t pos[8], size_t nr)
+{
+    uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5], *o6 = o[6], *o7 = o[7];
+    uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3], p4 = pos[4], p5 = pos[5], p6 = pos[6], p7 = pos[7];
+    for (; nr; nr--) {
+#define LOAD8(I)                                                                        \
+    const unsigned s##I = (unsigned)(p##I & 7);                                         \
+    PREFETCH8(src + (p##I >> 3) + 512);                                                 \
+    uint64_t a##I = (dnnz_bit_load_be64(src + (p##I >> 3)) | 1) << s##I
+        LOAD8(0); LOAD8(1); LOAD8(2); LOAD8(3); LOAD8(4); LOAD8(5); LOAD8(6); LOAD8(7);
+#undef LOAD8
+#define STEP8(A, O)                                      \
+    do {                                                 \
+        uint64_t e_ = multi[A >> (64 - TB)];             \
+        memcpy(O, &e_, 8);                               \
+        O += MULTI_COUNT(e_);                            \
+        A <<= MULTI_BITS(e_);                            \
+    } while (0)
+        for (int k = 0; k < 4; k++) {
+            STEP8(a0, o0); STEP8(a1, o1); STEP8(a2, o2); STEP8(a3, o3);
+            STEP8(a4, o4); STEP8(a5, o5); STEP8(a6, o6); STEP8(a7, o7);
+        }
+#undef STEP8
+        /* <= 44 bits were taken: the marker (bit s of the loaded word) is still in */
+#define ADVANCE8(I) p##I += (uint64_t)__builtin_ctzll(a##I) - s##I
+        ADVANCE8(0); ADVANCE8(1); ADVANCE8(2); ADVANCE8(3);
+        ADVANCE8(4); ADVANCE8(5); ADVANCE8(6); ADVANCE8(7);
+#undef ADVANCE8
+    }
+    o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3, o[4] = o4, o[5] = o5, o[6] = o6, o[7] = o7;
+    pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3, pos[4] = p4, pos[5] = p5, pos[6] = p6, pos[7] = p7;
+}
+
 uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, size_t size, uint64_t pos[8],
                                 uint8_t *const out[8], size_t n)
 {
@@ -968,37 +1005,7 @@ uint32_t dnnz_huf_decode8_u8_at(const dnnz_huf_dtable *t, const uint8_t *src, si
             }
             if (nr == 0)
                 break;
-            uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5], *o6 = o[6], *o7 = o[7];
-            /* positions in locals: the symbol stores (bytes) could alias pos[] */
-            uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3], p4 = pos[4], p5 = pos[5], p6 = pos[6],
-                     p7 = pos[7];
-            for (; nr; nr--) {
-#define LOAD8(I)                                                                        \
-    const unsigned s##I = (unsigned)(p##I & 7);                                         \
-    PREFETCH8(src + (p##I >> 3) + 512);                                                 \
-    uint64_t a##I = (dnnz_bit_load_be64(src + (p##I >> 3)) | 1) << s##I
-                LOAD8(0); LOAD8(1); LOAD8(2); LOAD8(3); LOAD8(4); LOAD8(5); LOAD8(6); LOAD8(7);
-#undef LOAD8
-#define STEP8(A, O)                                      \
-    do {                                                 \
-        uint64_t e_ = multi[A >> (64 - TB)];             \
-        memcpy(O, &e_, 8);                               \
-        O += MULTI_COUNT(e_);                            \
-        A <<= MULTI_BITS(e_);                            \
-    } while (0)
-                for (int k = 0; k < 4; k++) {
-                    STEP8(a0, o0); STEP8(a1, o1); STEP8(a2, o2); STEP8(a3, o3);
-                    STEP8(a4, o4); STEP8(a5, o5); STEP8(a6, o6); STEP8(a7, o7);
-                }
-#undef STEP8
-                /* <= 44 bits were taken: the marker (bit s of the loaded word) is still in */
-#define ADVANCE8(I) p##I += (uint64_t)__builtin_ctzll(a##I) - s##I
-                ADVANCE8(0); ADVANCE8(1); ADVANCE8(2); ADVANCE8(3);
-                ADVANCE8(4); ADVANCE8(5); ADVANCE8(6); ADVANCE8(7);
-#undef ADVANCE8
-            }
-            o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3, o[4] = o4, o[5] = o5, o[6] = o6, o[7] = o7;
-            pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3, pos[4] = p4, pos[5] = p5, pos[6] = p6, pos[7] = p7;
+            huf_rounds8(multi, src, o, pos, nr);
         }
     }
     uint32_t flags = 0;
@@ -1043,35 +1050,7 @@ uint32_t dnnz_huf_decode8_u8_atleast(const dnnz_huf_dtable *t, const uint8_t *sr
             if (need == SIZE_MAX || nr == 0)
                 break;
             nr = need < nr ? need : nr;
-            uint8_t *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *o4 = o[4], *o5 = o[5], *o6 = o[6], *o7 = o[7];
-            uint64_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3], p4 = pos[4], p5 = pos[5], p6 = pos[6],
-                     p7 = pos[7];
-            for (; nr; nr--) {
-#define LOAD8(I)                                                                        \
-    const unsigned s##I = (unsigned)(p##I & 7);                                         \
-    PREFETCH8(src + (p##I >> 3) + 512);                                                 \
-    uint64_t a##I = (dnnz_bit_load_be64(src + (p##I >> 3)) | 1) << s##I
-                LOAD8(0); LOAD8(1); LOAD8(2); LOAD8(3); LOAD8(4); LOAD8(5); LOAD8(6); LOAD8(7);
-#undef LOAD8
-#define STEP8(A, O)                                      \
-    do {                                                 \
-        uint64_t e_ = multi[A >> (64 - TB)];             \
-        memcpy(O, &e_, 8);                               \
-        O += MULTI_COUNT(e_);                            \
-        A <<= MULTI_BITS(e_);                            \
-    } while (0)
-                for (int k = 0; k < 4; k++) {
-                    STEP8(a0, o0); STEP8(a1, o1); STEP8(a2, o2); STEP8(a3, o3);
-                    STEP8(a4, o4); STEP8(a5, o5); STEP8(a6, o6); STEP8(a7, o7);
-                }
-#undef STEP8
-#define ADVANCE8(I) p##I += (uint64_t)__builtin_ctzll(a##I) - s##I
-                ADVANCE8(0); ADVANCE8(1); ADVANCE8(2); ADVANCE8(3);
-                ADVANCE8(4); ADVANCE8(5); ADVANCE8(6); ADVANCE8(7);
-#undef ADVANCE8
-            }
-            o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3, o[4] = o4, o[5] = o5, o[6] = o6, o[7] = o7;
-            pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3, pos[4] = p4, pos[5] = p5, pos[6] = p6, pos[7] = p7;
+            huf_rounds8(multi, src, o, pos, nr);
         }
     }
     uint32_t flags = 0;
