@@ -302,13 +302,12 @@ static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t p
 /* Batch > 1: the same eight-row decode, each slice looked up once into a float tile (8 x 2048,
  * in L2) that the register-blocked micro-kernel multiplies with every batch row (four rows of
  * the tile at a time, as the tile driver would: same slices, same sums). */
-static void ham_batch_task(const struct dnnz_tiles *c, int64_t task)
+static void ham_batch_rows(const struct dnnz_tiles *c, int64_t r0, int64_t r1)
 {
     const struct dnnz_ham_rows *h = c->aux;
     const int width = (int)h->t->out_width;
     uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64)));
     float wbuf[GEMV_ROWS * GEMV_KC] __attribute__((aligned(64)));
-    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
     for (int64_t b = 0; b < c->batch; b++)
         memset(c->y + b * c->rows + r0, 0, (size_t)(r1 - r0) * 4);
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
@@ -371,7 +370,7 @@ _Static_assert(GEMV_ROWS == 2 * DNNZ_KERN_RT, "two micro-kernel tiles per group 
                          _mm512_permutex2var_ps(c2, iv, c3))
 #define LKG(iv) _mm512_i32gather_ps(iv, cb, 4)
 
-static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t task)
+static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t r0, int64_t r1)
 {
     const struct dnnz_ham_rows *h = c->aux;
     const float *cb = h->codebook;
@@ -382,7 +381,6 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t ta
     uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64))); /* 1- or 2-byte symbols */
     const uint8_t *ib = (const uint8_t *)ib16;
     const int wide2 = h->t->out_width == 2;
-    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
         uint64_t pos[GEMV_ROWS];
@@ -440,7 +438,7 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t ta
                      _mm256_castsi256_ps(_mm256_cmpgt_epi32(iv, seven)))
 #define LKG(iv) _mm256_i32gather_ps(cb, iv, 4)
 
-static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
+static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, int64_t r1)
 {
     const struct dnnz_ham_rows *h = c->aux;
     const float *cb = h->codebook;
@@ -450,7 +448,6 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
     uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64))); /* 1- or 2-byte symbols */
     const uint8_t *ib = (const uint8_t *)ib16;
     const int wide2 = h->t->out_width == 2;
-    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
         uint64_t pos[GEMV_ROWS];
@@ -479,20 +476,244 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t task)
 #undef LK16
 #undef LKG
 
+/* ---- AVX-512: 32 rows in the lanes of two vectors, the decode fused with the multiply-add --- */
+
+/* For small alphabets (at most 32 used symbols, codes of at most 15 bits, 1-byte symbols) each
+ * of 16 lanes decodes one row, one symbol per step: the code length from a 128-entry byte table
+ * of the 7-bit prefix (vpermi2b) plus one compare per longer length, the canonical position from
+ * the code bits and the length, and the weight from the codebook in canonical order (two
+ * registers, a permute). Every row holds one symbol per column, so after step j every lane is at
+ * column j + 1 and the multiply-add takes x[j] broadcast: y's rows are the lanes, no index buffer,
+ * no horizontal sum. A lane's bits are a 64-bit window (two 32-bit halves, big-endian bit order),
+ * refilled every 57 / max_len steps by a gather of 8 bytes at its bit position. Two groups of 16
+ * rows run interleaved, and up to LANES_NB batch rows share each decoded symbol. */
+#define LANES_ROWS 32
+#define LANES_NB 8
+#define LANES_KC 128 /* columns per decoded tile at batch > 1: 16 KiB */
+
+struct ham_lanes {
+    uint8_t t7[128];   /* length of the code a 7-bit prefix starts, 8 for a longer one */
+    uint32_t lim[8];   /* lengths 8 .. max_len - 1: end of their codes, left-aligned on 32 bits */
+    uint32_t offs[16]; /* position in canonical order of code 0 of each length: index - first */
+    float cbs[32];     /* the codebook in canonical order */
+    int n_long;
+    int spr;           /* steps per refill */
+};
+
+/* 1 when the table suits the lanes (else the eight-row decoders). */
+static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
+{
+    const dnnz_huf_dtable *t = h->t;
+    if (h->eor >= 0 || t->out_width != 1 || t->n_used < 2 || t->n_used > 32 || t->max_len > 15)
+        return 0;
+    memset(L, 0, sizeof *L);
+    for (int p = 0; p < 128; p++) {
+        unsigned l = t->single[p << (DNNZ_HUF_TABLE_BITS - 7)] & 63; /* 0: longer than the table */
+        L->t7[p] = (uint8_t)(l >= 1 && l <= 7 ? l : 8);
+    }
+    for (unsigned l = 8; l < t->max_len; l++)
+        L->lim[L->n_long++] = (uint32_t)t->limit[l];
+    for (unsigned l = 1; l <= t->max_len; l++)
+        L->offs[l] = t->index[l] - t->first[l];
+    for (uint32_t i = 0; i < t->n_used; i++)
+        L->cbs[i] = h->codebook[t->sorted[i]];
+    L->spr = (int)(57 / t->max_len);
+    return 1;
+}
+
+/* The next cols symbols of the 32 rows whose streams are at bit pos[i] of src (updated):
+ * y[b * ys + i] = W[row i, those columns] . x[b, 0:cols] for nb (0..LANES_NB) batch rows x[b]
+ * (stride xs), and the weights into wt[j * 32 + i] when wt is not NULL. pos[0] is the smallest
+ * position, and the caller has checked that every 8-byte load (at a position before the end of
+ * a row) stays within src's bytes and that the rows span less than 2^31 bits. */
+DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
+                                             int64_t cols, const float *x, int64_t xs, const int nb, float *y,
+                                             int64_t ys, float *wt)
+{
+    const uint64_t pos0 = pos[0] & ~(uint64_t)7;
+    const uint8_t *base = src + (pos0 >> 3);
+    uint32_t prel[LANES_ROWS];
+    for (int i = 0; i < LANES_ROWS; i++)
+        prel[i] = (uint32_t)(pos[i] - pos0);
+    __m512i pA = _mm512_loadu_si512(prel), pB = _mm512_loadu_si512(prel + 16);
+    const __m512i T0 = _mm512_loadu_si512(L->t7), T1 = _mm512_loadu_si512(L->t7 + 64);
+    const __m512i offs = _mm512_loadu_si512(L->offs);
+    const __m512 cb0 = _mm512_loadu_ps(L->cbs), cb1 = _mm512_loadu_ps(L->cbs + 16);
+    const __m512i c32 = _mm512_set1_epi32(32), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
+    const __mmask64 lowb = 0x1111111111111111ull; /* byte 0 of each 32-bit lane */
+    const int nl = L->n_long, spr = L->spr;
+    __m512i lim[8];
+    for (int q = 0; q < 8; q++)
+        lim[q] = _mm512_set1_epi32((int)L->lim[q]);
+    /* the loaded qwords' bytes, big-endian, as the high and low 32 bits of each lane's window */
+    static const uint8_t ih[64] __attribute__((aligned(64))) = {
+        3, 2, 1, 0, 11, 10, 9, 8, 19, 18, 17, 16, 27, 26, 25, 24,
+        35, 34, 33, 32, 43, 42, 41, 40, 51, 50, 49, 48, 59, 58, 57, 56,
+        67, 66, 65, 64, 75, 74, 73, 72, 83, 82, 81, 80, 91, 90, 89, 88,
+        99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
+    const __m512i IH = _mm512_load_si512(ih);
+    const __m512i IL = _mm512_add_epi8(IH, _mm512_set1_epi8(4));
+    __m512 accA[LANES_NB], accB[LANES_NB];
+    for (int b = 0; b < nb; b++)
+        accA[b] = accB[b] = _mm512_setzero_ps();
+    __m512i hA, lA, hB, lB;
+#define LANES_REFILL(P, H, LO)                                                                    \
+    do {                                                                                          \
+        const __m512i by_ = _mm512_srli_epi32(P, 3);                                              \
+        const __m512i g0_ = _mm512_i32gather_epi64(_mm512_castsi512_si256(by_), (const void *)base, 1); \
+        const __m512i g1_ = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(by_, 1), (const void *)base, 1); \
+        const __m512i hh_ = _mm512_permutex2var_epi8(g0_, IH, g1_);                               \
+        const __m512i ll_ = _mm512_permutex2var_epi8(g0_, IL, g1_);                               \
+        const __m512i s_ = _mm512_and_si512(P, seven);                                            \
+        H = _mm512_or_si512(_mm512_sllv_epi32(hh_, s_), _mm512_srlv_epi32(ll_, _mm512_sub_epi32(c32, s_))); \
+        LO = _mm512_sllv_epi32(ll_, s_);                                                          \
+    } while (0)
+#define LANES_STEP(H, LO, P, W)                                                                   \
+    do {                                                                                          \
+        __m512i len_ = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);    \
+        for (int q_ = 0; q_ < nl; q_++)                                                           \
+            len_ = _mm512_mask_add_epi32(len_, _mm512_cmp_epu32_mask(H, lim[q_], _MM_CMPINT_NLT), len_, one); \
+        const __m512i sh_ = _mm512_sub_epi32(c32, len_);                                          \
+        const __m512i sp_ = _mm512_add_epi32(_mm512_srlv_epi32(H, sh_), _mm512_permutexvar_epi32(len_, offs)); \
+        W = _mm512_permutex2var_ps(cb0, sp_, cb1);                                                \
+        H = _mm512_or_si512(_mm512_sllv_epi32(H, len_), _mm512_srlv_epi32(LO, sh_));              \
+        LO = _mm512_sllv_epi32(LO, len_);                                                         \
+        P = _mm512_add_epi32(P, len_);                                                            \
+    } while (0)
+    int64_t j = 0;
+    while (j < cols) {
+        LANES_REFILL(pA, hA, lA);
+        LANES_REFILL(pB, hB, lB);
+        const int64_t stop = cols - j < spr ? cols : j + spr;
+        for (; j < stop; j++) {
+            __m512 wA, wB;
+            LANES_STEP(hA, lA, pA, wA);
+            LANES_STEP(hB, lB, pB, wB);
+            if (wt) {
+                _mm512_store_ps(wt + j * LANES_ROWS, wA);
+                _mm512_store_ps(wt + j * LANES_ROWS + 16, wB);
+            }
+            for (int b = 0; b < nb; b++) {
+                const __m512 xv = _mm512_set1_ps(x[b * xs + j]);
+                accA[b] = _mm512_fmadd_ps(wA, xv, accA[b]);
+                accB[b] = _mm512_fmadd_ps(wB, xv, accB[b]);
+            }
+        }
+    }
+#undef LANES_REFILL
+#undef LANES_STEP
+    _mm512_storeu_si512(prel, pA);
+    _mm512_storeu_si512(prel + 16, pB);
+    for (int i = 0; i < LANES_ROWS; i++)
+        pos[i] = pos0 + prel[i];
+    for (int b = 0; b < nb; b++) {
+        _mm512_storeu_ps(y + b * ys, accA[b]);
+        _mm512_storeu_ps(y + b * ys + 16, accB[b]);
+    }
+}
+
+static DNNZ_T_AVX512 void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
+                                         int64_t cols, const float *x, float *y)
+{
+    ham_lanes_run(L, src, pos, cols, x, 0, 1, y, 0, NULL);
+}
+
+static DNNZ_T_AVX512 void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
+                                           int64_t cols, float *wt)
+{
+    ham_lanes_run(L, src, pos, cols, NULL, 0, 0, NULL, 0, wt);
+}
+
+/* y[b * ys + i] += wt[:, i] . x[b, 0:kc] for the 32 rows of a decoded tile and nb batch rows. */
+DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_micro(const float *wt, int64_t kc, const float *x, int64_t xs, const int nb,
+                                               float *y, int64_t ys)
+{
+    __m512 accA[LANES_NB], accB[LANES_NB];
+    for (int b = 0; b < nb; b++)
+        accA[b] = accB[b] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < kc; j++) {
+        const __m512 wA = _mm512_load_ps(wt + j * LANES_ROWS), wB = _mm512_load_ps(wt + j * LANES_ROWS + 16);
+        for (int b = 0; b < nb; b++) {
+            const __m512 xv = _mm512_set1_ps(x[b * xs + j]);
+            accA[b] = _mm512_fmadd_ps(wA, xv, accA[b]);
+            accB[b] = _mm512_fmadd_ps(wB, xv, accB[b]);
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        _mm512_storeu_ps(y + b * ys, _mm512_add_ps(_mm512_loadu_ps(y + b * ys), accA[b]));
+        _mm512_storeu_ps(y + b * ys + 16, _mm512_add_ps(_mm512_loadu_ps(y + b * ys + 16), accB[b]));
+    }
+}
+
+static DNNZ_T_AVX512 void ham_lanes_micro_nb(const float *wt, int64_t kc, const float *x, int64_t xs, int nb,
+                                             float *y, int64_t ys)
+{
+    switch (nb) {
+    case 1: ham_lanes_micro(wt, kc, x, xs, 1, y, ys); break;
+    case 2: ham_lanes_micro(wt, kc, x, xs, 2, y, ys); break;
+    case 3: ham_lanes_micro(wt, kc, x, xs, 3, y, ys); break;
+    case 4: ham_lanes_micro(wt, kc, x, xs, 4, y, ys); break;
+    case 5: ham_lanes_micro(wt, kc, x, xs, 5, y, ys); break;
+    case 6: ham_lanes_micro(wt, kc, x, xs, 6, y, ys); break;
+    case 7: ham_lanes_micro(wt, kc, x, xs, 7, y, ys); break;
+    default: ham_lanes_micro(wt, kc, x, xs, 8, y, ys); break;
+    }
+}
+
+/* Rows r0.. of the task through the lanes, 32 at a time, while the table suits them and the
+ * group's loads stay within the payload; returns the first row left to the other kernels. */
+static DNNZ_T_AVX512 int64_t ham_lanes_rows(const struct dnnz_tiles *c, int64_t r0, int64_t r1)
+{
+    const struct dnnz_ham_rows *h = c->aux;
+    struct ham_lanes L;
+    float wt[LANES_KC * LANES_ROWS] __attribute__((aligned(64)));
+    if (!ham_lanes_prepare(h, &L))
+        return r0;
+    for (; r0 + LANES_ROWS <= r1; r0 += LANES_ROWS) {
+        uint64_t pos[LANES_ROWS];
+        for (int i = 0; i < LANES_ROWS; i++)
+            pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r0 + i);
+        const uint64_t end = dnnz_rd_le(h->offsets, h->off_bytes, r0 + LANES_ROWS);
+        if ((end >> 3) + 8 > (uint64_t)h->payload_len || end - (pos[0] & ~(uint64_t)7) >= ((uint64_t)1 << 31))
+            break;
+        if (c->batch == 1) {
+            ham_lanes_gemv(&L, h->payload, pos, c->cols, c->x, c->y + r0);
+            continue;
+        }
+        /* batch > 1: slices of LANES_KC columns decoded once into an L1 tile for every batch row */
+        for (int64_t b = 0; b < c->batch; b++)
+            memset(c->y + b * c->rows + r0, 0, LANES_ROWS * sizeof(float));
+        for (int64_t k0 = 0; k0 < c->cols; k0 += LANES_KC) {
+            const int64_t kc = c->cols - k0 < LANES_KC ? c->cols - k0 : LANES_KC;
+            ham_lanes_decode(&L, h->payload, pos, kc, wt);
+            for (int64_t b = 0; b < c->batch; b += LANES_NB)
+                ham_lanes_micro_nb(wt, kc, c->x + b * c->xstride + k0, c->xstride,
+                                   c->batch - b < LANES_NB ? (int)(c->batch - b) : LANES_NB, c->y + b * c->rows + r0,
+                                   c->rows);
+        }
+    }
+    return r0;
+}
+
 static DNNZ_T_AVX512 void ham_task_avx512(const struct dnnz_tiles *c, int64_t task)
 {
+    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
+    r0 = ham_lanes_rows(c, r0, r1);
+    if (r0 >= r1)
+        return;
     if (c->batch == 1)
-        ham_gemv_avx512(c, task);
+        ham_gemv_avx512(c, r0, r1);
     else
-        ham_batch_task(c, task);
+        ham_batch_rows(c, r0, r1);
 }
 
 static DNNZ_T_AVX2 void ham_task_avx2(const struct dnnz_tiles *c, int64_t task)
 {
+    int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
     if (c->batch == 1)
-        ham_gemv_avx2(c, task);
+        ham_gemv_avx2(c, r0, r1);
     else
-        ham_batch_task(c, task);
+        ham_batch_rows(c, r0, r1);
 }
 #endif
 

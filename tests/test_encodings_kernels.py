@@ -10,6 +10,7 @@ import pytest
 import pydnnz
 from pydnnz import runtime
 from pydnnz.encodings import encode
+from pydnnz.encodings import ham as ham_module
 
 PATHS = runtime.supported_cpu_paths()
 BATCHES = (1, 7, 8, 129)
@@ -88,6 +89,41 @@ def test_ham_row_tiles(k, rows, cols, cpu_path):
     e = encode(w, "ham")
     assert np.array_equal(e.decode(), w)
     assert_matmul(e, w)
+
+
+@pytest.mark.parametrize("dist", ["gauss32", "uniform32", "skewed32", "k2", "k5", "long32", "k40"])
+@pytest.mark.parametrize("rows,cols", [(32, 1), (70, 17), (64, 129), (97, 300), (40, 2049)])
+def test_ham_row_lanes(dist, rows, cols, cpu_path, monkeypatch):
+    """AVX-512 rows in lanes (32 rows at a time, at most 32 used symbols and 15-bit codes): codes
+    all of one length, short (k = 2, 5) and past the 7-bit prefix table (gauss, skewed), codes
+    longer than 15 bits and 40 used symbols (the eight-row decoders instead), the last group of
+    the payload (its loads would pass the end: eight-row decoders), rows left over after the
+    groups, tiles of 128 columns at batch > 1 and batch blocks of 8."""
+    rng = np.random.default_rng(rows * 7 + cols)
+    shape = (rows, cols)
+    if dist == "gauss32":
+        idx = np.clip(np.rint((rng.standard_normal(shape) + 3) / 6 * 31), 0, 31).astype(np.int64)
+        k = 32
+    elif dist == "uniform32":
+        idx, k = rng.integers(0, 32, shape), 32
+    elif dist == "skewed32":
+        idx, k = skewed_indices(rng, shape, 32), 32
+    elif dist == "long32":  # Fibonacci counts: codes as long as the number of symbols used
+        monkeypatch.setattr(ham_module, "FAST_MAX_LEN", 32)  # as another writer may
+        n, k, counts = rows * cols, 32, [1, 1]
+        while len(counts) < 32 and sum(counts) + counts[-1] + counts[-2] <= n:
+            counts.append(counts[-1] + counts[-2])
+        idx = np.repeat(np.arange(len(counts))[::-1], counts)
+        idx = rng.permutation(np.concatenate([idx, np.zeros(n - idx.size, np.int64)])).reshape(shape)
+    elif dist == "k40":
+        idx, k = rng.integers(0, 40, shape), 40
+    else:
+        k = int(dist[1:])
+        idx = rng.integers(0, k, shape)
+    w = levels(k)[idx]
+    e = encode(w, "ham")
+    assert np.array_equal(e.decode(), w)
+    assert_matmul(e, w, batches=(1, 2, 7, 8, 9, 17, 129), seed=rows + cols)
 
 
 @pytest.mark.parametrize("k", [1, 33, 4096])
