@@ -488,6 +488,8 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
  * refilled every 57 / max_len steps by a gather of 8 bytes at its bit position. Two groups of 16
  * rows run interleaved, and up to LANES_NB batch rows share each decoded symbol. */
 #define LANES_ROWS 32
+/* the AVX-512 path's extensions and VBMI2 (vpshldvd: a lane's 64-bit window shifts in one step) */
+#define LANES_T __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,fma,avx2")))
 #define LANES_NB 8
 #define LANES_KC 128 /* columns per decoded tile at batch > 1: 16 KiB */
 
@@ -505,6 +507,9 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
 {
     const dnnz_huf_dtable *t = h->t;
     if (h->eor >= 0 || t->out_width != 1 || t->n_used < 2 || t->n_used > 32 || t->max_len > 15)
+        return 0;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vbmi2"))
         return 0;
     memset(L, 0, sizeof *L);
     for (int p = 0; p < 128; p++) {
@@ -526,7 +531,7 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
  * (stride xs), and the weights into wt[j * 32 + i] when wt is not NULL. pos[0] is the smallest
  * position, and the caller has checked that every 8-byte load (at a position before the end of
  * a row) stays within src's bytes and that the rows span less than 2^31 bits. */
-DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
+DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
                                              int64_t cols, const float *x, int64_t xs, const int nb, float *y,
                                              int64_t ys, float *wt)
 {
@@ -539,7 +544,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_run(const struct ham_lanes *L, const ui
     const __m512i T0 = _mm512_loadu_si512(L->t7), T1 = _mm512_loadu_si512(L->t7 + 64);
     const __m512i offs = _mm512_loadu_si512(L->offs);
     const __m512 cb0 = _mm512_loadu_ps(L->cbs), cb1 = _mm512_loadu_ps(L->cbs + 16);
-    const __m512i c32 = _mm512_set1_epi32(32), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
     const __mmask64 lowb = 0x1111111111111111ull; /* byte 0 of each 32-bit lane */
     const int nl = L->n_long, spr = L->spr;
     __m512i lim[8];
@@ -565,7 +570,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_run(const struct ham_lanes *L, const ui
         const __m512i hh_ = _mm512_permutex2var_epi8(g0_, IH, g1_);                               \
         const __m512i ll_ = _mm512_permutex2var_epi8(g0_, IL, g1_);                               \
         const __m512i s_ = _mm512_and_si512(P, seven);                                            \
-        H = _mm512_or_si512(_mm512_sllv_epi32(hh_, s_), _mm512_srlv_epi32(ll_, _mm512_sub_epi32(c32, s_))); \
+        H = _mm512_shldv_epi32(hh_, ll_, s_);                                                     \
         LO = _mm512_sllv_epi32(ll_, s_);                                                          \
     } while (0)
 #define LANES_STEP(H, LO, P, W)                                                                   \
@@ -573,10 +578,9 @@ DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_run(const struct ham_lanes *L, const ui
         __m512i len_ = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);    \
         for (int q_ = 0; q_ < nl; q_++)                                                           \
             len_ = _mm512_mask_add_epi32(len_, _mm512_cmp_epu32_mask(H, lim[q_], _MM_CMPINT_NLT), len_, one); \
-        const __m512i sh_ = _mm512_sub_epi32(c32, len_);                                          \
-        const __m512i sp_ = _mm512_add_epi32(_mm512_srlv_epi32(H, sh_), _mm512_permutexvar_epi32(len_, offs)); \
+        const __m512i sp_ = _mm512_add_epi32(_mm512_shldv_epi32(zero, H, len_), _mm512_permutexvar_epi32(len_, offs)); \
         W = _mm512_permutex2var_ps(cb0, sp_, cb1);                                                \
-        H = _mm512_or_si512(_mm512_sllv_epi32(H, len_), _mm512_srlv_epi32(LO, sh_));              \
+        H = _mm512_shldv_epi32(H, LO, len_);                                                      \
         LO = _mm512_sllv_epi32(LO, len_);                                                         \
         P = _mm512_add_epi32(P, len_);                                                            \
     } while (0)
@@ -612,13 +616,13 @@ DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_run(const struct ham_lanes *L, const ui
     }
 }
 
-static DNNZ_T_AVX512 void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
+static LANES_T void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
                                          int64_t cols, const float *x, float *y)
 {
     ham_lanes_run(L, src, pos, cols, x, 0, 1, y, 0, NULL);
 }
 
-static DNNZ_T_AVX512 void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
+static LANES_T void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
                                            int64_t cols, float *wt)
 {
     ham_lanes_run(L, src, pos, cols, NULL, 0, 0, NULL, 0, wt);
