@@ -487,11 +487,11 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
  * no horizontal sum. A lane's bits are a 64-bit window (two 32-bit halves, big-endian bit order),
  * refilled every 57 / max_len steps by a gather of 8 bytes at its bit position. Two groups of 16
  * rows run interleaved, and up to LANES_NB batch rows share each decoded symbol. */
-#define LANES_ROWS 32
+#define LANES_G 4 /* groups of 16 rows at most */
 /* the AVX-512 path's extensions and VBMI2 (vpshldvd: a lane's 64-bit window shifts in one step) */
 #define LANES_T __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,fma,avx2")))
 #define LANES_NB 8
-#define LANES_KC 128 /* columns per decoded tile at batch > 1: 16 KiB */
+#define LANES_KC 64 /* columns per decoded tile at batch > 1: 16 KiB */
 
 struct ham_lanes {
     uint8_t t7[128];   /* length of the code a 7-bit prefix starts, 8 for a longer one */
@@ -526,21 +526,20 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
     return 1;
 }
 
-/* The next cols symbols of the 32 rows whose streams are at bit pos[i] of src (updated):
- * y[b * ys + i] = W[row i, those columns] . x[b, 0:cols] for nb (0..LANES_NB) batch rows x[b]
- * (stride xs), and the weights into wt[j * 32 + i] when wt is not NULL. pos[0] is the smallest
- * position, and the caller has checked that every 8-byte load (at a position before the end of
- * a row) stays within src's bytes and that the rows span less than 2^31 bits. */
-DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
-                                             int64_t cols, const float *x, int64_t xs, const int nb, float *y,
-                                             int64_t ys, float *wt)
+/* The next cols symbols of the 16 * G rows whose streams are at bit pos[i] of src (updated),
+ * G = 1, 2 or 4 groups of 16 lanes run interleaved (more independent work while the gathers
+ * and permutes of one group wait): y[i] = W[row i, those columns] . x[0:cols] when x is not
+ * NULL, and the weights into wt[j * 16 * G + i] when wt is not NULL. pos[0] is the smallest
+ * position; the caller has checked that every 8-byte load (at a position before the end of a
+ * row) stays within src's bytes and that the rows span less than 2^31 bits. */
+DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, const int G,
+                                       int64_t cols, const float *x, float *y, float *wt)
 {
     const uint64_t pos0 = pos[0] & ~(uint64_t)7;
     const uint8_t *base = src + (pos0 >> 3);
-    uint32_t prel[LANES_ROWS];
-    for (int i = 0; i < LANES_ROWS; i++)
+    uint32_t prel[16 * LANES_G];
+    for (int i = 0; i < 16 * G; i++)
         prel[i] = (uint32_t)(pos[i] - pos0);
-    __m512i pA = _mm512_loadu_si512(prel), pB = _mm512_loadu_si512(prel + 16);
     const __m512i T0 = _mm512_loadu_si512(L->t7), T1 = _mm512_loadu_si512(L->t7 + 64);
     const __m512i offs = _mm512_loadu_si512(L->offs);
     const __m512 cb0 = _mm512_loadu_ps(L->cbs), cb1 = _mm512_loadu_ps(L->cbs + 16);
@@ -558,143 +557,168 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
         99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
     const __m512i IH = _mm512_load_si512(ih);
     const __m512i IL = _mm512_add_epi8(IH, _mm512_set1_epi8(4));
-    __m512 accA[LANES_NB], accB[LANES_NB];
-    for (int b = 0; b < nb; b++)
-        accA[b] = accB[b] = _mm512_setzero_ps();
-    __m512i hA, lA, hB, lB;
-#define LANES_REFILL(P, H, LO)                                                                    \
-    do {                                                                                          \
-        const __m512i by_ = _mm512_srli_epi32(P, 3);                                              \
-        const __m512i g0_ = _mm512_i32gather_epi64(_mm512_castsi512_si256(by_), (const void *)base, 1); \
-        const __m512i g1_ = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(by_, 1), (const void *)base, 1); \
-        const __m512i hh_ = _mm512_permutex2var_epi8(g0_, IH, g1_);                               \
-        const __m512i ll_ = _mm512_permutex2var_epi8(g0_, IL, g1_);                               \
-        const __m512i s_ = _mm512_and_si512(P, seven);                                            \
-        H = _mm512_shldv_epi32(hh_, ll_, s_);                                                     \
-        LO = _mm512_sllv_epi32(ll_, s_);                                                          \
-    } while (0)
-#define LANES_STEP(H, LO, P, W)                                                                   \
-    do {                                                                                          \
-        __m512i len_ = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);    \
-        for (int q_ = 0; q_ < nl; q_++)                                                           \
-            len_ = _mm512_mask_add_epi32(len_, _mm512_cmp_epu32_mask(H, lim[q_], _MM_CMPINT_NLT), len_, one); \
-        const __m512i sp_ = _mm512_add_epi32(_mm512_shldv_epi32(zero, H, len_), _mm512_permutexvar_epi32(len_, offs)); \
-        W = _mm512_permutex2var_ps(cb0, sp_, cb1);                                                \
-        H = _mm512_shldv_epi32(H, LO, len_);                                                      \
-        LO = _mm512_sllv_epi32(LO, len_);                                                         \
-        P = _mm512_add_epi32(P, len_);                                                            \
-    } while (0)
+    __m512i P[LANES_G], H[LANES_G], LO[LANES_G];
+    __m512 acc[LANES_G];
+    for (int g = 0; g < G; g++) {
+        P[g] = _mm512_loadu_si512(prel + 16 * g);
+        acc[g] = _mm512_setzero_ps();
+    }
     int64_t j = 0;
     while (j < cols) {
-        LANES_REFILL(pA, hA, lA);
-        LANES_REFILL(pB, hB, lB);
+        for (int g = 0; g < G; g++) { /* 8 bytes at each lane's byte, shifted to its bit */
+            const __m512i by = _mm512_srli_epi32(P[g], 3);
+            const __m512i g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(by), (const void *)base, 1);
+            const __m512i g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(by, 1), (const void *)base, 1);
+            const __m512i hh = _mm512_permutex2var_epi8(g0, IH, g1), ll = _mm512_permutex2var_epi8(g0, IL, g1);
+            const __m512i s = _mm512_and_si512(P[g], seven);
+            H[g] = _mm512_shldv_epi32(hh, ll, s);
+            LO[g] = _mm512_sllv_epi32(ll, s);
+        }
         const int64_t stop = cols - j < spr ? cols : j + spr;
         for (; j < stop; j++) {
-            __m512 wA, wB;
-            LANES_STEP(hA, lA, pA, wA);
-            LANES_STEP(hB, lB, pB, wB);
-            if (wt) {
-                _mm512_store_ps(wt + j * LANES_ROWS, wA);
-                _mm512_store_ps(wt + j * LANES_ROWS + 16, wB);
-            }
-            for (int b = 0; b < nb; b++) {
-                const __m512 xv = _mm512_set1_ps(x[b * xs + j]);
-                accA[b] = _mm512_fmadd_ps(wA, xv, accA[b]);
-                accB[b] = _mm512_fmadd_ps(wB, xv, accB[b]);
+            for (int g = 0; g < G; g++) {
+                __m512i len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H[g], 25), T1);
+                for (int q = 0; q < nl; q++)
+                    len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H[g], lim[q], _MM_CMPINT_NLT), len, one);
+                const __m512i sp = _mm512_add_epi32(_mm512_shldv_epi32(zero, H[g], len),
+                                                    _mm512_permutexvar_epi32(len, offs));
+                const __m512 w = _mm512_permutex2var_ps(cb0, sp, cb1);
+                H[g] = _mm512_shldv_epi32(H[g], LO[g], len);
+                LO[g] = _mm512_sllv_epi32(LO[g], len);
+                P[g] = _mm512_add_epi32(P[g], len);
+                if (wt)
+                    _mm512_store_ps(wt + (j * G + g) * 16, w);
+                if (x)
+                    acc[g] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[j]), acc[g]);
             }
         }
     }
-#undef LANES_REFILL
-#undef LANES_STEP
-    _mm512_storeu_si512(prel, pA);
-    _mm512_storeu_si512(prel + 16, pB);
-    for (int i = 0; i < LANES_ROWS; i++)
-        pos[i] = pos0 + prel[i];
-    for (int b = 0; b < nb; b++) {
-        _mm512_storeu_ps(y + b * ys, accA[b]);
-        _mm512_storeu_ps(y + b * ys + 16, accB[b]);
+    for (int g = 0; g < G; g++) {
+        _mm512_storeu_si512(prel + 16 * g, P[g]);
+        if (x)
+            _mm512_storeu_ps(y + 16 * g, acc[g]);
     }
+    for (int i = 0; i < 16 * G; i++)
+        pos[i] = pos0 + prel[i];
 }
 
-static LANES_T void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
-                                         int64_t cols, const float *x, float *y)
+/* The instantiations: batch 1 (fused) and tile decodes, for 1, 2 and 4 groups. */
+static LANES_T void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G,
+                                   int64_t cols, const float *x, float *y)
 {
-    ham_lanes_run(L, src, pos, cols, x, 0, 1, y, 0, NULL);
+    if (G == 4)
+        ham_lanes_run(L, src, pos, 4, cols, x, y, NULL);
+    else if (G == 2)
+        ham_lanes_run(L, src, pos, 2, cols, x, y, NULL);
+    else
+        ham_lanes_run(L, src, pos, 1, cols, x, y, NULL);
 }
 
-static LANES_T void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t pos[32],
-                                           int64_t cols, float *wt)
+static LANES_T void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G,
+                                     int64_t cols, float *wt)
 {
-    ham_lanes_run(L, src, pos, cols, NULL, 0, 0, NULL, 0, wt);
+    if (G == 4)
+        ham_lanes_run(L, src, pos, 4, cols, NULL, NULL, wt);
+    else if (G == 2)
+        ham_lanes_run(L, src, pos, 2, cols, NULL, NULL, wt);
+    else
+        ham_lanes_run(L, src, pos, 1, cols, NULL, NULL, wt);
 }
 
-/* y[b * ys + i] += wt[:, i] . x[b, 0:kc] for the 32 rows of a decoded tile and nb batch rows. */
-DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_micro(const float *wt, int64_t kc, const float *x, int64_t xs, const int nb,
-                                               float *y, int64_t ys)
+/* y[b * ys + i] += wt[j * ws + i] . x[b, 0:kc] summed over j, for the 16 * NV rows i of a decoded
+ * tile (row stride ws) and nb batch rows (stride xs). */
+DNNZ_INLINE DNNZ_T_AVX512 void ham_lanes_micro(const float *wt, int64_t ws, const int NV, int64_t kc, const float *x,
+                                               int64_t xs, const int nb, float *y, int64_t ys)
 {
-    __m512 accA[LANES_NB], accB[LANES_NB];
+    __m512 acc[2][LANES_NB];
     for (int b = 0; b < nb; b++)
-        accA[b] = accB[b] = _mm512_setzero_ps();
+        acc[0][b] = acc[1][b] = _mm512_setzero_ps();
     for (int64_t j = 0; j < kc; j++) {
-        const __m512 wA = _mm512_load_ps(wt + j * LANES_ROWS), wB = _mm512_load_ps(wt + j * LANES_ROWS + 16);
+        const __m512 w0 = _mm512_load_ps(wt + j * ws), w1 = NV > 1 ? _mm512_load_ps(wt + j * ws + 16) : w0;
         for (int b = 0; b < nb; b++) {
             const __m512 xv = _mm512_set1_ps(x[b * xs + j]);
-            accA[b] = _mm512_fmadd_ps(wA, xv, accA[b]);
-            accB[b] = _mm512_fmadd_ps(wB, xv, accB[b]);
+            acc[0][b] = _mm512_fmadd_ps(w0, xv, acc[0][b]);
+            if (NV > 1)
+                acc[1][b] = _mm512_fmadd_ps(w1, xv, acc[1][b]);
         }
     }
-    for (int b = 0; b < nb; b++) {
-        _mm512_storeu_ps(y + b * ys, _mm512_add_ps(_mm512_loadu_ps(y + b * ys), accA[b]));
-        _mm512_storeu_ps(y + b * ys + 16, _mm512_add_ps(_mm512_loadu_ps(y + b * ys + 16), accB[b]));
-    }
+    for (int b = 0; b < nb; b++)
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(y + b * ys + 16 * v, _mm512_add_ps(_mm512_loadu_ps(y + b * ys + 16 * v), acc[v][b]));
 }
 
-static DNNZ_T_AVX512 void ham_lanes_micro_nb(const float *wt, int64_t kc, const float *x, int64_t xs, int nb,
-                                             float *y, int64_t ys)
+#define LANES_MICRO_CASES(NV)                                                                     \
+    switch (nb) {                                                                                 \
+    case 1: ham_lanes_micro(wt, ws, NV, kc, x, xs, 1, y, ys); break;                              \
+    case 2: ham_lanes_micro(wt, ws, NV, kc, x, xs, 2, y, ys); break;                              \
+    case 3: ham_lanes_micro(wt, ws, NV, kc, x, xs, 3, y, ys); break;                              \
+    case 4: ham_lanes_micro(wt, ws, NV, kc, x, xs, 4, y, ys); break;                              \
+    case 5: ham_lanes_micro(wt, ws, NV, kc, x, xs, 5, y, ys); break;                              \
+    case 6: ham_lanes_micro(wt, ws, NV, kc, x, xs, 6, y, ys); break;                              \
+    case 7: ham_lanes_micro(wt, ws, NV, kc, x, xs, 7, y, ys); break;                              \
+    default: ham_lanes_micro(wt, ws, NV, kc, x, xs, 8, y, ys); break;                             \
+    }
+
+static DNNZ_T_AVX512 void ham_lanes_micro_nb(const float *wt, int64_t ws, int nv, int64_t kc, const float *x,
+                                             int64_t xs, int nb, float *y, int64_t ys)
 {
-    switch (nb) {
-    case 1: ham_lanes_micro(wt, kc, x, xs, 1, y, ys); break;
-    case 2: ham_lanes_micro(wt, kc, x, xs, 2, y, ys); break;
-    case 3: ham_lanes_micro(wt, kc, x, xs, 3, y, ys); break;
-    case 4: ham_lanes_micro(wt, kc, x, xs, 4, y, ys); break;
-    case 5: ham_lanes_micro(wt, kc, x, xs, 5, y, ys); break;
-    case 6: ham_lanes_micro(wt, kc, x, xs, 6, y, ys); break;
-    case 7: ham_lanes_micro(wt, kc, x, xs, 7, y, ys); break;
-    default: ham_lanes_micro(wt, kc, x, xs, 8, y, ys); break;
+    if (nv == 2) {
+        LANES_MICRO_CASES(2)
+    } else {
+        LANES_MICRO_CASES(1)
     }
 }
+#undef LANES_MICRO_CASES
 
-/* Rows r0.. of the task through the lanes, 32 at a time, while the table suits them and the
- * group's loads stay within the payload; returns the first row left to the other kernels. */
+/* Rows r0..r1 of the task through the lanes, 64, 32 or 16 at a time, when the table suits them;
+ * returns the first row left to the other kernels (fewer than 16). The last group of a payload
+ * (whose loads would pass its end) decodes from a copy of its bytes with 8 bytes of zeros. */
 static DNNZ_T_AVX512 int64_t ham_lanes_rows(const struct dnnz_tiles *c, int64_t r0, int64_t r1)
 {
     const struct dnnz_ham_rows *h = c->aux;
     struct ham_lanes L;
-    float wt[LANES_KC * LANES_ROWS] __attribute__((aligned(64)));
+    float wt[LANES_KC * 16 * LANES_G] __attribute__((aligned(64)));
     if (!ham_lanes_prepare(h, &L))
         return r0;
-    for (; r0 + LANES_ROWS <= r1; r0 += LANES_ROWS) {
-        uint64_t pos[LANES_ROWS];
-        for (int i = 0; i < LANES_ROWS; i++)
+    while (r1 - r0 >= 16) {
+        const int G = r1 - r0 >= 64 ? 4 : r1 - r0 >= 32 ? 2 : 1, n = 16 * G;
+        uint64_t pos[16 * LANES_G];
+        for (int i = 0; i < n; i++)
             pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r0 + i);
-        const uint64_t end = dnnz_rd_le(h->offsets, h->off_bytes, r0 + LANES_ROWS);
-        if ((end >> 3) + 8 > (uint64_t)h->payload_len || end - (pos[0] & ~(uint64_t)7) >= ((uint64_t)1 << 31))
+        const uint64_t end = dnnz_rd_le(h->offsets, h->off_bytes, r0 + n), first = pos[0] >> 3;
+        if (end - 8 * first >= ((uint64_t)1 << 31))
             break;
+        const uint8_t *src = h->payload;
+        uint8_t *copy = NULL;
+        if ((end >> 3) + 8 > (uint64_t)h->payload_len) {
+            const size_t len = (size_t)((uint64_t)h->payload_len - first);
+            copy = malloc(len + 8);
+            if (!copy)
+                break;
+            memcpy(copy, h->payload + first, len);
+            memset(copy + len, 0, 8);
+            for (int i = 0; i < n; i++)
+                pos[i] -= 8 * first;
+            src = copy;
+        }
         if (c->batch == 1) {
-            ham_lanes_gemv(&L, h->payload, pos, c->cols, c->x, c->y + r0);
-            continue;
+            ham_lanes_gemv(&L, src, pos, G, c->cols, c->x, c->y + r0);
+        } else {
+            /* slices of LANES_KC columns decoded once into an L1 tile for every batch row */
+            for (int64_t b = 0; b < c->batch; b++)
+                memset(c->y + b * c->rows + r0, 0, (size_t)n * sizeof(float));
+            for (int64_t k0 = 0; k0 < c->cols; k0 += LANES_KC) {
+                const int64_t kc = c->cols - k0 < LANES_KC ? c->cols - k0 : LANES_KC;
+                ham_lanes_decode(&L, src, pos, G, kc, wt);
+                for (int v = 0; v < n; v += 32)
+                    for (int64_t b = 0; b < c->batch; b += LANES_NB)
+                        ham_lanes_micro_nb(wt + v, n, n - v < 32 ? 1 : 2, kc, c->x + b * c->xstride + k0, c->xstride,
+                                           c->batch - b < LANES_NB ? (int)(c->batch - b) : LANES_NB,
+                                           c->y + b * c->rows + r0 + v, c->rows);
+            }
         }
-        /* batch > 1: slices of LANES_KC columns decoded once into an L1 tile for every batch row */
-        for (int64_t b = 0; b < c->batch; b++)
-            memset(c->y + b * c->rows + r0, 0, LANES_ROWS * sizeof(float));
-        for (int64_t k0 = 0; k0 < c->cols; k0 += LANES_KC) {
-            const int64_t kc = c->cols - k0 < LANES_KC ? c->cols - k0 : LANES_KC;
-            ham_lanes_decode(&L, h->payload, pos, kc, wt);
-            for (int64_t b = 0; b < c->batch; b += LANES_NB)
-                ham_lanes_micro_nb(wt, kc, c->x + b * c->xstride + k0, c->xstride,
-                                   c->batch - b < LANES_NB ? (int)(c->batch - b) : LANES_NB, c->y + b * c->rows + r0,
-                                   c->rows);
-        }
+        free(copy);
+        r0 += n;
     }
     return r0;
 }

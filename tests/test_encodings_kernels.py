@@ -92,7 +92,7 @@ def test_ham_row_tiles(k, rows, cols, cpu_path):
 
 
 @pytest.mark.parametrize("dist", ["gauss32", "uniform32", "skewed32", "k2", "k5", "long32", "k40"])
-@pytest.mark.parametrize("rows,cols", [(32, 1), (70, 17), (64, 129), (97, 300), (40, 2049)])
+@pytest.mark.parametrize("rows,cols", [(32, 1), (70, 17), (64, 129), (97, 300), (40, 2049), (20, 65)])
 def test_ham_row_lanes(dist, rows, cols, cpu_path, monkeypatch):
     """AVX-512 rows in lanes (32 rows at a time, at most 32 used symbols and 15-bit codes): codes
     all of one length, short (k = 2, 5) and past the 7-bit prefix table (gauss, skewed), codes
