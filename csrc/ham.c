@@ -491,7 +491,7 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
 /* the AVX-512 path's extensions and VBMI2 (vpshldvd: a lane's 64-bit window shifts in one step) */
 #define LANES_T __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,fma,avx2")))
 #define LANES_NB 8
-#define LANES_KC 64 /* columns per decoded tile at batch > 1: 16 KiB */
+#define LANES_KC 128 /* columns per decoded tile at batch > 1: 32 KiB for 64 rows */
 
 struct ham_lanes {
     uint8_t t7[128];   /* length of the code a 7-bit prefix starts, 8 for a longer one */
