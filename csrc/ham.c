@@ -1,9 +1,12 @@
 /* ham.c: the `ham` encoding (pydnnz/encodings/ham.py) and the stream machinery it shares with
  * `sham` and `rlham` (see ham.h).
  *
- * matmul: a task is a block of DNNZ_KERN_TASK_ROWS output rows. On the AVX2 / AVX-512 paths,
- * for 1- and 2-byte symbols and rows without an end-of-row symbol, eight rows are decoded
- * together, 2048 columns at a time (eight interleaved dependency chains, multi-symbol table,
+ * matmul: a task is a block of DNNZ_KERN_TASK_ROWS output rows. On AVX-512 with VBMI2, for at
+ * most 32 used symbols and codes of at most 15 bits, the rows decode in vector lanes, 16 rows
+ * per vector and four vectors interleaved (ham_lanes_run below), fused with the multiply-add at
+ * batch 1, into 128-column float tiles for blocks of 8 batch rows above. Otherwise, on the AVX2 /
+ * AVX-512 paths, for 1- and 2-byte symbols and rows without an end-of-row symbol, eight rows are
+ * decoded together, 2048 columns at a time (eight interleaved dependency chains, multi-symbol table,
  * dnnz_huf_decode8_u8_at; for large alphabets two four-stream decodes through the 14-bit wide
  * table, dnnz_huf_decode4_wide_at) into L1 index buffers. At batch 1 the indices go straight
  * into the multiply-add (codebook in registers: a permute for k <= 64 on AVX-512, k <= 16 on
@@ -476,7 +479,7 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
 #undef LK16
 #undef LKG
 
-/* ---- AVX-512: 32 rows in the lanes of two vectors, the decode fused with the multiply-add --- */
+/* ---- AVX-512: rows in the lanes of up to four vectors, the decode fused with the multiply-add */
 
 /* For small alphabets (at most 32 used symbols, codes of at most 15 bits, 1-byte symbols) each
  * of 16 lanes decodes one row, one symbol per step: the code length from a 128-entry byte table
@@ -485,8 +488,9 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
  * registers, a permute). Every row holds one symbol per column, so after step j every lane is at
  * column j + 1 and the multiply-add takes x[j] broadcast: y's rows are the lanes, no index buffer,
  * no horizontal sum. A lane's bits are a 64-bit window (two 32-bit halves, big-endian bit order),
- * refilled every 57 / max_len steps by a gather of 8 bytes at its bit position. Two groups of 16
- * rows run interleaved, and up to LANES_NB batch rows share each decoded symbol. */
+ * refilled every 57 / max_len steps by a gather of 8 bytes at its bit position. Up to four groups
+ * of 16 rows run interleaved; at batch > 1 each 128-column slice is decoded once into a float
+ * tile that blocks of LANES_NB batch rows multiply in registers. */
 #define LANES_G 4 /* groups of 16 rows at most */
 /* the AVX-512 path's extensions and VBMI2 (vpshldvd: a lane's 64-bit window shifts in one step) */
 #define LANES_T __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,fma,avx2")))
