@@ -22,12 +22,8 @@
 #include <string.h>
 
 
-#define KC DNNZ_HAM_KC
 #define TR DNNZ_HAM_TASK_ROWS
 #define RD dnnz_rd_le
-#define LANES 16   /* batch padding of the transposed x */
-#define TILE 64    /* batch lanes per register tile */
-#define RS (KC + 4) /* row stride of rl_chunk4's pair buffers: a multi-pair step may pass KC */
 #define MAX_EXTRA 30 /* extra bits of the largest bucket: runs stay below 2^31 */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -52,28 +48,33 @@
 #define FAST_EXTRA(f) ((unsigned)((f) >> 53) & 31u)
 #define FAST_EOR ((uint64_t)1 << 62)
 
-/* Step entry, indexed by the same prefix: everything one step of rl_chunk4 needs, so that the
- * common step is one load and no data-dependent branch. The pairs of as many whole codes as fit
- * in the prefix (at most 3; runs and value indices below 256; no end of row; only a lone code may
- * have extra bits): bits 0..23 the runs of pairs 0..2 (a byte each; the run of a code with extra
- * bits is its class's smallest run), 24..47 their value indices, 48..49 the count (0: take the
- * fast path), 50..54 the extra bits after the codes (count 1 only), 55..59 the code bits. With
- * bit 63 set (count 0) the prefix starts only codes longer than the table: bits 0..31 are the
- * offset of its second-level table in `sub`, bits 32..36 that table's index bits (the bits after
- * the prefix); second-level entries have the same layout, one pair each (or count 0). */
-#define MULTI_MAX 3
-#define STEP_CNT(e) ((unsigned)((e) >> 48) & 3u)
-#define STEP_EXTRA(e) ((unsigned)((e) >> 50) & 31u)
-#define STEP_BITS(e) ((unsigned)((e) >> 55) & 31u)
-#define STEP_SUB ((uint64_t)1 << 63)
-#define SUB_MAX_BITS 8 /* second-level index bits: codes up to DNNZ_HUF_TABLE_BITS + 8 bits */
+/* Walk entry (the eight-lane walker's table, indexed by the next `pb` <= WALK_BITS bits of a row):
+ * one load resolves a pair to what the step needs, branch-free: bits 0..5 the bits the code and
+ * its extra bits take (tot; 0 for end of row, which leaves the lane where it is), 6..25 the value
+ * index, 26 WALK_SLOW (a code longer than the table, a code with its extra bits over WALK_TOT_MAX
+ * bits, or a prefix no code starts with: take rl_slow), 27..63 a signed delta d such that the
+ * pair's column is col + d + (the next tot bits as an integer) (d = the class's smallest run -
+ * (code << extra bits); end of row: d = WALK_EOR, past any column). A WALK_SLOW entry of a prefix
+ * that starts longer codes may name a second-level table: bits 27..31 its index bits sb (the
+ * bits after the prefix; 0: none), 32..63 its offset in `wsub`; second-level entries have the
+ * same layout (tot counting the whole code). */
+#define WALK_BITS 12
+#define WALK_SUB_BITS 8            /* second-level index bits: codes up to WALK_BITS + 8 bits */
+#define WALK_SUB_MAX (1u << 16)    /* second-level entries in all (512 KiB) */
+#define WALK_TOT_MAX 36
+#define WALK_SLOW ((uint64_t)1 << 26)
+#define WALK_EOR ((int64_t)1 << 35)
+#define WALK_TOT(e) ((unsigned)(e) & 63u)
+#define WALK_V(e) ((uint32_t)((e) >> 6) & 0xFFFFFu)
+#define WALK_D(e) ((uint64_t)((int64_t)(e) >> 27))
 
 struct rl_code {
     dnnz_huf_dtable t;
     uint64_t *map;      /* symbol -> MAP_* entry */
     uint64_t *fast;     /* prefix -> FAST_* entry (1 << DNNZ_HUF_TABLE_BITS entries) */
-    uint64_t *multi;    /* prefix -> step entry, or NULL (k > 256) */
-    uint64_t *sub;      /* second-level step entries (NULL: none) */
+    uint64_t *walk;     /* prefix -> walk entry (1 << pb entries) */
+    uint64_t *wsub;     /* second-level walk entries (NULL: none) */
+    unsigned pb;        /* bits of the walk table's index */
     int refill2;        /* a code and its extra bits may need more than one refill's 56 bits */
 };
 
@@ -82,12 +83,12 @@ static void rl_code_free(struct rl_code *c)
     dnnz_huf_dtable_free(&c->t);
     free(c->map);
     free(c->fast);
-    free(c->multi);
-    free(c->sub);
-    c->sub = NULL;
+    free(c->walk);
+    free(c->wsub);
+    c->wsub = NULL;
     c->map = NULL;
     c->fast = NULL;
-    c->multi = NULL;
+    c->walk = NULL;
 }
 
 /* Run class c: the smallest run it codes and its number of extra bits (spec: rlham, run classes).
@@ -103,65 +104,93 @@ static unsigned rl_class_extra(int64_t d, int64_t c)
     return c < d ? 0u : (unsigned)(c - d);
 }
 
-/* Second-level step tables for the prefixes that only start codes longer than the table (a
- * large alphabet: rlham's joint symbols at high sparsity have codes of 12-20 bits): one load more
- * instead of the exact decoder. Codes longer than DNNZ_HUF_TABLE_BITS + SUB_MAX_BITS, and pairs
- * the entry cannot hold, keep count 0 (the exact path). Memory: at most 2^SUB_MAX_BITS entries
- * per prefix, and only prefixes some code starts with. */
-static int rl_sub_init(struct rl_code *c, const struct dnnz_rlham *m)
+/* The walk table: every code of at most pb = min(longest code, WALK_BITS) bits fills the prefixes
+ * it starts (canonical codes from the lengths), everything else is WALK_SLOW. Called by
+ * rl_code_init once map[] is set. */
+static int rl_walk_init(struct rl_code *c, const struct dnnz_rlham *m)
 {
-    const unsigned tb = DNNZ_HUF_TABLE_BITS;
-    const size_t np = (size_t)1 << tb, n = (size_t)(m->run_classes * m->k + 1);
-    if (c->t.max_len <= tb)
-        return DNNZ_OK;
+    const size_t n = (size_t)(m->run_classes * m->k + 1);
+    unsigned pb = c->t.max_len < WALK_BITS ? c->t.max_len : WALK_BITS;
+    pb = pb ? pb : 1;
+    c->pb = pb;
+    c->walk = malloc(((size_t)1 << pb) * sizeof *c->walk);
+    if (!c->walk) {
+        rl_code_free(c);
+        return DNNZ_E_ALLOC;
+    }
+    for (size_t p = 0; p < ((size_t)1 << pb); p++)
+        c->walk[p] = WALK_SLOW;
     dnnz_huf_ctable ct;
-    DNNZ_CHECK(dnnz_huf_ctable_init(&ct, m->lengths, n));
-    uint8_t *sb = calloc(np, 1); /* per prefix: longest code it starts, minus tb, capped */
+    int st = dnnz_huf_ctable_init(&ct, m->lengths, n);
+    if (st != DNNZ_OK) {
+        rl_code_free(c);
+        return st;
+    }
+    /* second-level index bits per prefix: the longest code it starts, less pb, capped */
+    uint8_t *sb = calloc((size_t)1 << pb, 1);
     if (!sb) {
         dnnz_huf_ctable_free(&ct);
+        rl_code_free(c);
         return DNNZ_E_ALLOC;
     }
     for (size_t s = 0; s < n; s++) {
         unsigned l = (unsigned)(ct.entry[s] & 0xff);
-        if (l > tb) {
-            size_t pre = (size_t)((ct.entry[s] >> 8) >> (l - tb));
-            unsigned x = l - tb < SUB_MAX_BITS ? l - tb : SUB_MAX_BITS;
-            sb[pre] = sb[pre] > x ? sb[pre] : (uint8_t)x;
+        if (l > pb) {
+            size_t pre = (size_t)((ct.entry[s] >> 8) >> (l - pb));
+            unsigned b = l - pb < WALK_SUB_BITS ? l - pb : WALK_SUB_BITS;
+            sb[pre] = sb[pre] > b ? sb[pre] : (uint8_t)b;
         }
     }
     size_t total = 0;
-    for (size_t p = 0; p < np; p++)
-        if (sb[p] && c->multi[p] == 0) {
-            c->multi[p] = STEP_SUB | (uint64_t)sb[p] << 32 | (uint64_t)total;
+    for (size_t p = 0; p < ((size_t)1 << pb); p++) {
+        if (sb[p] && total + ((size_t)1 << sb[p]) <= WALK_SUB_MAX) {
+            c->walk[p] = WALK_SLOW | (uint64_t)sb[p] << 27 | (uint64_t)total << 32;
             total += (size_t)1 << sb[p];
         }
-    int st = DNNZ_OK;
-    if (total) {
-        c->sub = calloc(total, sizeof *c->sub);
-        if (!c->sub)
-            st = DNNZ_E_ALLOC;
     }
-    for (size_t s = 0; s < n && c->sub; s++) {
+    if (total) {
+        c->wsub = malloc(total * sizeof *c->wsub);
+        if (!c->wsub) {
+            free(sb);
+            dnnz_huf_ctable_free(&ct);
+            rl_code_free(c);
+            return DNNZ_E_ALLOC;
+        }
+        for (size_t j = 0; j < total; j++)
+            c->wsub[j] = WALK_SLOW;
+    }
+    for (size_t s = 0; s < n; s++) {
         unsigned l = (unsigned)(ct.entry[s] & 0xff);
-        uint64_t code = ct.entry[s] >> 8, me = c->map[s];
-        if (l <= tb || (me & MAP_EOR) || MAP_BASE(me) > 255 || MAP_V(me) > 255)
+        if (l == 0)
             continue;
-        uint64_t h = c->multi[code >> (l - tb)];
-        unsigned b = (unsigned)(h >> 32) & 31u;
-        if (!(h & STEP_SUB) || l - tb > b)
-            continue; /* longer than the second level: the exact path */
-        uint64_t e = (uint64_t)MAP_BASE(me) | (uint64_t)MAP_V(me) << 24 | (uint64_t)1 << 48 |
-                     (uint64_t)MAP_EXTRA(me) << 50 | (uint64_t)l << 55;
-        uint64_t lo = (code & (((uint64_t)1 << (l - tb)) - 1)) << (b - (l - tb));
-        uint64_t *t = c->sub + (uint32_t)h;
-        for (uint64_t j = 0; j < ((uint64_t)1 << (b - (l - tb))); j++)
+        uint64_t code = ct.entry[s] >> 8, me = c->map[s], e;
+        if (me & MAP_EOR) {
+            e = (uint64_t)WALK_EOR << 27;
+        } else {
+            unsigned tot = l + MAP_EXTRA(me);
+            if (tot > WALK_TOT_MAX)
+                continue; /* WALK_SLOW */
+            int64_t d = (int64_t)MAP_BASE(me) - (int64_t)(code << MAP_EXTRA(me));
+            e = (uint64_t)d << 27 | (uint64_t)MAP_V(me) << 6 | tot;
+        }
+        uint64_t *t = c->walk, lo = code, span = 1;
+        if (l <= pb) {
+            lo = code << (pb - l), span = (uint64_t)1 << (pb - l);
+        } else {
+            uint64_t h = c->walk[code >> (l - pb)];
+            unsigned b = (unsigned)(h >> 27) & 31u;
+            if (!b || l - pb > b)
+                continue; /* no second level, or longer than it: WALK_SLOW */
+            t = c->wsub + (h >> 32);
+            lo = (code & (((uint64_t)1 << (l - pb)) - 1)) << (b - (l - pb));
+            span = (uint64_t)1 << (b - (l - pb));
+        }
+        for (uint64_t j = 0; j < span; j++)
             t[lo + j] = e;
     }
     free(sb);
     dnnz_huf_ctable_free(&ct);
-    if (st != DNNZ_OK)
-        rl_code_free(c);
-    return st;
+    return DNNZ_OK;
 }
 
 /* Params already checked (k <= 2^20, 1 <= D <= C <= D + 31, C * k + 1 <= DNNZ_HUF_MAX_SYMBOLS). */
@@ -197,31 +226,7 @@ static int rl_code_init(struct rl_code *c, const struct dnnz_rlham *m)
         c->fast[p] = (uint64_t)len << 58 |
                      ((me & MAP_EOR) ? FAST_EOR : ((uint64_t)MAP_EXTRA(me) << 53 | (me & (((uint64_t)1 << 53) - 1))));
     }
-    if (m->k > 256)
-        return DNNZ_OK;
-    c->multi = malloc(((size_t)1 << DNNZ_HUF_TABLE_BITS) * sizeof *c->multi);
-    if (!c->multi) {
-        rl_code_free(c);
-        return DNNZ_E_ALLOC;
-    }
-    const unsigned tb = DNNZ_HUF_TABLE_BITS, tmask = (1u << tb) - 1;
-    for (uint32_t p = 0; p <= tmask; p++) {
-        uint64_t e = 0;
-        unsigned used = 0, cnt = 0, nb = 0;
-        while (cnt < MULTI_MAX && nb == 0) {
-            uint64_t f = c->fast[(p << used) & tmask];
-            unsigned len = FAST_LEN(f);
-            if (len == 0 || used + len > tb || (f & FAST_EOR) || MAP_BASE(f) > 255 || MAP_V(f) > 255 ||
-                (FAST_EXTRA(f) && cnt))
-                break;
-            e |= (uint64_t)MAP_BASE(f) << (8 * cnt) | (uint64_t)MAP_V(f) << (8 * (3 + cnt));
-            nb = FAST_EXTRA(f);
-            used += len;
-            cnt++;
-        }
-        c->multi[p] = cnt ? e | (uint64_t)cnt << 48 | (uint64_t)nb << 50 | (uint64_t)used << 55 : 0;
-    }
-    return rl_sub_init(c, m);
+    return rl_walk_init(c, m);
 }
 
 /* A row being walked. */
@@ -233,8 +238,7 @@ struct rl_row {
 };
 
 /* rl_pair for a code longer than the fast table (or a prefix no code starts with). */
-static int rl_pair_exact(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
-                         float *w)
+static int rl_pair_exact(const struct rl_code *c, uint64_t cols, struct rl_row *s, uint32_t *col, uint32_t *v)
 {
     dnnz_bit_reader *r = &s->r;
     uint64_t e = c->map[dnnz_huf_decode_symbol(&c->t, r, &s->flags)];
@@ -254,21 +258,20 @@ static int rl_pair_exact(const struct rl_code *c, const float *cb, uint64_t cols
         return 0;
     }
     *col = (uint32_t)p;
-    *w = cb[MAP_V(e)];
+    *v = MAP_V(e);
     s->pos = p + 1;
     return 1;
 }
 
-/* One pair of row s into *col / *w (w = codebook value); 0 when the row ended (state set). */
-DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col,
-                        float *w)
+/* One pair of row s into *col / *v (v = value index); 0 when the row ended (state set). */
+DNNZ_INLINE int rl_pair(const struct rl_code *c, uint64_t cols, struct rl_row *s, uint32_t *col, uint32_t *v)
 {
     dnnz_bit_reader *r = &s->r;
     dnnz_bit_refill(r);
     uint64_t f = c->fast[r->acc >> (64 - DNNZ_HUF_TABLE_BITS)];
     unsigned len = FAST_LEN(f);
     if (DNNZ_UNLIKELY(len == 0))
-        return rl_pair_exact(c, cb, cols, s, col, w);
+        return rl_pair_exact(c, cols, s, col, v);
     if (DNNZ_UNLIKELY(f & FAST_EOR)) {
         dnnz_bit_skip(r, len);
         s->state = 1;
@@ -284,105 +287,9 @@ DNNZ_INLINE int rl_pair(const struct rl_code *c, const float *cb, uint64_t cols,
         return 0;
     }
     *col = (uint32_t)p;
-    *w = cb[MAP_V(f)];
+    *v = MAP_V(f);
     s->pos = p + 1;
     return 1;
-}
-
-/* Up to KC pairs of row s into col[] / w[]; returns how many. */
-static int rl_chunk(const struct rl_code *c, const float *cb, uint64_t cols, struct rl_row *s, uint32_t *col, float *w)
-{
-    int n = 0;
-    while (n < KC && rl_pair(c, cb, cols, s, col + n, w + n))
-        n++;
-    return n;
-}
-
-/* Four rows at once, round robin (four independent dependency chains for the out-of-order core
- * to overlap): pairs of row i go to col[i * RS ..] / w[i * RS ..], n[i] of them (at most
- * KC + MULTI_MAX - 1). Returns when a row's buffer is full or every row has ended. The rows'
- * readers all read src[0..size).
- *
- * The common pair takes the fast path: a row's whole state is its bit position and next column
- * (locals, in registers), one unaligned 8-byte load at the position gives >= 57 bits, one fast
- * table load resolves the code and its class, and the extra bits come from the same register.
- * Everything else (a code longer than the table, end of row, a run past the row end, a prefix no
- * code starts with, the last 8 bytes of src) goes through rl_pair on the row's reader, exactly as
- * the one-row walk does; results are the same pair for pair. */
-static void rl_chunk4(const struct rl_code *c, const float *cb, uint64_t cols, const uint8_t *src, size_t size,
-                      struct rl_row s[4], uint32_t *col, float *w, int n[4])
-{
-    const uint64_t *const fast = c->fast;
-    const uint64_t plim = size >= 8 ? ((uint64_t)size - 8) * 8 : 0;
-    const int can = size >= 8;
-    uint64_t p0 = dnnz_bit_reader_tell(&s[0].r), p1 = dnnz_bit_reader_tell(&s[1].r);
-    uint64_t p2 = dnnz_bit_reader_tell(&s[2].r), p3 = dnnz_bit_reader_tell(&s[3].r);
-    uint64_t c0 = s[0].pos, c1 = s[1].pos, c2 = s[2].pos, c3 = s[3].pos;
-    int g0 = s[0].state == 0, g1 = s[1].state == 0, g2 = s[2].state == 0, g3 = s[3].state == 0;
-    int n0 = 0, n1 = 0, n2 = 0, n3 = 0;
-    const uint64_t *const multi = c->multi, *const sub = c->sub;
-#define RL_STEP(I)                                                                                 \
-    if (g##I) {                                                                                    \
-        if (DNNZ_LIKELY(can && p##I <= plim)) {                                                    \
-            uint64_t a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                     \
-            if (multi) {                                                                           \
-                uint64_t e_ = multi[a_ >> (64 - DNNZ_HUF_TABLE_BITS)];                             \
-                if (DNNZ_UNLIKELY(e_ & STEP_SUB))                                                  \
-                    e_ = sub[(uint32_t)e_ + ((a_ << DNNZ_HUF_TABLE_BITS) >> (64 - ((e_ >> 32) & 31)))]; \
-                unsigned k_ = STEP_CNT(e_), cb_ = STEP_BITS(e_), nb_ = STEP_EXTRA(e_);             \
-                uint64_t q0_ = c##I + (e_ & 0xff) + (((a_ << cb_) >> 1) >> (63 - nb_));            \
-                uint64_t d1_ = 1 + ((e_ >> 8) & 0xff), d2_ = 1 + ((e_ >> 16) & 0xff);              \
-                uint64_t q1_ = q0_ + d1_, q2_ = q1_ + d2_;                                         \
-                /* the last pair's column without a branch on the count (it is data) */            \
-                uint64_t ql_ = q0_ + (d1_ & (0 - (uint64_t)(k_ >= 2))) + (d2_ & (0 - (uint64_t)(k_ >= 3))); \
-                if (DNNZ_LIKELY(k_ != 0 && ql_ < cols)) {                                          \
-                    uint32_t *co_ = col + I * RS + n##I;                                           \
-                    float *wo_ = w + I * RS + n##I;                                                \
-                    co_[0] = (uint32_t)q0_, co_[1] = (uint32_t)q1_, co_[2] = (uint32_t)q2_;        \
-                    wo_[0] = cb[(e_ >> 24) & 0xff], wo_[1] = cb[(e_ >> 32) & 0xff];                \
-                    wo_[2] = cb[(e_ >> 40) & 0xff];                                                \
-                    n##I += (int)k_;                                                               \
-                    c##I = ql_ + 1;                                                                \
-                    p##I += cb_ + nb_;                                                             \
-                    goto done##I;                                                                  \
-                }                                                                                  \
-            }                                                                                      \
-            uint64_t f_ = fast[a_ >> (64 - DNNZ_HUF_TABLE_BITS)];                                  \
-            unsigned len_ = FAST_LEN(f_), nb_ = FAST_EXTRA(f_);                                    \
-            uint64_t q_ = c##I + MAP_BASE(f_) + (((a_ << len_) >> 1) >> (63 - nb_));               \
-            if (DNNZ_LIKELY(len_ != 0 && !(f_ & FAST_EOR) && q_ < cols)) {                         \
-                col[I * RS + n##I] = (uint32_t)q_;                                                 \
-                w[I * RS + n##I] = cb[MAP_V(f_)];                                                  \
-                n##I++;                                                                            \
-                c##I = q_ + 1;                                                                     \
-                p##I += len_ + nb_;                                                                \
-                goto done##I;                                                                      \
-            }                                                                                      \
-        }                                                                                          \
-        dnnz_bit_reader_init(&s[I].r, src, size, p##I);                                            \
-        s[I].pos = c##I;                                                                           \
-        n##I += rl_pair(c, cb, cols, &s[I], col + I * RS + n##I, w + I * RS + n##I);                \
-        p##I = dnnz_bit_reader_tell(&s[I].r);                                                      \
-        c##I = s[I].pos;                                                                           \
-        g##I = s[I].state == 0;                                                                    \
-    }                                                                                              \
-    done##I:
-    while ((g0 | g1 | g2 | g3) && (n0 | n1 | n2 | n3) < KC) {
-        RL_STEP(0)
-        RL_STEP(1)
-        RL_STEP(2)
-        RL_STEP(3)
-        ;
-    }
-#undef RL_STEP
-    const uint64_t pe[4] = {p0, p1, p2, p3}, ce[4] = {c0, c1, c2, c3};
-    for (int i = 0; i < 4; i++) {
-        if (s[i].state == 0) { /* ended rows keep their reader where rl_pair left it */
-            dnnz_bit_reader_init(&s[i].r, src, size, pe[i]);
-            s[i].pos = ce[i];
-        }
-    }
-    n[0] = n0, n[1] = n1, n[2] = n2, n[3] = n3;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -497,8 +404,7 @@ static void check_task(void *vc, int64_t task, int worker)
 {
     struct check_ctx *x = vc;
     const struct dnnz_rlham *m = x->m;
-    uint32_t col; /* the pair itself is not needed, only its checks */
-    float w;
+    uint32_t col, v; /* the pair itself is not needed, only its checks */
     (void)worker;
     int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
     x->status[task] = DNNZ_OK;
@@ -511,7 +417,7 @@ static void check_task(void *vc, int64_t task, int worker)
          * symbols, so a walk driven by the column count alone would cost up to `cols` steps
          * whatever the payload (2^31 for a 1-byte row). Every symbol consumes >= 1 bit, so a row
          * costs at most (its bits + 1) pairs and the whole check O(payload bits + rows). */
-        while (s.state == 0 && rl_pair(x->c, m->codebook, (uint64_t)m->cols, &s, &col, &w))
+        while (s.state == 0 && rl_pair(x->c, (uint64_t)m->cols, &s, &col, &v))
             if (dnnz_bit_reader_tell(&s.r) > end || (s.flags & DNNZ_HUF_INVALID))
                 break;
         if (s.state != 1 || (s.flags & DNNZ_HUF_INVALID) || dnnz_bit_reader_tell(&s.r) != end) {
@@ -592,101 +498,318 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* decode and matmul                                                                           */
+/* decode and matmul: the eight-lane walker                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-#define GATHER_MAX_BATCH 3 /* batches up to this use gathers from x; above, the transposed x */
+#define LANES 8          /* rows walked together */
+#define RMAX 256         /* rounds per walk: RMAX x LANES pairs buffered (16 KiB) */
+#define BL 16            /* batch padding of the transposed x */
+#define TILE 64          /* batch lanes per dnnz_kern_lanes call */
+#define STEP_BITS 64     /* a step takes at most 62 bits (a 32-bit code and 30 extra bits) */
+#define FROZEN ((uint64_t)1 << 40) /* added to the column of a lane whose row ended: past any column */
+
+enum { RL_DECODE, RL_GEMV, RL_LANES };
 
 struct rl_ctx {
     const struct dnnz_rlham *m;
     const struct rl_code *c;
     const float *x;   /* (batch, cols) */
-    const float *xt;  /* (cols, bp), batch > GATHER_MAX_BATCH */
+    const float *xt;  /* (cols, bp), batch > 1 */
     int64_t batch, bp;
     float *y;         /* matmul: (batch, rows); decode: (rows, cols) */
-    float *acc;       /* per task: 4 rows x bp floats */
-    int path;
+    float *acc;       /* batch > 1: per task, LANES rows x bp floats */
+    int path, mode;
 };
 
-static void rl_row_start(const struct dnnz_rlham *m, int64_t r, struct rl_row *s)
+/* Eight lanes, each walking a row: bit position p and next column c (rows: -1 for none). */
+struct rl_lanes {
+    uint64_t p[LANES], c[LANES];
+    int64_t row[LANES];
+};
+
+/* One step the slow way (a code longer than the walk table, a code with many extra bits, a prefix
+ * no code starts with, the payload's last bytes): rl_pair from bit p and column c0 (a lane that
+ * has ended, c0 >= cols, stays). Returns the new bit position; *q the pair's column (c0 + FROZEN
+ * when the row ends there, or a run passes its end, or the code is invalid), *v its value index. */
+static uint64_t rl_slow(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, uint64_t p,
+                        uint64_t c0, uint64_t *q, uint32_t *v)
 {
-    s->pos = 0;
-    s->flags = 0;
-    s->state = 0;
-    dnnz_bit_reader_init(&s->r, m->payload, (size_t)m->payload_len, RD(m->offsets, m->off_bytes, r));
+    struct rl_row s = {.pos = c0, .flags = 0, .state = 0};
+    uint32_t col = 0;
+    *v = 0;
+    *q = c0 + FROZEN;
+    if (c0 >= cols)
+        return p;
+    dnnz_bit_reader_init(&s.r, src, size, p);
+    if (rl_pair(c, cols, &s, &col, v) && !(s.flags & DNNZ_HUF_INVALID))
+        *q = col;
+    return dnnz_bit_reader_tell(&s.r);
 }
 
-static void rl_matmul_task(void *vc, int64_t task, int worker)
+/* Up to `rounds` rounds of one step per lane. Round j's pairs go to col[j * LANES + i] (the column;
+ * cols for a lane whose step ended its row or found nothing: lanes without a row, rows that have
+ * ended) and v[j * LANES + i] (the value index). A step is one load of 8 payload bytes, one walk
+ * table load and a few integer operations, no data-dependent branch but the rare slow step; the
+ * eight lanes are independent dependency chains. Stops after the first round in which a lane of
+ * `live` ended its row; returns the rounds done, *ended = those lanes. `safe`: every step through
+ * rl_slow (the payload's end); otherwise the caller has checked that no lane's load passes
+ * src + size within `rounds` rounds. */
+DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
+                        unsigned live, int rounds, const int safe, uint32_t *col, uint32_t *val, unsigned *ended)
+{
+    const uint64_t *const walk = c->walk, *const wsub = c->wsub;
+    const unsigned pb = c->pb, ps = 64 - pb;
+    uint64_t p0 = L->p[0], p1 = L->p[1], p2 = L->p[2], p3 = L->p[3];
+    uint64_t p4 = L->p[4], p5 = L->p[5], p6 = L->p[6], p7 = L->p[7];
+    uint64_t c0 = L->c[0], c1 = L->c[1], c2 = L->c[2], c3 = L->c[3];
+    uint64_t c4 = L->c[4], c5 = L->c[5], c6 = L->c[6], c7 = L->c[7];
+    unsigned dead = 0;
+    int j = 0;
+    while (j < rounds) {
+        uint32_t *co = col + j * LANES, *vo = val + j * LANES;
+#define RL_STEP(I)                                                                                 \
+    do {                                                                                           \
+        uint64_t q_, a_ = 0, e_ = WALK_SLOW;                                                       \
+        uint32_t v_;                                                                               \
+        if (!safe) {                                                                               \
+            a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                              \
+            e_ = walk[a_ >> ps];                                                                   \
+        }                                                                                          \
+        if (DNNZ_UNLIKELY(e_ & WALK_SLOW) && (e_ >> 27 & 31))                                      \
+            e_ = wsub[(e_ >> 32) + ((a_ << pb) >> (64 - (e_ >> 27 & 31)))];                         \
+        if (DNNZ_LIKELY(!(e_ & WALK_SLOW))) {                                                      \
+            /* (a >> 1) >> (63 - tot): the next tot bits, 0 for tot = 0 (end of row) */            \
+            q_ = c##I + WALK_D(e_) + ((a_ >> 1) >> (63 - WALK_TOT(e_)));                           \
+            p##I += WALK_TOT(e_);                                                                  \
+            v_ = WALK_V(e_);                                                                       \
+        } else {                                                                                   \
+            p##I = rl_slow(c, src, size, cols, p##I, c##I, &q_, &v_);                              \
+        }                                                                                          \
+        dead |= (unsigned)(q_ >= cols) << I;                                                       \
+        co[I] = (uint32_t)(q_ < cols ? q_ : cols);                                                 \
+        vo[I] = v_;                                                                                \
+        c##I = q_ + 1;                                                                             \
+    } while (0)
+        RL_STEP(0);
+        RL_STEP(1);
+        RL_STEP(2);
+        RL_STEP(3);
+        RL_STEP(4);
+        RL_STEP(5);
+        RL_STEP(6);
+        RL_STEP(7);
+#undef RL_STEP
+        j++;
+        if (DNNZ_UNLIKELY(dead & live))
+            break;
+    }
+    L->p[0] = p0, L->p[1] = p1, L->p[2] = p2, L->p[3] = p3, L->p[4] = p4, L->p[5] = p5, L->p[6] = p6, L->p[7] = p7;
+    L->c[0] = c0, L->c[1] = c1, L->c[2] = c2, L->c[3] = c3, L->c[4] = c4, L->c[5] = c5, L->c[6] = c6, L->c[7] = c7;
+    *ended = dead & live;
+    return j;
+}
+
+static int rl_walk_fast(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
+                        unsigned live, int rounds, uint32_t *col, uint32_t *val, unsigned *ended)
+{
+    return rl_walk(c, src, size, cols, L, live, rounds, 0, col, val, ended);
+}
+
+static int rl_walk_safe(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
+                        unsigned live, int rounds, uint32_t *col, uint32_t *val, unsigned *ended)
+{
+    return rl_walk(c, src, size, cols, L, live, rounds, 1, col, val, ended);
+}
+
+/* ---- batch 1: the eight lanes' dot products, one vector per round -------------------------- */
+
+static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const float *x, const float *cb,
+                        uint32_t cols, float acc[LANES])
+{
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < LANES; i++)
+            if (col[j * LANES + i] < cols)
+                acc[i] += cb[val[j * LANES + i]] * x[col[j * LANES + i]];
+}
+
+#if DNNZ_X86
+/* acc[i] += w * x[col] for every round: the eight lanes' columns are one gather of x (lanes
+ * past their row masked off), the values a codebook lookup in registers (permutes for small
+ * codebooks, else a gather) */
+#define DOT8_256(LOOKUP)                                                                          \
+    for (int j = 0; j < n; j++) {                                                                 \
+        const __m256i cv = _mm256_loadu_si256((const __m256i *)(col + j * LANES));                \
+        const __m256i vv = _mm256_loadu_si256((const __m256i *)(val + j * LANES));                \
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vcols, cv));                   \
+        const __m256 g = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, cv, live, 4);           \
+        a = _mm256_fmadd_ps(_mm256_and_ps(LOOKUP(vv), live), g, a);                               \
+    }
+#define LK8(vv) _mm256_permutevar8x32_ps(c0, vv)
+#define LK16(vv)                                                                                  \
+    _mm256_blendv_ps(_mm256_permutevar8x32_ps(c0, vv), _mm256_permutevar8x32_ps(c1, vv),          \
+                     _mm256_castsi256_ps(_mm256_cmpgt_epi32(vv, seven)))
+#define LKG(vv) _mm256_mask_i32gather_ps(_mm256_setzero_ps(), cb, vv, live, 4)
+
+static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, int n, const float *x, const float *cb,
+                                     int64_t k, const float *cbpad, uint32_t cols, float acc[LANES])
+{
+    const __m256i vcols = _mm256_set1_epi32((int32_t)cols), seven = _mm256_set1_epi32(7);
+    const __m256 c0 = _mm256_loadu_ps(cbpad), c1 = _mm256_loadu_ps(cbpad + 8);
+    __m256 a = _mm256_loadu_ps(acc);
+    if (k <= 8) {
+        DOT8_256(LK8)
+    } else if (k <= 16) {
+        DOT8_256(LK16)
+    } else {
+        DOT8_256(LKG)
+    }
+    _mm256_storeu_ps(acc, a);
+}
+#undef LK8
+#undef LK16
+#undef LKG
+
+/* AVX-512 (VL): the same eight lanes with mask registers, codebooks up to 32 values permuted */
+#define DOT8_512(LOOKUP)                                                                          \
+    for (int j = 0; j < n; j++) {                                                                 \
+        const __m256i cv = _mm256_loadu_si256((const __m256i *)(col + j * LANES));                \
+        const __m256i vv = _mm256_loadu_si256((const __m256i *)(val + j * LANES));                \
+        const __mmask8 live = _mm256_cmplt_epu32_mask(cv, vcols);                                 \
+        const __m256 g = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, cv, x, 4);          \
+        a = _mm256_mask3_fmadd_ps(LOOKUP(vv), g, a, live);                                        \
+    }
+#define LK16(vv) _mm512_castps512_ps256(_mm512_permutexvar_ps(_mm512_castsi256_si512(vv), c0))
+#define LK32(vv) _mm512_castps512_ps256(_mm512_permutex2var_ps(c0, _mm512_castsi256_si512(vv), c1))
+#define LKG(vv) _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, vv, cb, 4)
+
+static DNNZ_T_AVX512 void rl_dot8_avx512(const uint32_t *col, const uint32_t *val, int n, const float *x,
+                                         const float *cb, int64_t k, const float *cbpad, uint32_t cols,
+                                         float acc[LANES])
+{
+    const __m256i vcols = _mm256_set1_epi32((int32_t)cols);
+    const __m512 c0 = _mm512_loadu_ps(cbpad), c1 = _mm512_loadu_ps(cbpad + 16);
+    __m256 a = _mm256_loadu_ps(acc);
+    if (k <= 16) {
+        DOT8_512(LK16)
+    } else if (k <= 32) {
+        DOT8_512(LK32)
+    } else {
+        DOT8_512(LKG)
+    }
+    _mm256_storeu_ps(acc, a);
+}
+#undef LK16
+#undef LK32
+#undef LKG
+#endif
+
+/* ---- the task: rows [r0, r1) through the eight lanes, a lane taking the next row when its row
+ * ends (rows of any lengths keep all lanes busy) ---------------------------------------------- */
+
+static void rl_task(void *vc, int64_t task, int worker)
 {
     const struct rl_ctx *x = vc;
     const struct dnnz_rlham *m = x->m;
-    uint32_t col[4 * RS] __attribute__((aligned(64)));
-    float w[4 * RS] __attribute__((aligned(64)));
-    const int64_t batch = x->batch, bp = x->bp;
+    const struct rl_code *c = x->c;
+    const uint64_t cols = (uint64_t)m->cols;
+    const uint8_t *src = m->payload;
+    const size_t size = (size_t)m->payload_len;
+    const uint64_t plim = size >= 8 ? ((uint64_t)size - 8) * 8 : 0; /* a fast load may start here */
+    const float *cb = m->codebook;
+    const int64_t bp = x->bp;
+    uint32_t col[RMAX * LANES] __attribute__((aligned(64)));
+    uint32_t val[RMAX * LANES] __attribute__((aligned(64)));
+    float wl[RMAX] __attribute__((aligned(64)));
+    uint32_t cl[RMAX] __attribute__((aligned(64)));
+    float cbpad[32] = {0}, acc1[LANES] = {0};
+    float *acc = x->mode == RL_LANES ? x->acc + (size_t)task * LANES * (size_t)bp : NULL;
     (void)worker;
-    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
-    for (int64_t r = r0; r < r1; r += 4) {
-        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, n[4];
-        struct rl_row s[4];
-        for (int i = 0; i < 4; i++) {
-            if (i < nr) {
-                rl_row_start(m, r + i, &s[i]);
-            } else {
-                memset(&s[i], 0, sizeof s[i]);
-                s[i].state = 1; /* missing rows of the last group: already ended */
-            }
-        }
-        if (batch <= GATHER_MAX_BATCH) {
-            float sum[4][GATHER_MAX_BATCH] = {{0}};
-            do {
-                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, m->payload, (size_t)m->payload_len, s, col, w, n);
-                for (int i = 0; i < nr; i++)
-                    for (int64_t b = 0; b < batch; b++)
-                        sum[i][b] += dnnz_kern_gather_dot(x->path, w + i * RS, col + i * RS, 4,
-                                                         n[i], x->x + b * m->cols);
-            } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
-            for (int i = 0; i < nr; i++)
-                for (int64_t b = 0; b < batch; b++)
-                    x->y[b * m->rows + r + i] = sum[i][b];
-        } else {
-            float *acc = x->acc + (size_t)(task * 4) * (size_t)bp;
-            memset(acc, 0, (size_t)(4 * bp) * sizeof *acc);
-            do {
-                rl_chunk4(x->c, m->codebook, (uint64_t)m->cols, m->payload, (size_t)m->payload_len, s, col, w, n);
-                for (int i = 0; i < nr; i++) {
-                    if (!n[i])
-                        continue;
-                    for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
-                        int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
-                        dnnz_kern_lanes(x->path, w + i * RS, col + i * RS, 4, n[i], x->xt + b0, bp, tw,
-                                        acc + i * bp + b0);
-                    }
-                }
-            } while (!(s[0].state && s[1].state && s[2].state && s[3].state));
-            for (int i = 0; i < nr; i++)
-                for (int64_t b = 0; b < batch; b++)
-                    x->y[b * m->rows + r + i] = acc[i * bp + b];
+    memcpy(cbpad, cb, (size_t)(m->k < 32 ? m->k : 32) * sizeof *cbpad);
+    int64_t next = task * TR, r1 = next + TR < m->rows ? next + TR : m->rows;
+    struct rl_lanes L;
+    unsigned live = 0;
+    for (int i = 0; i < LANES; i++) {
+        L.row[i] = -1;
+        if (next < r1) {
+            L.row[i] = next++;
+            L.p[i] = RD(m->offsets, m->off_bytes, L.row[i]);
+            L.c[i] = 0;
+            live |= 1u << i;
         }
     }
-}
-
-static void rl_decode_task(void *vc, int64_t task, int worker)
-{
-    const struct rl_ctx *x = vc;
-    const struct dnnz_rlham *m = x->m;
-    uint32_t col[KC];
-    float w[KC];
-    (void)worker;
-    int64_t r0 = task * TR, r1 = r0 + TR < m->rows ? r0 + TR : m->rows;
-    for (int64_t r = r0; r < r1; r++) {
-        float *row = x->y + r * m->cols;
-        memset(row, 0, (size_t)m->cols * sizeof *row);
-        struct rl_row s;
-        rl_row_start(m, r, &s);
-        while (s.state == 0) {
-            int n = rl_chunk(x->c, m->codebook, (uint64_t)m->cols, &s, col, w);
-            for (int j = 0; j < n; j++)
-                row[col[j]] = w[j];
+    if (acc)
+        memset(acc, 0, (size_t)LANES * (size_t)bp * sizeof *acc);
+    if (x->mode == RL_DECODE)
+        for (int64_t r = task * TR; r < r1; r++)
+            memset(x->y + r * m->cols, 0, (size_t)m->cols * sizeof *x->y);
+    while (live) {
+        /* lanes without a row follow a live one (their loads stay where its loads are) */
+        const int any = __builtin_ctz(live);
+        uint64_t pmax = 0;
+        for (int i = 0; i < LANES; i++) {
+            if (!(live >> i & 1)) {
+                L.p[i] = L.p[any];
+                L.c[i] = cols + FROZEN;
+            }
+            pmax = L.p[i] > pmax ? L.p[i] : pmax;
+        }
+        uint64_t fit = size >= 8 && pmax <= plim ? (plim - pmax) / STEP_BITS + 1 : 0;
+        unsigned ended;
+        int n;
+        if (fit >= 16)
+            n = rl_walk_fast(c, src, size, cols, &L, live, fit < RMAX ? (int)fit : RMAX, col, val, &ended);
+        else
+            n = rl_walk_safe(c, src, size, cols, &L, live, RMAX, col, val, &ended);
+        if (x->mode == RL_GEMV) {
+#if DNNZ_X86
+            if (x->path == DNNZ_CPU_AVX512)
+                rl_dot8_avx512(col, val, n, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
+            else if (x->path == DNNZ_CPU_AVX2)
+                rl_dot8_avx2(col, val, n, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
+            else
+#endif
+                rl_dot8_ref(col, val, n, x->x, cb, (uint32_t)cols, acc1);
+        } else {
+            for (int i = 0; i < LANES; i++) {
+                if (!(live >> i & 1))
+                    continue;
+                const int cnt = n - (int)(ended >> i & 1); /* a lane's pairs: the rounds before its end */
+                if (x->mode == RL_DECODE) {
+                    float *row = x->y + L.row[i] * m->cols;
+                    for (int j = 0; j < cnt; j++)
+                        row[col[j * LANES + i]] = cb[val[j * LANES + i]];
+                    continue;
+                }
+                for (int j = 0; j < cnt; j++) {
+                    cl[j] = col[j * LANES + i];
+                    wl[j] = cb[val[j * LANES + i]];
+                }
+                for (int64_t b0 = 0; b0 < bp && cnt; b0 += TILE) {
+                    int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
+                    dnnz_kern_lanes(x->path, wl, cl, 4, cnt, x->xt + b0, bp, tw, acc + i * bp + b0);
+                }
+            }
+        }
+        for (int i = 0; i < LANES; i++) {
+            if (!(ended >> i & 1))
+                continue;
+            int64_t r = L.row[i];
+            if (x->mode == RL_GEMV) {
+                x->y[r] = acc1[i];
+                acc1[i] = 0.0f;
+            } else if (x->mode == RL_LANES) {
+                for (int64_t b = 0; b < x->batch; b++)
+                    x->y[b * m->rows + r] = acc[i * bp + b];
+                memset(acc + i * bp, 0, (size_t)bp * sizeof *acc);
+            }
+            live &= ~(1u << i);
+            L.row[i] = -1;
+            if (next < r1) {
+                L.row[i] = next++;
+                L.p[i] = RD(m->offsets, m->off_bytes, L.row[i]);
+                L.c[i] = 0;
+                live |= 1u << i;
+            }
         }
     }
 }
@@ -702,8 +825,8 @@ int dnnz_rlham_decode(const struct dnnz_rlham *m, float *dst)
         return DNNZ_OK;
     struct rl_code c;
     DNNZ_CHECK(rl_code_init(&c, m));
-    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path};
-    dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_decode_task, &x);
+    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path, RL_DECODE};
+    dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_task, &x);
     rl_code_free(&c);
     return DNNZ_OK;
 }
@@ -739,13 +862,13 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
         rl_code_free(&c);
         return st;
     }
-    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path};
+    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path, batch == 1 ? RL_GEMV : RL_LANES};
     float *xt = NULL, *acc = NULL;
     int st = DNNZ_OK;
-    if (batch > GATHER_MAX_BATCH) {
-        int64_t bp = (batch + LANES - 1) / LANES * LANES;
+    if (batch > 1) {
+        int64_t bp = (batch + BL - 1) / BL * BL;
         xt = malloc((size_t)(m->cols * bp) * sizeof *xt);
-        acc = malloc((size_t)((m->rows + TR - 1) / TR) * 4 * (size_t)bp * sizeof *acc);
+        acc = malloc((size_t)((m->rows + TR - 1) / TR) * LANES * (size_t)bp * sizeof *acc);
         if (!xt || !acc) {
             st = DNNZ_E_ALLOC;
             goto done;
@@ -761,7 +884,7 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
         ctx.bp = bp;
         ctx.acc = acc;
     }
-    dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_matmul_task, &ctx);
+    dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_task, &ctx);
 done:
     free(xt);
     free(acc);
