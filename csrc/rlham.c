@@ -519,18 +519,23 @@ struct rl_ctx {
     float *y;         /* matmul: (batch, rows); decode: (rows, cols) */
     float *acc;       /* batch > 1: per task, LANES rows x bp floats */
     int path, mode;
+    int bmi2;         /* rl_walk_bmi2 may run */
 };
 
-/* Eight lanes, each walking a row: bit position p and next column c (rows: -1 for none). */
+/* Eight lanes, each walking a row: bit position p and next column c, biased: c = column +
+ * 2^32 - cols, so that a pair past the row end (the end-of-row code, or a run past it) is the
+ * one whose biased column reaches 2^32 (rows: -1 for none). */
 struct rl_lanes {
     uint64_t p[LANES], c[LANES];
     int64_t row[LANES];
 };
 
+#define BIAS(cols) (((uint64_t)1 << 32) - (cols))
+
 /* One step the slow way (a code longer than the walk table, a code with many extra bits, a prefix
- * no code starts with, the payload's last bytes): rl_pair from bit p and column c0 (a lane that
- * has ended, c0 >= cols, stays). Returns the new bit position; *q the pair's column (c0 + FROZEN
- * when the row ends there, or a run passes its end, or the code is invalid), *v its value index. */
+ * no code starts with, the payload's last bytes): rl_pair from bit p and column c0. Returns the
+ * new bit position; *q the pair's column (c0 + FROZEN when the row ends there, or a run passes
+ * its end, or the code is invalid), *v its value index. */
 static uint64_t rl_slow(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, uint64_t p,
                         uint64_t c0, uint64_t *q, uint32_t *v)
 {
@@ -546,31 +551,31 @@ static uint64_t rl_slow(const struct rl_code *c, const uint8_t *src, size_t size
     return dnnz_bit_reader_tell(&s.r);
 }
 
-/* Up to `rounds` rounds of one step per lane. Round j's pairs go to col[j * LANES + i] (the column;
- * cols for a lane whose step ended its row or found nothing: lanes without a row, rows that have
- * ended) and v[j * LANES + i] (the value index). A step is one load of 8 payload bytes, one walk
- * table load and a few integer operations, no data-dependent branch but the rare slow step; the
- * eight lanes are independent dependency chains. Stops after the first round in which a lane of
- * `live` ended its row; returns the rounds done, *ended = those lanes. `safe`: every step through
+/* Up to `rounds` rounds of one step per lane: round j's pairs go to col[j * LANES + i] (the
+ * biased column, low 32 bits: column - cols modulo 2^32) and val[j * LANES + i] (bits 0..19 the
+ * value index). A step is one load of 8 payload bytes, one walk-table load and a few integer
+ * operations, no data-dependent branch but the rare slow step; the eight lanes are independent
+ * dependency chains. Stops after the first round in which a lane ended its row (lanes without
+ * a row must copy a live lane's state: they end with it); returns the rounds done, *ended = the
+ * lanes of `live` that ended (their pair of that round is not one). `safe`: every step through
  * rl_slow (the payload's end); otherwise the caller has checked that no lane's load passes
  * src + size within `rounds` rounds. */
 DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
                         unsigned live, int rounds, const int safe, uint32_t *col, uint32_t *val, unsigned *ended)
 {
-    const uint64_t *const walk = c->walk, *const wsub = c->wsub;
+    const uint64_t *const walk = c->walk, *const wsub = c->wsub, bias = BIAS(cols);
     const unsigned pb = c->pb, ps = 64 - pb;
     uint64_t p0 = L->p[0], p1 = L->p[1], p2 = L->p[2], p3 = L->p[3];
     uint64_t p4 = L->p[4], p5 = L->p[5], p6 = L->p[6], p7 = L->p[7];
     uint64_t c0 = L->c[0], c1 = L->c[1], c2 = L->c[2], c3 = L->c[3];
     uint64_t c4 = L->c[4], c5 = L->c[5], c6 = L->c[6], c7 = L->c[7];
-    unsigned dead = 0;
     int j = 0;
     while (j < rounds) {
         uint32_t *co = col + j * LANES, *vo = val + j * LANES;
+        uint64_t any = 0; /* bit 32 and up: a lane passed its row end */
 #define RL_STEP(I)                                                                                 \
     do {                                                                                           \
         uint64_t q_, a_ = 0, e_ = WALK_SLOW;                                                       \
-        uint32_t v_;                                                                               \
         if (!safe) {                                                                               \
             a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                              \
             e_ = walk[a_ >> ps];                                                                   \
@@ -581,13 +586,15 @@ DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size
             /* (a >> 1) >> (63 - tot): the next tot bits, 0 for tot = 0 (end of row) */            \
             q_ = c##I + WALK_D(e_) + ((a_ >> 1) >> (63 - WALK_TOT(e_)));                           \
             p##I += WALK_TOT(e_);                                                                  \
-            v_ = WALK_V(e_);                                                                       \
+            vo[I] = (uint32_t)(e_ >> 6);                                                           \
         } else {                                                                                   \
-            p##I = rl_slow(c, src, size, cols, p##I, c##I, &q_, &v_);                              \
+            uint32_t v_;                                                                           \
+            p##I = rl_slow(c, src, size, cols, p##I, c##I - bias, &q_, &v_);                       \
+            q_ += bias;                                                                            \
+            vo[I] = v_;                                                                            \
         }                                                                                          \
-        dead |= (unsigned)(q_ >= cols) << I;                                                       \
-        co[I] = (uint32_t)(q_ < cols ? q_ : cols);                                                 \
-        vo[I] = v_;                                                                                \
+        any |= q_;                                                                                 \
+        co[I] = (uint32_t)q_;                                                                      \
         c##I = q_ + 1;                                                                             \
     } while (0)
         RL_STEP(0);
@@ -600,12 +607,15 @@ DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size
         RL_STEP(7);
 #undef RL_STEP
         j++;
-        if (DNNZ_UNLIKELY(dead & live))
+        if (DNNZ_UNLIKELY(any >> 32))
             break;
     }
     L->p[0] = p0, L->p[1] = p1, L->p[2] = p2, L->p[3] = p3, L->p[4] = p4, L->p[5] = p5, L->p[6] = p6, L->p[7] = p7;
     L->c[0] = c0, L->c[1] = c1, L->c[2] = c2, L->c[3] = c3, L->c[4] = c4, L->c[5] = c5, L->c[6] = c6, L->c[7] = c7;
-    *ended = dead & live;
+    unsigned e = 0;
+    for (int i = 0; i < LANES; i++)
+        e |= (unsigned)(L->c[i] > ((uint64_t)1 << 32)) << i;
+    *ended = e & live;
     return j;
 }
 
@@ -615,6 +625,17 @@ static int rl_walk_fast(const struct rl_code *c, const uint8_t *src, size_t size
     return rl_walk(c, src, size, cols, L, live, rounds, 0, col, val, ended);
 }
 
+#if DNNZ_X86
+/* The same walk compiled for BMI2 (shifts by a register without the count in cl, fewer moves on
+ * the lanes' dependency chains); every AVX2 / AVX-512 CPU has it, checked at run time anyway. */
+static __attribute__((target("bmi2"))) int rl_walk_bmi2(const struct rl_code *c, const uint8_t *src, size_t size,
+                                                        uint64_t cols, struct rl_lanes *L, unsigned live, int rounds,
+                                                        uint32_t *col, uint32_t *val, unsigned *ended)
+{
+    return rl_walk(c, src, size, cols, L, live, rounds, 0, col, val, ended);
+}
+#endif
+
 static int rl_walk_safe(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
                         unsigned live, int rounds, uint32_t *col, uint32_t *val, unsigned *ended)
 {
@@ -623,24 +644,24 @@ static int rl_walk_safe(const struct rl_code *c, const uint8_t *src, size_t size
 
 /* ---- batch 1: the eight lanes' dot products, one vector per round -------------------------- */
 
-static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const float *x, const float *cb,
-                        uint32_t cols, float acc[LANES])
+/* acc[i] += w * x[col] over lane i's first cnt[i] rounds (col, val as rl_walk stores them) */
+static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const int32_t cnt[LANES], const float *x,
+                        const float *cb, uint32_t cols, float acc[LANES])
 {
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < LANES; i++)
-            if (col[j * LANES + i] < cols)
-                acc[i] += cb[val[j * LANES + i]] * x[col[j * LANES + i]];
+    (void)n;
+    for (int i = 0; i < LANES; i++)
+        for (int j = 0; j < cnt[i]; j++)
+            acc[i] += cb[val[j * LANES + i] & 0xFFFFFu] * x[(uint32_t)(col[j * LANES + i] + cols)];
 }
 
 #if DNNZ_X86
-/* acc[i] += w * x[col] for every round: the eight lanes' columns are one gather of x (lanes
- * past their row masked off), the values a codebook lookup in registers (permutes for small
- * codebooks, else a gather) */
+/* the eight lanes' columns of a round are one gather of x (lanes past their count masked off),
+ * the values a codebook lookup in registers (permutes for small codebooks, else a gather) */
 #define DOT8_256(LOOKUP)                                                                          \
     for (int j = 0; j < n; j++) {                                                                 \
-        const __m256i cv = _mm256_loadu_si256((const __m256i *)(col + j * LANES));                \
-        const __m256i vv = _mm256_loadu_si256((const __m256i *)(val + j * LANES));                \
-        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vcols, cv));                   \
+        const __m256i cv = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(col + j * LANES)), vcols); \
+        const __m256i vv = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(val + j * LANES)), vmask); \
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vcnt, _mm256_set1_epi32(j)));  \
         const __m256 g = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, cv, live, 4);           \
         a = _mm256_fmadd_ps(_mm256_and_ps(LOOKUP(vv), live), g, a);                               \
     }
@@ -650,10 +671,12 @@ static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const f
                      _mm256_castsi256_ps(_mm256_cmpgt_epi32(vv, seven)))
 #define LKG(vv) _mm256_mask_i32gather_ps(_mm256_setzero_ps(), cb, vv, live, 4)
 
-static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, int n, const float *x, const float *cb,
-                                     int64_t k, const float *cbpad, uint32_t cols, float acc[LANES])
+static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, int n, const int32_t cnt[LANES],
+                                     const float *x, const float *cb, int64_t k, const float *cbpad, uint32_t cols,
+                                     float acc[LANES])
 {
     const __m256i vcols = _mm256_set1_epi32((int32_t)cols), seven = _mm256_set1_epi32(7);
+    const __m256i vmask = _mm256_set1_epi32(0xFFFFF), vcnt = _mm256_loadu_si256((const __m256i *)cnt);
     const __m256 c0 = _mm256_loadu_ps(cbpad), c1 = _mm256_loadu_ps(cbpad + 8);
     __m256 a = _mm256_loadu_ps(acc);
     if (k <= 8) {
@@ -672,9 +695,9 @@ static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, i
 /* AVX-512 (VL): the same eight lanes with mask registers, codebooks up to 32 values permuted */
 #define DOT8_512(LOOKUP)                                                                          \
     for (int j = 0; j < n; j++) {                                                                 \
-        const __m256i cv = _mm256_loadu_si256((const __m256i *)(col + j * LANES));                \
-        const __m256i vv = _mm256_loadu_si256((const __m256i *)(val + j * LANES));                \
-        const __mmask8 live = _mm256_cmplt_epu32_mask(cv, vcols);                                 \
+        const __m256i cv = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(col + j * LANES)), vcols); \
+        const __m256i vv = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(val + j * LANES)), vmask); \
+        const __mmask8 live = _mm256_cmpgt_epi32_mask(vcnt, _mm256_set1_epi32(j));                \
         const __m256 g = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, cv, x, 4);          \
         a = _mm256_mask3_fmadd_ps(LOOKUP(vv), g, a, live);                                        \
     }
@@ -682,11 +705,12 @@ static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, i
 #define LK32(vv) _mm512_castps512_ps256(_mm512_permutex2var_ps(c0, _mm512_castsi256_si512(vv), c1))
 #define LKG(vv) _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, vv, cb, 4)
 
-static DNNZ_T_AVX512 void rl_dot8_avx512(const uint32_t *col, const uint32_t *val, int n, const float *x,
-                                         const float *cb, int64_t k, const float *cbpad, uint32_t cols,
-                                         float acc[LANES])
+static DNNZ_T_AVX512 void rl_dot8_avx512(const uint32_t *col, const uint32_t *val, int n, const int32_t cnt[LANES],
+                                         const float *x, const float *cb, int64_t k, const float *cbpad,
+                                         uint32_t cols, float acc[LANES])
 {
-    const __m256i vcols = _mm256_set1_epi32((int32_t)cols);
+    const __m256i vcols = _mm256_set1_epi32((int32_t)cols), vmask = _mm256_set1_epi32(0xFFFFF);
+    const __m256i vcnt = _mm256_loadu_si256((const __m256i *)cnt);
     const __m512 c0 = _mm512_loadu_ps(cbpad), c1 = _mm512_loadu_ps(cbpad + 16);
     __m256 a = _mm256_loadu_ps(acc);
     if (k <= 16) {
@@ -733,7 +757,7 @@ static void rl_task(void *vc, int64_t task, int worker)
         if (next < r1) {
             L.row[i] = next++;
             L.p[i] = RD(m->offsets, m->off_bytes, L.row[i]);
-            L.c[i] = 0;
+            L.c[i] = BIAS(cols);
             live |= 1u << i;
         }
     }
@@ -743,50 +767,57 @@ static void rl_task(void *vc, int64_t task, int worker)
         for (int64_t r = task * TR; r < r1; r++)
             memset(x->y + r * m->cols, 0, (size_t)m->cols * sizeof *x->y);
     while (live) {
-        /* lanes without a row follow a live one (their loads stay where its loads are) */
+        /* lanes without a row copy a live one (same loads, same end) */
         const int any = __builtin_ctz(live);
         uint64_t pmax = 0;
+        int32_t cnt[LANES];
         for (int i = 0; i < LANES; i++) {
             if (!(live >> i & 1)) {
                 L.p[i] = L.p[any];
-                L.c[i] = cols + FROZEN;
+                L.c[i] = L.c[any];
             }
             pmax = L.p[i] > pmax ? L.p[i] : pmax;
         }
         uint64_t fit = size >= 8 && pmax <= plim ? (plim - pmax) / STEP_BITS + 1 : 0;
         unsigned ended;
         int n;
-        if (fit >= 16)
-            n = rl_walk_fast(c, src, size, cols, &L, live, fit < RMAX ? (int)fit : RMAX, col, val, &ended);
-        else
+        if (fit >= 16) {
+            const int nr = fit < RMAX ? (int)fit : RMAX;
+#if DNNZ_X86
+            if (x->bmi2)
+                n = rl_walk_bmi2(c, src, size, cols, &L, live, nr, col, val, &ended);
+            else
+#endif
+                n = rl_walk_fast(c, src, size, cols, &L, live, nr, col, val, &ended);
+        } else
             n = rl_walk_safe(c, src, size, cols, &L, live, RMAX, col, val, &ended);
+        /* a lane's pairs: the rounds before its row's end (none for a lane without a row) */
+        for (int i = 0; i < LANES; i++)
+            cnt[i] = live >> i & 1 ? n - (int)(ended >> i & 1) : 0;
         if (x->mode == RL_GEMV) {
 #if DNNZ_X86
             if (x->path == DNNZ_CPU_AVX512)
-                rl_dot8_avx512(col, val, n, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
+                rl_dot8_avx512(col, val, n, cnt, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
             else if (x->path == DNNZ_CPU_AVX2)
-                rl_dot8_avx2(col, val, n, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
+                rl_dot8_avx2(col, val, n, cnt, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
             else
 #endif
-                rl_dot8_ref(col, val, n, x->x, cb, (uint32_t)cols, acc1);
+                rl_dot8_ref(col, val, n, cnt, x->x, cb, (uint32_t)cols, acc1);
         } else {
             for (int i = 0; i < LANES; i++) {
-                if (!(live >> i & 1))
-                    continue;
-                const int cnt = n - (int)(ended >> i & 1); /* a lane's pairs: the rounds before its end */
                 if (x->mode == RL_DECODE) {
                     float *row = x->y + L.row[i] * m->cols;
-                    for (int j = 0; j < cnt; j++)
-                        row[col[j * LANES + i]] = cb[val[j * LANES + i]];
+                    for (int j = 0; j < cnt[i]; j++)
+                        row[(uint32_t)(col[j * LANES + i] + (uint32_t)cols)] = cb[val[j * LANES + i] & 0xFFFFFu];
                     continue;
                 }
-                for (int j = 0; j < cnt; j++) {
-                    cl[j] = col[j * LANES + i];
-                    wl[j] = cb[val[j * LANES + i]];
+                for (int j = 0; j < cnt[i]; j++) {
+                    cl[j] = col[j * LANES + i] + (uint32_t)cols;
+                    wl[j] = cb[val[j * LANES + i] & 0xFFFFFu];
                 }
-                for (int64_t b0 = 0; b0 < bp && cnt; b0 += TILE) {
+                for (int64_t b0 = 0; b0 < bp && cnt[i]; b0 += TILE) {
                     int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
-                    dnnz_kern_lanes(x->path, wl, cl, 4, cnt, x->xt + b0, bp, tw, acc + i * bp + b0);
+                    dnnz_kern_lanes(x->path, wl, cl, 4, cnt[i], x->xt + b0, bp, tw, acc + i * bp + b0);
                 }
             }
         }
@@ -807,11 +838,21 @@ static void rl_task(void *vc, int64_t task, int worker)
             if (next < r1) {
                 L.row[i] = next++;
                 L.p[i] = RD(m->offsets, m->off_bytes, L.row[i]);
-                L.c[i] = 0;
+                L.c[i] = BIAS(cols);
                 live |= 1u << i;
             }
         }
     }
+}
+
+static int rl_bmi2(int path)
+{
+#if DNNZ_X86
+    return path != DNNZ_CPU_SCALAR && __builtin_cpu_supports("bmi2");
+#else
+    (void)path;
+    return 0;
+#endif
 }
 
 int dnnz_rlham_decode(const struct dnnz_rlham *m, float *dst)
@@ -825,7 +866,7 @@ int dnnz_rlham_decode(const struct dnnz_rlham *m, float *dst)
         return DNNZ_OK;
     struct rl_code c;
     DNNZ_CHECK(rl_code_init(&c, m));
-    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path, RL_DECODE};
+    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path, RL_DECODE, rl_bmi2(path)};
     dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_task, &x);
     rl_code_free(&c);
     return DNNZ_OK;
@@ -862,7 +903,7 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
         rl_code_free(&c);
         return st;
     }
-    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path, batch == 1 ? RL_GEMV : RL_LANES};
+    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path, batch == 1 ? RL_GEMV : RL_LANES, rl_bmi2(path)};
     float *xt = NULL, *acc = NULL;
     int st = DNNZ_OK;
     if (batch > 1) {
