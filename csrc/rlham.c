@@ -49,24 +49,30 @@
 #define FAST_EOR ((uint64_t)1 << 62)
 
 /* Walk entry (the eight-lane walker's table, indexed by the next `pb` <= WALK_BITS bits of a row):
- * one load resolves a pair to what the step needs, branch-free: bits 0..5 the bits the code and
- * its extra bits take (tot; 0 for end of row, which leaves the lane where it is), 6..25 the value
- * index, 26 WALK_SLOW (a code longer than the table, a code with its extra bits over WALK_TOT_MAX
- * bits, or a prefix no code starts with: take rl_slow), 27..63 a signed delta d such that the
- * pair's column is col + d + (the next tot bits as an integer) (d = the class's smallest run -
+ * one load resolves a pair to what the step needs, branch-free: bits 0..5 sh = 64 - tot, tot
+ * the bits the code and its extra bits take (so that a >> sh is those bits as an integer, a the
+ * row's bits from the code on; a hardware shift takes the count from the entry as it is), 6..21
+ * the value index, 22..27 tot (0 for end of row, which leaves the lane where it is), 28
+ * WALK_SLOW (a code longer than the table, a code with its extra bits over WALK_TOT_MAX bits, a
+ * value index over 16 bits, or a prefix no code starts with: take rl_slow), 29..63 a signed delta
+ * d such that the pair's column is col + d + (a >> sh) (d = the class's smallest run -
  * (code << extra bits); end of row: d = WALK_EOR, past any column). A WALK_SLOW entry of a prefix
- * that starts longer codes may name a second-level table: bits 27..31 its index bits sb (the
- * bits after the prefix; 0: none), 32..63 its offset in `wsub`; second-level entries have the
+ * that starts longer codes may name a second-level table: bits 29..33 its index bits sb (the
+ * bits after the prefix; 0: none), 34..63 its offset in `wsub`; second-level entries have the
  * same layout (tot counting the whole code). */
 #define WALK_BITS 12
 #define WALK_SUB_BITS 8            /* second-level index bits: codes up to WALK_BITS + 8 bits */
 #define WALK_SUB_MAX (1u << 16)    /* second-level entries in all (512 KiB) */
-#define WALK_TOT_MAX 36
-#define WALK_SLOW ((uint64_t)1 << 26)
-#define WALK_EOR ((int64_t)1 << 35)
-#define WALK_TOT(e) ((unsigned)(e) & 63u)
-#define WALK_V(e) ((uint32_t)((e) >> 6) & 0xFFFFFu)
-#define WALK_D(e) ((uint64_t)((int64_t)(e) >> 27))
+#define WALK_TOT_MAX 34            /* d >= -2^34 */
+#define WALK_SLOW ((uint64_t)1 << 28)
+#define WALK_EOR ((int64_t)1 << 33)
+#define WALK_SH(e) ((unsigned)(e) & 63u)
+#define WALK_V(e) ((uint32_t)((e) >> 6) & 0xFFFFu)
+#define WALK_TOT(e) ((unsigned)((e) >> 22) & 63u)
+#define WALK_D(e) ((uint64_t)((int64_t)(e) >> 29))
+#define WALK_SB(e) ((unsigned)((e) >> 29) & 31u)
+#define WALK_OFF(e) ((e) >> 34)
+#define WALK_ENTRY(d, v, tot) ((uint64_t)(d) << 29 | (uint64_t)(tot) << 22 | (uint64_t)(v) << 6 | (64u - (tot)))
 
 struct rl_code {
     dnnz_huf_dtable t;
@@ -144,7 +150,7 @@ static int rl_walk_init(struct rl_code *c, const struct dnnz_rlham *m)
     size_t total = 0;
     for (size_t p = 0; p < ((size_t)1 << pb); p++) {
         if (sb[p] && total + ((size_t)1 << sb[p]) <= WALK_SUB_MAX) {
-            c->walk[p] = WALK_SLOW | (uint64_t)sb[p] << 27 | (uint64_t)total << 32;
+            c->walk[p] = WALK_SLOW | (uint64_t)sb[p] << 29 | (uint64_t)total << 34;
             total += (size_t)1 << sb[p];
         }
     }
@@ -165,23 +171,22 @@ static int rl_walk_init(struct rl_code *c, const struct dnnz_rlham *m)
             continue;
         uint64_t code = ct.entry[s] >> 8, me = c->map[s], e;
         if (me & MAP_EOR) {
-            e = (uint64_t)WALK_EOR << 27;
+            e = (uint64_t)WALK_EOR << 29 | 63u; /* tot 0, sh 63 (the bit shifted in does not matter) */
         } else {
             unsigned tot = l + MAP_EXTRA(me);
-            if (tot > WALK_TOT_MAX)
+            if (tot > WALK_TOT_MAX || MAP_V(me) > 0xFFFFu)
                 continue; /* WALK_SLOW */
-            int64_t d = (int64_t)MAP_BASE(me) - (int64_t)(code << MAP_EXTRA(me));
-            e = (uint64_t)d << 27 | (uint64_t)MAP_V(me) << 6 | tot;
+            e = WALK_ENTRY((int64_t)MAP_BASE(me) - (int64_t)(code << MAP_EXTRA(me)), MAP_V(me), tot);
         }
         uint64_t *t = c->walk, lo = code, span = 1;
         if (l <= pb) {
             lo = code << (pb - l), span = (uint64_t)1 << (pb - l);
         } else {
             uint64_t h = c->walk[code >> (l - pb)];
-            unsigned b = (unsigned)(h >> 27) & 31u;
+            unsigned b = WALK_SB(h);
             if (!b || l - pb > b)
                 continue; /* no second level, or longer than it: WALK_SLOW */
-            t = c->wsub + (h >> 32);
+            t = c->wsub + WALK_OFF(h);
             lo = (code & (((uint64_t)1 << (l - pb)) - 1)) << (b - (l - pb));
             span = (uint64_t)1 << (b - (l - pb));
         }
@@ -522,13 +527,8 @@ struct rl_ctx {
     int bmi2;         /* rl_walk_bmi2 may run */
 };
 
-/* Eight lanes, each walking a row: bit position p and next column c, biased: c = column +
- * 2^32 - cols, so that a pair past the row end (the end-of-row code, or a run past it) is the
- * one whose biased column reaches 2^32 (rows: -1 for none). */
-struct rl_lanes {
-    uint64_t p[LANES], c[LANES];
-    int64_t row[LANES];
-};
+/* Columns in the walk are biased: column + 2^32 - cols, so that a pair past the row end (the
+ * end-of-row code, or a run past it) is the one whose biased column reaches 2^32. */
 
 #define BIAS(cols) (((uint64_t)1 << 32) - (cols))
 
@@ -551,27 +551,28 @@ static uint64_t rl_slow(const struct rl_code *c, const uint8_t *src, size_t size
     return dnnz_bit_reader_tell(&s.r);
 }
 
-/* Up to `rounds` rounds of one step per lane: round j's pairs go to col[j * LANES + i] (the
- * biased column, low 32 bits: column - cols modulo 2^32) and val[j * LANES + i] (bits 0..19 the
- * value index). A step is one load of 8 payload bytes, one walk-table load and a few integer
- * operations, no data-dependent branch but the rare slow step; the eight lanes are independent
- * dependency chains. Stops after the first round in which a lane ended its row (lanes without
- * a row must copy a live lane's state: they end with it); returns the rounds done, *ended = the
- * lanes of `live` that ended (their pair of that round is not one). `safe`: every step through
- * rl_slow (the payload's end); otherwise the caller has checked that no lane's load passes
- * src + size within `rounds` rounds. */
-DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
-                        unsigned live, int rounds, const int safe, uint32_t *col, uint32_t *val, unsigned *ended)
+/* Up to `rounds` rounds of one step per lane: round j's pairs go to col[(j + 1) * LANES + i] (the
+ * biased column) and val[j * LANES + i] (bits 0..15 the value index); row 0 of col holds each
+ * lane's biased column before the first round, less one, and row j + 1 is where a lane's next
+ * step takes its column from (the lanes' state is only their bit positions: eight registers).
+ * A step is one load of 8 payload bytes, one walk-table load and a few integer operations, no
+ * data-dependent branch but the rare slow step; the eight lanes are independent dependency
+ * chains. Stops after the first round in which a lane ended its row (lanes without a row must
+ * copy a live lane's state: they end with it); returns the rounds done, *ended = the lanes of
+ * `live` that ended (their pair of that round is not one). `safe`: every step through rl_slow
+ * (the payload's end); otherwise the caller has checked that no lane's load passes src + size
+ * within `rounds` rounds. */
+DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, uint64_t *P,
+                        unsigned live, int rounds, const int safe, uint64_t *col, uint32_t *val, unsigned *ended)
 {
     const uint64_t *const walk = c->walk, *const wsub = c->wsub, bias = BIAS(cols);
     const unsigned pb = c->pb, ps = 64 - pb;
-    uint64_t p0 = L->p[0], p1 = L->p[1], p2 = L->p[2], p3 = L->p[3];
-    uint64_t p4 = L->p[4], p5 = L->p[5], p6 = L->p[6], p7 = L->p[7];
-    uint64_t c0 = L->c[0], c1 = L->c[1], c2 = L->c[2], c3 = L->c[3];
-    uint64_t c4 = L->c[4], c5 = L->c[5], c6 = L->c[6], c7 = L->c[7];
+    uint64_t p0 = P[0], p1 = P[1], p2 = P[2], p3 = P[3], p4 = P[4], p5 = P[5], p6 = P[6], p7 = P[7];
     int j = 0;
     while (j < rounds) {
-        uint32_t *co = col + j * LANES, *vo = val + j * LANES;
+        const uint64_t *ci = col + j * LANES;
+        uint64_t *co = col + (j + 1) * LANES;
+        uint32_t *vo = val + j * LANES;
         uint64_t any = 0; /* bit 32 and up: a lane passed its row end */
 #define RL_STEP(I)                                                                                 \
     do {                                                                                           \
@@ -580,22 +581,20 @@ DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size
             a_ = dnnz_bit_load_be64(src + (p##I >> 3)) << (p##I & 7);                              \
             e_ = walk[a_ >> ps];                                                                   \
         }                                                                                          \
-        if (DNNZ_UNLIKELY(e_ & WALK_SLOW) && (e_ >> 27 & 31))                                      \
-            e_ = wsub[(e_ >> 32) + ((a_ << pb) >> (64 - (e_ >> 27 & 31)))];                         \
+        if (DNNZ_UNLIKELY(e_ & WALK_SLOW) && WALK_SB(e_))                                          \
+            e_ = wsub[WALK_OFF(e_) + ((a_ << pb) >> (64 - WALK_SB(e_)))];                           \
         if (DNNZ_LIKELY(!(e_ & WALK_SLOW))) {                                                      \
-            /* (a >> 1) >> (63 - tot): the next tot bits, 0 for tot = 0 (end of row) */            \
-            q_ = c##I + WALK_D(e_) + ((a_ >> 1) >> (63 - WALK_TOT(e_)));                           \
+            q_ = ci[I] + 1 + WALK_D(e_) + (a_ >> WALK_SH(e_));                                     \
             p##I += WALK_TOT(e_);                                                                  \
             vo[I] = (uint32_t)(e_ >> 6);                                                           \
         } else {                                                                                   \
             uint32_t v_;                                                                           \
-            p##I = rl_slow(c, src, size, cols, p##I, c##I - bias, &q_, &v_);                       \
+            p##I = rl_slow(c, src, size, cols, p##I, ci[I] + 1 - bias, &q_, &v_);                  \
             q_ += bias;                                                                            \
             vo[I] = v_;                                                                            \
         }                                                                                          \
         any |= q_;                                                                                 \
-        co[I] = (uint32_t)q_;                                                                      \
-        c##I = q_ + 1;                                                                             \
+        co[I] = q_;                                                                                \
     } while (0)
         RL_STEP(0);
         RL_STEP(1);
@@ -610,48 +609,47 @@ DNNZ_INLINE int rl_walk(const struct rl_code *c, const uint8_t *src, size_t size
         if (DNNZ_UNLIKELY(any >> 32))
             break;
     }
-    L->p[0] = p0, L->p[1] = p1, L->p[2] = p2, L->p[3] = p3, L->p[4] = p4, L->p[5] = p5, L->p[6] = p6, L->p[7] = p7;
-    L->c[0] = c0, L->c[1] = c1, L->c[2] = c2, L->c[3] = c3, L->c[4] = c4, L->c[5] = c5, L->c[6] = c6, L->c[7] = c7;
+    P[0] = p0, P[1] = p1, P[2] = p2, P[3] = p3, P[4] = p4, P[5] = p5, P[6] = p6, P[7] = p7;
     unsigned e = 0;
     for (int i = 0; i < LANES; i++)
-        e |= (unsigned)(L->c[i] > ((uint64_t)1 << 32)) << i;
+        e |= (unsigned)(col[j * LANES + i] >= ((uint64_t)1 << 32)) << i;
     *ended = e & live;
     return j;
 }
 
-static int rl_walk_fast(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
-                        unsigned live, int rounds, uint32_t *col, uint32_t *val, unsigned *ended)
+static int rl_walk_fast(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, uint64_t *P,
+                        unsigned live, int rounds, uint64_t *col, uint32_t *val, unsigned *ended)
 {
-    return rl_walk(c, src, size, cols, L, live, rounds, 0, col, val, ended);
+    return rl_walk(c, src, size, cols, P, live, rounds, 0, col, val, ended);
 }
 
 #if DNNZ_X86
 /* The same walk compiled for BMI2 (shifts by a register without the count in cl, fewer moves on
  * the lanes' dependency chains); every AVX2 / AVX-512 CPU has it, checked at run time anyway. */
 static __attribute__((target("bmi2"))) int rl_walk_bmi2(const struct rl_code *c, const uint8_t *src, size_t size,
-                                                        uint64_t cols, struct rl_lanes *L, unsigned live, int rounds,
-                                                        uint32_t *col, uint32_t *val, unsigned *ended)
+                                                        uint64_t cols, uint64_t *P, unsigned live, int rounds,
+                                                        uint64_t *col, uint32_t *val, unsigned *ended)
 {
-    return rl_walk(c, src, size, cols, L, live, rounds, 0, col, val, ended);
+    return rl_walk(c, src, size, cols, P, live, rounds, 0, col, val, ended);
 }
 #endif
 
-static int rl_walk_safe(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, struct rl_lanes *L,
-                        unsigned live, int rounds, uint32_t *col, uint32_t *val, unsigned *ended)
+static int rl_walk_safe(const struct rl_code *c, const uint8_t *src, size_t size, uint64_t cols, uint64_t *P,
+                        unsigned live, int rounds, uint64_t *col, uint32_t *val, unsigned *ended)
 {
-    return rl_walk(c, src, size, cols, L, live, rounds, 1, col, val, ended);
+    return rl_walk(c, src, size, cols, P, live, rounds, 1, col, val, ended);
 }
 
 /* ---- batch 1: the eight lanes' dot products, one vector per round -------------------------- */
 
 /* acc[i] += w * x[col] over lane i's first cnt[i] rounds (col, val as rl_walk stores them) */
-static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const int32_t cnt[LANES], const float *x,
-                        const float *cb, uint32_t cols, float acc[LANES])
+static void rl_dot8_ref(const uint64_t *col, const uint32_t *val, int n, const int32_t cnt[LANES], const float *x,
+                        const float *cb, uint64_t cols, float acc[LANES])
 {
     (void)n;
     for (int i = 0; i < LANES; i++)
         for (int j = 0; j < cnt[i]; j++)
-            acc[i] += cb[val[j * LANES + i] & 0xFFFFFu] * x[(uint32_t)(col[j * LANES + i] + cols)];
+            acc[i] += cb[val[j * LANES + i] & 0xFFFFu] * x[col[j * LANES + i] - BIAS(cols)];
 }
 
 #if DNNZ_X86
@@ -659,10 +657,13 @@ static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const i
  * the values a codebook lookup in registers (permutes for small codebooks, else a gather) */
 #define DOT8_256(LOOKUP)                                                                          \
     for (int j = 0; j < n; j++) {                                                                 \
-        const __m256i cv = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(col + j * LANES)), vcols); \
+        const __m256i c0_ = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(col + j * LANES)), vbias); \
+        const __m256i c1_ = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)(col + j * LANES + 4)), vbias); \
         const __m256i vv = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(val + j * LANES)), vmask); \
         const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vcnt, _mm256_set1_epi32(j)));  \
-        const __m256 g = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, cv, live, 4);           \
+        const __m128 g0 = _mm256_mask_i64gather_ps(_mm_setzero_ps(), x, c0_, _mm256_castps256_ps128(live), 4); \
+        const __m128 g1 = _mm256_mask_i64gather_ps(_mm_setzero_ps(), x, c1_, _mm256_extractf128_ps(live, 1), 4); \
+        const __m256 g = _mm256_insertf128_ps(_mm256_castps128_ps256(g0), g1, 1);                 \
         a = _mm256_fmadd_ps(_mm256_and_ps(LOOKUP(vv), live), g, a);                               \
     }
 #define LK8(vv) _mm256_permutevar8x32_ps(c0, vv)
@@ -671,12 +672,12 @@ static void rl_dot8_ref(const uint32_t *col, const uint32_t *val, int n, const i
                      _mm256_castsi256_ps(_mm256_cmpgt_epi32(vv, seven)))
 #define LKG(vv) _mm256_mask_i32gather_ps(_mm256_setzero_ps(), cb, vv, live, 4)
 
-static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, int n, const int32_t cnt[LANES],
-                                     const float *x, const float *cb, int64_t k, const float *cbpad, uint32_t cols,
+static DNNZ_T_AVX2 void rl_dot8_avx2(const uint64_t *col, const uint32_t *val, int n, const int32_t cnt[LANES],
+                                     const float *x, const float *cb, int64_t k, const float *cbpad, uint64_t cols,
                                      float acc[LANES])
 {
-    const __m256i vcols = _mm256_set1_epi32((int32_t)cols), seven = _mm256_set1_epi32(7);
-    const __m256i vmask = _mm256_set1_epi32(0xFFFFF), vcnt = _mm256_loadu_si256((const __m256i *)cnt);
+    const __m256i vbias = _mm256_set1_epi64x((long long)BIAS(cols)), seven = _mm256_set1_epi32(7);
+    const __m256i vmask = _mm256_set1_epi32(0xFFFF), vcnt = _mm256_loadu_si256((const __m256i *)cnt);
     const __m256 c0 = _mm256_loadu_ps(cbpad), c1 = _mm256_loadu_ps(cbpad + 8);
     __m256 a = _mm256_loadu_ps(acc);
     if (k <= 8) {
@@ -695,7 +696,7 @@ static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, i
 /* AVX-512 (VL): the same eight lanes with mask registers, codebooks up to 32 values permuted */
 #define DOT8_512(LOOKUP)                                                                          \
     for (int j = 0; j < n; j++) {                                                                 \
-        const __m256i cv = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(col + j * LANES)), vcols); \
+        const __m256i cv = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_loadu_si512(col + j * LANES), vbias)); \
         const __m256i vv = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(val + j * LANES)), vmask); \
         const __mmask8 live = _mm256_cmpgt_epi32_mask(vcnt, _mm256_set1_epi32(j));                \
         const __m256 g = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, cv, x, 4);          \
@@ -705,11 +706,12 @@ static DNNZ_T_AVX2 void rl_dot8_avx2(const uint32_t *col, const uint32_t *val, i
 #define LK32(vv) _mm512_castps512_ps256(_mm512_permutex2var_ps(c0, _mm512_castsi256_si512(vv), c1))
 #define LKG(vv) _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), live, vv, cb, 4)
 
-static DNNZ_T_AVX512 void rl_dot8_avx512(const uint32_t *col, const uint32_t *val, int n, const int32_t cnt[LANES],
+static DNNZ_T_AVX512 void rl_dot8_avx512(const uint64_t *col, const uint32_t *val, int n, const int32_t cnt[LANES],
                                          const float *x, const float *cb, int64_t k, const float *cbpad,
-                                         uint32_t cols, float acc[LANES])
+                                         uint64_t cols, float acc[LANES])
 {
-    const __m256i vcols = _mm256_set1_epi32((int32_t)cols), vmask = _mm256_set1_epi32(0xFFFFF);
+    const __m512i vbias = _mm512_set1_epi64((long long)BIAS(cols));
+    const __m256i vmask = _mm256_set1_epi32(0xFFFF);
     const __m256i vcnt = _mm256_loadu_si256((const __m256i *)cnt);
     const __m512 c0 = _mm512_loadu_ps(cbpad), c1 = _mm512_loadu_ps(cbpad + 16);
     __m256 a = _mm256_loadu_ps(acc);
@@ -741,7 +743,7 @@ static void rl_task(void *vc, int64_t task, int worker)
     const uint64_t plim = size >= 8 ? ((uint64_t)size - 8) * 8 : 0; /* a fast load may start here */
     const float *cb = m->codebook;
     const int64_t bp = x->bp;
-    uint32_t col[RMAX * LANES] __attribute__((aligned(64)));
+    uint64_t col[(RMAX + 1) * LANES] __attribute__((aligned(64)));
     uint32_t val[RMAX * LANES] __attribute__((aligned(64)));
     float wl[RMAX] __attribute__((aligned(64)));
     uint32_t cl[RMAX] __attribute__((aligned(64)));
@@ -750,14 +752,16 @@ static void rl_task(void *vc, int64_t task, int worker)
     (void)worker;
     memcpy(cbpad, cb, (size_t)(m->k < 32 ? m->k : 32) * sizeof *cbpad);
     int64_t next = task * TR, r1 = next + TR < m->rows ? next + TR : m->rows;
-    struct rl_lanes L;
+    /* lane i: bit position P[i], row[i] (-1: none), column before the next pair col[i] (biased) */
+    uint64_t P[LANES];
+    int64_t row[LANES];
     unsigned live = 0;
     for (int i = 0; i < LANES; i++) {
-        L.row[i] = -1;
+        row[i] = -1;
         if (next < r1) {
-            L.row[i] = next++;
-            L.p[i] = RD(m->offsets, m->off_bytes, L.row[i]);
-            L.c[i] = BIAS(cols);
+            row[i] = next++;
+            P[i] = RD(m->offsets, m->off_bytes, row[i]);
+            col[i] = BIAS(cols) - 1;
             live |= 1u << i;
         }
     }
@@ -773,10 +777,10 @@ static void rl_task(void *vc, int64_t task, int worker)
         int32_t cnt[LANES];
         for (int i = 0; i < LANES; i++) {
             if (!(live >> i & 1)) {
-                L.p[i] = L.p[any];
-                L.c[i] = L.c[any];
+                P[i] = P[any];
+                col[i] = col[any];
             }
-            pmax = L.p[i] > pmax ? L.p[i] : pmax;
+            pmax = P[i] > pmax ? P[i] : pmax;
         }
         uint64_t fit = size >= 8 && pmax <= plim ? (plim - pmax) / STEP_BITS + 1 : 0;
         unsigned ended;
@@ -785,46 +789,51 @@ static void rl_task(void *vc, int64_t task, int worker)
             const int nr = fit < RMAX ? (int)fit : RMAX;
 #if DNNZ_X86
             if (x->bmi2)
-                n = rl_walk_bmi2(c, src, size, cols, &L, live, nr, col, val, &ended);
+                n = rl_walk_bmi2(c, src, size, cols, P, live, nr, col, val, &ended);
             else
 #endif
-                n = rl_walk_fast(c, src, size, cols, &L, live, nr, col, val, &ended);
-        } else
-            n = rl_walk_safe(c, src, size, cols, &L, live, RMAX, col, val, &ended);
+                n = rl_walk_fast(c, src, size, cols, P, live, nr, col, val, &ended);
+        } else {
+            n = rl_walk_safe(c, src, size, cols, P, live, RMAX, col, val, &ended);
+        }
         /* a lane's pairs: the rounds before its row's end (none for a lane without a row) */
         for (int i = 0; i < LANES; i++)
             cnt[i] = live >> i & 1 ? n - (int)(ended >> i & 1) : 0;
+        const uint64_t *pc = col + LANES; /* round j's columns at pc[j * LANES + i] */
         if (x->mode == RL_GEMV) {
 #if DNNZ_X86
             if (x->path == DNNZ_CPU_AVX512)
-                rl_dot8_avx512(col, val, n, cnt, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
+                rl_dot8_avx512(pc, val, n, cnt, x->x, cb, m->k, cbpad, cols, acc1);
             else if (x->path == DNNZ_CPU_AVX2)
-                rl_dot8_avx2(col, val, n, cnt, x->x, cb, m->k, cbpad, (uint32_t)cols, acc1);
+                rl_dot8_avx2(pc, val, n, cnt, x->x, cb, m->k, cbpad, cols, acc1);
             else
 #endif
-                rl_dot8_ref(col, val, n, cnt, x->x, cb, (uint32_t)cols, acc1);
+                rl_dot8_ref(pc, val, n, cnt, x->x, cb, cols, acc1);
         } else {
             for (int i = 0; i < LANES; i++) {
+                if (!cnt[i])
+                    continue;
                 if (x->mode == RL_DECODE) {
-                    float *row = x->y + L.row[i] * m->cols;
+                    float *out = x->y + row[i] * m->cols;
                     for (int j = 0; j < cnt[i]; j++)
-                        row[(uint32_t)(col[j * LANES + i] + (uint32_t)cols)] = cb[val[j * LANES + i] & 0xFFFFFu];
+                        out[pc[j * LANES + i] - BIAS(cols)] = cb[val[j * LANES + i] & 0xFFFFu];
                     continue;
                 }
                 for (int j = 0; j < cnt[i]; j++) {
-                    cl[j] = col[j * LANES + i] + (uint32_t)cols;
-                    wl[j] = cb[val[j * LANES + i] & 0xFFFFFu];
+                    cl[j] = (uint32_t)(pc[j * LANES + i] - BIAS(cols));
+                    wl[j] = cb[val[j * LANES + i] & 0xFFFFu];
                 }
-                for (int64_t b0 = 0; b0 < bp && cnt[i]; b0 += TILE) {
+                for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
                     int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;
                     dnnz_kern_lanes(x->path, wl, cl, 4, cnt[i], x->xt + b0, bp, tw, acc + i * bp + b0);
                 }
             }
         }
+        memcpy(col, col + n * LANES, LANES * sizeof *col); /* the lanes' columns carry on */
         for (int i = 0; i < LANES; i++) {
             if (!(ended >> i & 1))
                 continue;
-            int64_t r = L.row[i];
+            int64_t r = row[i];
             if (x->mode == RL_GEMV) {
                 x->y[r] = acc1[i];
                 acc1[i] = 0.0f;
@@ -834,11 +843,11 @@ static void rl_task(void *vc, int64_t task, int worker)
                 memset(acc + i * bp, 0, (size_t)bp * sizeof *acc);
             }
             live &= ~(1u << i);
-            L.row[i] = -1;
+            row[i] = -1;
             if (next < r1) {
-                L.row[i] = next++;
-                L.p[i] = RD(m->offsets, m->off_bytes, L.row[i]);
-                L.c[i] = BIAS(cols);
+                row[i] = next++;
+                P[i] = RD(m->offsets, m->off_bytes, row[i]);
+                col[i] = BIAS(cols) - 1;
                 live |= 1u << i;
             }
         }
