@@ -729,6 +729,64 @@ static DNNZ_T_AVX512 void rl_dot8_avx512(const uint64_t *col, const uint32_t *va
 #undef LKG
 #endif
 
+/* ---- batch 2..16: one lane's pairs straight from the walk buffers (stride LANES) into its 16
+ * batch lanes (x transposed to 16 floats per column): acc[l] += w * xt[col * 16 + l] ----------- */
+
+static void rl_lanes16_ref(const uint64_t *pc, const uint32_t *val, int cnt, const float *cb, const float *xt,
+                           uint64_t bias, float *acc)
+{
+    for (int j = 0; j < cnt; j++) {
+        const float w = cb[val[j * LANES] & 0xFFFFu], *xr = xt + (pc[j * LANES] - bias) * BL;
+        for (int l = 0; l < BL; l++)
+            acc[l] += w * xr[l];
+    }
+}
+
+#if DNNZ_X86
+/* two sums (pairs alternate) so that the multiply-adds do not wait on each other */
+static DNNZ_T_AVX512 void rl_lanes16_avx512(const uint64_t *pc, const uint32_t *val, int cnt, const float *cb,
+                                            const float *xt, uint64_t bias, float *acc)
+{
+    __m512 a0 = _mm512_loadu_ps(acc), a1 = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 2 <= cnt; j += 2) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[j * LANES] & 0xFFFFu]),
+                             _mm512_loadu_ps(xt + (pc[j * LANES] - bias) * BL), a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[(j + 1) * LANES] & 0xFFFFu]),
+                             _mm512_loadu_ps(xt + (pc[(j + 1) * LANES] - bias) * BL), a1);
+    }
+    if (j < cnt)
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[j * LANES] & 0xFFFFu]),
+                             _mm512_loadu_ps(xt + (pc[j * LANES] - bias) * BL), a0);
+    _mm512_storeu_ps(acc, _mm512_add_ps(a0, a1));
+}
+
+static DNNZ_T_AVX2 void rl_lanes16_avx2(const uint64_t *pc, const uint32_t *val, int cnt, const float *cb,
+                                        const float *xt, uint64_t bias, float *acc)
+{
+    __m256 a0 = _mm256_loadu_ps(acc), b0 = _mm256_loadu_ps(acc + 8);
+    __m256 a1 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 2 <= cnt; j += 2) {
+        const __m256 w0 = _mm256_set1_ps(cb[val[j * LANES] & 0xFFFFu]);
+        const __m256 w1 = _mm256_set1_ps(cb[val[(j + 1) * LANES] & 0xFFFFu]);
+        const float *x0 = xt + (pc[j * LANES] - bias) * BL, *x1 = xt + (pc[(j + 1) * LANES] - bias) * BL;
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0), a0);
+        b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + 8), b0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1), a1);
+        b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1 + 8), b1);
+    }
+    if (j < cnt) {
+        const __m256 w0 = _mm256_set1_ps(cb[val[j * LANES] & 0xFFFFu]);
+        const float *x0 = xt + (pc[j * LANES] - bias) * BL;
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0), a0);
+        b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + 8), b0);
+    }
+    _mm256_storeu_ps(acc, _mm256_add_ps(a0, a1));
+    _mm256_storeu_ps(acc + 8, _mm256_add_ps(b0, b1));
+}
+#endif
+
 /* ---- the task: rows [r0, r1) through the eight lanes, a lane taking the next row when its row
  * ends (rows of any lengths keep all lanes busy) ---------------------------------------------- */
 
@@ -817,6 +875,17 @@ static void rl_task(void *vc, int64_t task, int worker)
                     float *out = x->y + row[i] * m->cols;
                     for (int j = 0; j < cnt[i]; j++)
                         out[pc[j * LANES + i] - BIAS(cols)] = cb[val[j * LANES + i] & 0xFFFFu];
+                    continue;
+                }
+                if (bp == BL) {
+#if DNNZ_X86
+                    if (x->path == DNNZ_CPU_AVX512)
+                        rl_lanes16_avx512(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), acc + i * bp);
+                    else if (x->path == DNNZ_CPU_AVX2)
+                        rl_lanes16_avx2(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), acc + i * bp);
+                    else
+#endif
+                        rl_lanes16_ref(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), acc + i * bp);
                     continue;
                 }
                 for (int j = 0; j < cnt[i]; j++) {
