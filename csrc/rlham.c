@@ -68,6 +68,9 @@
 #define WALK_EOR ((int64_t)1 << 33)
 #define WALK_SH(e) ((unsigned)(e) & 63u)
 #define WALK_V(e) ((uint32_t)((e) >> 6) & 0xFFFFu)
+/* The walker stores (uint32_t)(e >> 6) for a fast entry (the value index and, above it, tot) and
+ * the value index itself for a slow one; with more than 2^16 values every step is slow. */
+#define WALK_VMASK(k) ((k) > 0x10000 ? 0xFFFFFu : 0xFFFFu)
 #define WALK_TOT(e) ((unsigned)((e) >> 22) & 63u)
 #define WALK_D(e) ((uint64_t)((int64_t)(e) >> 29))
 #define WALK_SB(e) ((unsigned)((e) >> 29) & 31u)
@@ -126,6 +129,8 @@ static int rl_walk_init(struct rl_code *c, const struct dnnz_rlham *m)
     }
     for (size_t p = 0; p < ((size_t)1 << pb); p++)
         c->walk[p] = WALK_SLOW;
+    if (m->k > 0x10000)
+        return DNNZ_OK; /* value indices past 16 bits: every step the exact way (see WALK_VMASK) */
     dnnz_huf_ctable ct;
     int st = dnnz_huf_ctable_init(&ct, m->lengths, n);
     if (st != DNNZ_OK) {
@@ -644,12 +649,13 @@ static int rl_walk_safe(const struct rl_code *c, const uint8_t *src, size_t size
 
 /* acc[i] += w * x[col] over lane i's first cnt[i] rounds (col, val as rl_walk stores them) */
 static void rl_dot8_ref(const uint64_t *col, const uint32_t *val, int n, const int32_t cnt[LANES], const float *x,
-                        const float *cb, uint64_t cols, float acc[LANES])
+                        const float *cb, int64_t k, uint64_t cols, float acc[LANES])
 {
+    const uint32_t vm = WALK_VMASK(k);
     (void)n;
     for (int i = 0; i < LANES; i++)
         for (int j = 0; j < cnt[i]; j++)
-            acc[i] += cb[val[j * LANES + i] & 0xFFFFu] * x[col[j * LANES + i] - BIAS(cols)];
+            acc[i] += cb[val[j * LANES + i] & vm] * x[col[j * LANES + i] - BIAS(cols)];
 }
 
 #if DNNZ_X86
@@ -677,7 +683,7 @@ static DNNZ_T_AVX2 void rl_dot8_avx2(const uint64_t *col, const uint32_t *val, i
                                      float acc[LANES])
 {
     const __m256i vbias = _mm256_set1_epi64x((long long)BIAS(cols)), seven = _mm256_set1_epi32(7);
-    const __m256i vmask = _mm256_set1_epi32(0xFFFF), vcnt = _mm256_loadu_si256((const __m256i *)cnt);
+    const __m256i vmask = _mm256_set1_epi32((int)WALK_VMASK(k)), vcnt = _mm256_loadu_si256((const __m256i *)cnt);
     const __m256 c0 = _mm256_loadu_ps(cbpad), c1 = _mm256_loadu_ps(cbpad + 8);
     __m256 a = _mm256_loadu_ps(acc);
     if (k <= 8) {
@@ -711,7 +717,7 @@ static DNNZ_T_AVX512 void rl_dot8_avx512(const uint64_t *col, const uint32_t *va
                                          uint64_t cols, float acc[LANES])
 {
     const __m512i vbias = _mm512_set1_epi64((long long)BIAS(cols));
-    const __m256i vmask = _mm256_set1_epi32(0xFFFF);
+    const __m256i vmask = _mm256_set1_epi32((int)WALK_VMASK(k));
     const __m256i vcnt = _mm256_loadu_si256((const __m256i *)cnt);
     const __m512 c0 = _mm512_loadu_ps(cbpad), c1 = _mm512_loadu_ps(cbpad + 16);
     __m256 a = _mm256_loadu_ps(acc);
@@ -733,10 +739,10 @@ static DNNZ_T_AVX512 void rl_dot8_avx512(const uint64_t *col, const uint32_t *va
  * batch lanes (x transposed to 16 floats per column): acc[l] += w * xt[col * 16 + l] ----------- */
 
 static void rl_lanes16_ref(const uint64_t *pc, const uint32_t *val, int cnt, const float *cb, const float *xt,
-                           uint64_t bias, float *acc)
+                           uint64_t bias, uint32_t vm, float *acc)
 {
     for (int j = 0; j < cnt; j++) {
-        const float w = cb[val[j * LANES] & 0xFFFFu], *xr = xt + (pc[j * LANES] - bias) * BL;
+        const float w = cb[val[j * LANES] & vm], *xr = xt + (pc[j * LANES] - bias) * BL;
         for (int l = 0; l < BL; l++)
             acc[l] += w * xr[l];
     }
@@ -745,31 +751,31 @@ static void rl_lanes16_ref(const uint64_t *pc, const uint32_t *val, int cnt, con
 #if DNNZ_X86
 /* two sums (pairs alternate) so that the multiply-adds do not wait on each other */
 static DNNZ_T_AVX512 void rl_lanes16_avx512(const uint64_t *pc, const uint32_t *val, int cnt, const float *cb,
-                                            const float *xt, uint64_t bias, float *acc)
+                                            const float *xt, uint64_t bias, uint32_t vm, float *acc)
 {
     __m512 a0 = _mm512_loadu_ps(acc), a1 = _mm512_setzero_ps();
     int j = 0;
     for (; j + 2 <= cnt; j += 2) {
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[j * LANES] & 0xFFFFu]),
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[j * LANES] & vm]),
                              _mm512_loadu_ps(xt + (pc[j * LANES] - bias) * BL), a0);
-        a1 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[(j + 1) * LANES] & 0xFFFFu]),
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[(j + 1) * LANES] & vm]),
                              _mm512_loadu_ps(xt + (pc[(j + 1) * LANES] - bias) * BL), a1);
     }
     if (j < cnt)
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[j * LANES] & 0xFFFFu]),
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(cb[val[j * LANES] & vm]),
                              _mm512_loadu_ps(xt + (pc[j * LANES] - bias) * BL), a0);
     _mm512_storeu_ps(acc, _mm512_add_ps(a0, a1));
 }
 
 static DNNZ_T_AVX2 void rl_lanes16_avx2(const uint64_t *pc, const uint32_t *val, int cnt, const float *cb,
-                                        const float *xt, uint64_t bias, float *acc)
+                                        const float *xt, uint64_t bias, uint32_t vm, float *acc)
 {
     __m256 a0 = _mm256_loadu_ps(acc), b0 = _mm256_loadu_ps(acc + 8);
     __m256 a1 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
     int j = 0;
     for (; j + 2 <= cnt; j += 2) {
-        const __m256 w0 = _mm256_set1_ps(cb[val[j * LANES] & 0xFFFFu]);
-        const __m256 w1 = _mm256_set1_ps(cb[val[(j + 1) * LANES] & 0xFFFFu]);
+        const __m256 w0 = _mm256_set1_ps(cb[val[j * LANES] & vm]);
+        const __m256 w1 = _mm256_set1_ps(cb[val[(j + 1) * LANES] & vm]);
         const float *x0 = xt + (pc[j * LANES] - bias) * BL, *x1 = xt + (pc[(j + 1) * LANES] - bias) * BL;
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0), a0);
         b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + 8), b0);
@@ -777,7 +783,7 @@ static DNNZ_T_AVX2 void rl_lanes16_avx2(const uint64_t *pc, const uint32_t *val,
         b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1 + 8), b1);
     }
     if (j < cnt) {
-        const __m256 w0 = _mm256_set1_ps(cb[val[j * LANES] & 0xFFFFu]);
+        const __m256 w0 = _mm256_set1_ps(cb[val[j * LANES] & vm]);
         const float *x0 = xt + (pc[j * LANES] - bias) * BL;
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0), a0);
         b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0 + 8), b0);
@@ -801,6 +807,7 @@ static void rl_task(void *vc, int64_t task, int worker)
     const uint64_t plim = size >= 8 ? ((uint64_t)size - 8) * 8 : 0; /* a fast load may start here */
     const float *cb = m->codebook;
     const int64_t bp = x->bp;
+    const uint32_t vm = WALK_VMASK(m->k);
     uint64_t col[(RMAX + 1) * LANES] __attribute__((aligned(64)));
     uint32_t val[RMAX * LANES] __attribute__((aligned(64)));
     float wl[RMAX] __attribute__((aligned(64)));
@@ -866,7 +873,7 @@ static void rl_task(void *vc, int64_t task, int worker)
                 rl_dot8_avx2(pc, val, n, cnt, x->x, cb, m->k, cbpad, cols, acc1);
             else
 #endif
-                rl_dot8_ref(pc, val, n, cnt, x->x, cb, cols, acc1);
+                rl_dot8_ref(pc, val, n, cnt, x->x, cb, m->k, cols, acc1);
         } else {
             for (int i = 0; i < LANES; i++) {
                 if (!cnt[i])
@@ -874,23 +881,23 @@ static void rl_task(void *vc, int64_t task, int worker)
                 if (x->mode == RL_DECODE) {
                     float *out = x->y + row[i] * m->cols;
                     for (int j = 0; j < cnt[i]; j++)
-                        out[pc[j * LANES + i] - BIAS(cols)] = cb[val[j * LANES + i] & 0xFFFFu];
+                        out[pc[j * LANES + i] - BIAS(cols)] = cb[val[j * LANES + i] & vm];
                     continue;
                 }
                 if (bp == BL) {
 #if DNNZ_X86
                     if (x->path == DNNZ_CPU_AVX512)
-                        rl_lanes16_avx512(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), acc + i * bp);
+                        rl_lanes16_avx512(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), vm, acc + i * bp);
                     else if (x->path == DNNZ_CPU_AVX2)
-                        rl_lanes16_avx2(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), acc + i * bp);
+                        rl_lanes16_avx2(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), vm, acc + i * bp);
                     else
 #endif
-                        rl_lanes16_ref(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), acc + i * bp);
+                        rl_lanes16_ref(pc + i, val + i, cnt[i], cb, x->xt, BIAS(cols), vm, acc + i * bp);
                     continue;
                 }
                 for (int j = 0; j < cnt[i]; j++) {
                     cl[j] = (uint32_t)(pc[j * LANES + i] - BIAS(cols));
-                    wl[j] = cb[val[j * LANES + i] & 0xFFFFu];
+                    wl[j] = cb[val[j * LANES + i] & vm];
                 }
                 for (int64_t b0 = 0; b0 < bp; b0 += TILE) {
                     int tw = bp - b0 < TILE ? (int)(bp - b0) : TILE;

@@ -141,6 +141,43 @@ def test_larger_matrix_every_path(cpu_path):
             check(w, batch)
 
 
+def test_rows_of_very_different_lengths_every_path(cpu_path):
+    """The matmul walks eight rows at once and a lane takes the next row when its row ends: empty
+    rows, full rows, one long row among short ones, rows ending in the same step, fewer rows than
+    lanes, and the last rows of the payload (walked the careful way) all sum their own pairs."""
+    rng = np.random.default_rng(11)
+    for rows, cols in ((1, 50), (3, 700), (8, 64), (9, 300), (70, 1000), (130, 257)):
+        w = sparse_matrix(rng, rows, cols, 9, 0.97)
+        w[::5] = 0  # empty rows
+        w[1::7] = sparse_matrix(rng, len(w[1::7]), cols, 9, 0.0)  # full rows
+        w[rows // 2, :] = sparse_matrix(rng, 1, cols, 9, 0.3)
+        for batch in (1, 2, 8, 16, 17, 40):
+            check(w, batch, seed=batch)
+
+
+def test_long_codes_and_wide_alphabets_every_path(cpu_path):
+    """Codes longer than the walker's 12-bit table (its second level) and value indices past 16
+    bits (every pair through the exact decoder, as the payload's last bytes always are)."""
+    rng = np.random.default_rng(12)
+    # heavy-tailed use of 3000 values: codes of 2..20+ bits
+    levels = (np.arange(1, 3001) * 0.001).astype(np.float32)
+    p = 1.0 / np.arange(1, 3001) ** 1.6
+    w = rng.choice(levels, (300, 1200), p=p / p.sum()).astype(np.float32)
+    w[rng.random(w.shape) < 0.5] = 0
+    e = check(w, 1)
+    assert int(e.sections["lengths"].max()) > 12
+    for batch in (3, 16, 33):
+        check(w, batch, seed=batch)
+    # 70000 distinct values: indices of 17 bits
+    w = np.zeros((40, 2000), np.float32)
+    vals = (np.arange(1, 70001) * 1e-3).astype(np.float32)
+    mask = rng.random(w.shape) < 0.9
+    w[mask] = rng.permutation(np.resize(vals, mask.sum()))
+    e = check(w, 1)
+    assert e.params["k"] == 70000
+    check(w, 8)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 8, 70])
 def test_threads_do_not_change_results(batch):
     rng = np.random.default_rng(4)
