@@ -1,18 +1,25 @@
 /* rlham.c: the `rlham` encoding (see rlham.h).
  *
- * Every kernel walks a row the same way (rl_chunk): refill, decode one joint symbol with the
- * shared table decoder (dnnz_huf_decode_symbol), map it to (run class, value index) through a
- * per-call table, read the class's extra bits, and emit (column, weight) pairs into a small
- * L1 chunk. The walk itself checks that no run passes the row end, so even a stream that was
- * not validated cannot make it write outside a row; validation adds the end-of-row and
- * exact-end checks.
+ * Validation walks each row one pair at a time (rl_pair): refill, decode one joint symbol with
+ * the shared table decoder (dnnz_huf_decode_symbol), map it to (run class, value index), read
+ * the class's extra bits; the walk checks that no run passes the row end, and validation adds
+ * the end-of-row and exact-end checks.
  *
- * matmul: a task is a block of DNNZ_HAM_TASK_ROWS output rows, each summed by one task in a
- * fixed order (results do not depend on the thread count). Batch < 4: each chunk of pairs is a
- * gather dot product per batch row (dnnz_ham_gather_dot: vgatherdps on AVX2/AVX-512). Batch >=
- * 4: x is transposed once into xt (cols, bp) with the batch padded to 16 lanes, so a stored
- * entry is one broadcast multiply-add over contiguous lanes; lanes go in tiles of 64 held in
- * registers while a chunk of pairs streams past.
+ * decode and matmul (rows with runs; rows whose runs are all 0 go to ham's kernels): a task is
+ * a block of DNNZ_HAM_TASK_ROWS output rows, walked by eight lanes (rl_walk), each lane one row,
+ * a lane taking the task's next row when its row ends (rows of any lengths keep the lanes busy).
+ * A walk step is one 8-byte payload load and one load in a table indexed by the next 12 bits
+ * that gives the code's and extra bits' length, the column delta and the value index, with no
+ * data-dependent branch (codes up to 20 bits through a second-level table, the rest and the
+ * payload's last bytes through rl_pair); the eight lanes' steps are independent dependency
+ * chains. A walk stops when a lane's row ends (columns are biased so that this is one OR and one
+ * test per round) and leaves its pairs round by round in small L1 buffers, which the consumer
+ * then reads: decode scatters them into the rows; batch 1 takes a round's eight pairs as one
+ * vector (x gathered at the eight columns, the weights looked up from the codebook in
+ * registers, one FMA into the eight lanes' sums); batch > 1 has x transposed once into (cols,
+ * batch padded to 16) and each pair is a broadcast multiply-add over contiguous batch lanes
+ * (read straight from the walk buffers at batch <= 16, through dnnz_kern_lanes above). Each
+ * output is summed by one lane in pair order, so results do not depend on the thread count.
  */
 #include "rlham.h"
 
