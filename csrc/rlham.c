@@ -519,7 +519,7 @@ int dnnz_rlham_validate(const struct dnnz_rlham *m, struct dnnz_enc_err *err)
 /* ------------------------------------------------------------------------------------------ */
 
 #define LANES 8          /* rows walked together */
-#define RMAX 256         /* rounds per walk: RMAX x LANES pairs buffered (16 KiB) */
+#define RMAX 256         /* rounds per walk: RMAX x LANES pairs buffered (24 KiB) */
 #define BL 16            /* batch padding of the transposed x */
 #define TILE 64          /* batch lanes per dnnz_kern_lanes call */
 #define STEP_BITS 64     /* a step takes at most 62 bits (a 32-bit code and 30 extra bits) */
