@@ -24,16 +24,22 @@ int dnnz_conv_grouped(int kind, const void *m, const float *cols, int64_t groups
 /* Geometry of a depthwise convolution (one input channel per group), 2-D (1-D: h = kh = 1). */
 struct dnnz_conv_geom {
     int64_t batch, channels, mult;  /* output channels = channels * mult */
-    int64_t h, w;                   /* input size, padding already applied */
+    int64_t h, w;                   /* input size (without padding) */
     int64_t kh, kw, sh, sw, dh, dw; /* kernel, stride, dilation */
-    int64_t oh, ow;                 /* output size: (h - dh*(kh-1) - 1) / sh + 1, same for w */
+    int64_t oh, ow;                 /* output size: (h + pt + pb - dh*(kh-1) - 1) / sh + 1, same for w */
+    int64_t pt, pl;                 /* zero padding above and left of the input (below / right: implied
+                                       by oh, ow; rows and columns outside the input read as zero) */
 };
-/* Depthwise convolution straight from the (padded) input, no im2col:
- * y[b, c*mult + j, p, q] = sum_{u,v} W[c*mult + j, 0, u, v] * x[b, c, p*sh + u*dh, q*sw + v*dw]
- * with x (batch, channels, h, w) and y (batch, channels*mult, oh, ow) row-major float32 and W a
- * validated struct of `kind` of shape (channels * mult, kh * kw). The weight is decoded a block of
- * channels at a time (at most DNNZ_CONV_WBUF floats); channels are split across threads. */
-int dnnz_conv_depthwise(int kind, const void *m, const struct dnnz_conv_geom *g, const float *x, float *y);
+/* Depthwise convolution straight from the input, zero padding included, no im2col:
+ * y[b, c*mult + j, p, q] = bias[c*mult + j] + sum_{u,v} W[c*mult + j, 0, u, v] *
+ *                          x[b, c, p*sh + u*dh - pt, q*sw + v*dw - pl]     (x outside the input: 0)
+ * with x (batch, channels, h, w) and y (batch, channels*mult, oh, ow) row-major float32, bias NULL
+ * (none) or channels*mult floats, and W a validated struct of `kind` of shape
+ * (channels * mult, kh * kw). The weight is decoded a block of channels at a time (at most
+ * DNNZ_CONV_WBUF floats); (sample, channel) pairs are split across threads. Temporary memory: that
+ * block and a 64 KiB scratch per thread (more only when one output row's input rows need it). */
+int dnnz_conv_depthwise(int kind, const void *m, const struct dnnz_conv_geom *g, const float *x, const float *bias,
+                        float *y);
 /* cffi:end */
 
 #define DNNZ_CONV_SMALL_OUT 8

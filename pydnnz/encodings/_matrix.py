@@ -221,31 +221,86 @@ class EncodedMatrix:
                                         C.ptr(y, writable=True)), f"{self.name}.matmul_grouped")
         return y
 
-    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1)):
-        """Depthwise convolution of the (already padded) float32 input x (batch, C, H, W) by this
-        weight of shape (C * mult, 1, kh, kw): output (batch, C * mult, OH, OW), computed in C
-        straight from the input (no im2col), the weight decoded a bounded block at a time."""
+    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1), padding=(0, 0), bias=None, out=None):
+        """Depthwise convolution of the float32 input x (batch, C, H, W) by this weight of shape
+        (C * mult, 1, kh, kw): output (batch, C * mult, OH, OW), computed in C straight from the
+        input (no im2col, no padded copy), the weight decoded a bounded block at a time.
+
+        `padding`: zeros around the input, (ph, pw) on both sides or (top, bottom, left, right).
+        `bias`: None or C * mult float32 values added to each output channel. `out`: None or a
+        C-contiguous float32 array of the output's shape to write (returned)."""
         rows, cols = self._matrix_shape
         x = np.ascontiguousarray(x)
         kh, kw = (int(v) for v in kernel_size)
         sh, sw = (int(v) for v in stride)
         dh, dw = (int(v) for v in dilation)
+        pad = tuple(int(v) for v in padding)
+        if len(pad) == 2:
+            pad = (pad[0], pad[0], pad[1], pad[1])
+        if len(pad) != 4 or min(pad) < 0:
+            raise errors.ShapeError(f"{self.name}.conv_depthwise: padding must be 2 or 4 values >= 0, got {padding}")
         if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] < 1 or rows % x.shape[1] or cols != kh * kw:
             raise errors.ShapeError(f"{self.name}.conv_depthwise: input {x.dtype} {x.shape} does not fit a "
                                     f"({rows}, 1, {kh}, {kw}) depthwise weight")
+        if min(sh, sw, dh, dw) < 1:
+            raise errors.ShapeError(f"{self.name}.conv_depthwise: stride and dilation must be >= 1")
         n, c, h, w = x.shape
-        oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        oh = (h + pad[0] + pad[1] - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + pad[2] + pad[3] - dw * (kw - 1) - 1) // sw + 1
         if oh <= 0 or ow <= 0:
             raise errors.ShapeError(f"{self.name}.conv_depthwise: input {x.shape} is smaller than the kernel")
-        y = np.empty((n, rows, oh, ow), np.float32)
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+            if bias.size != rows:
+                raise errors.ShapeError(f"{self.name}.conv_depthwise: bias has {bias.size} values, expected {rows}")
+        if out is None:
+            y = np.empty((n, rows, oh, ow), np.float32)
+        else:
+            y = out
+            if (not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.shape != (n, rows, oh, ow)
+                    or not y.flags.c_contiguous or not y.flags.writeable):
+                raise errors.ShapeError(f"{self.name}.conv_depthwise: out must be a writable C-contiguous "
+                                        f"float32 array of shape {(n, rows, oh, ow)}")
         runtime._require_path()
         if y.size:
             g = C.new("struct dnnz_conv_geom *")
             g.batch, g.channels, g.mult, g.h, g.w = n, c, rows // c, h, w
             g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow = kh, kw, sh, sw, dh, dw, oh, ow
-            C.check(C.dnnz_conv_depthwise(self._rows_kind(), self._get_struct(), g, C.ptr(x), C.ptr(y, writable=True)),
-                  f"{self.name}.conv_depthwise")
+            g.pt, g.pl = pad[0], pad[2]
+            C.check(C.dnnz_conv_depthwise(self._rows_kind(), self._get_struct(), g, C.ptr(x),
+                                          C.NULL if bias is None else C.ptr(bias), C.ptr(y, writable=True)),
+                    f"{self.name}.conv_depthwise")
         return y
+
+    def _conv_depthwise_plan(self, channels, size, kernel_size, stride, dilation, pad_tl, out_size):
+        """A callable ``run(batch, x_addr, bias_addr, y_addr)`` running conv_depthwise on raw
+        buffers, for the torch layers' per-call fast path (no array checks per call): x is a
+        C-contiguous float32 (batch, channels, *size) buffer, y one of (batch, rows, *out_size), bias
+        0 (none) or `rows` floats; the caller sized them from these values. The geometry is checked
+        by C on every call (csrc/conv.c)."""
+        rows, _ = self._matrix_shape
+        g = C.new("struct dnnz_conv_geom *")
+        g.channels, g.mult = channels, rows // channels
+        g.h, g.w = size
+        g.kh, g.kw = kernel_size
+        g.sh, g.sw = stride
+        g.dh, g.dw = dilation
+        g.pt, g.pl = pad_tl
+        g.oh, g.ow = out_size
+        runtime._require_path()
+        fn, kind, struct, cast, check, null = (C.dnnz_conv_depthwise, self._rows_kind(), self._get_struct(), C.cast,
+                                               C.check, C.NULL)
+        what = f"{self.name}.conv_depthwise"
+        keep = self._struct  # the buffers `struct` points into
+
+        def run(batch, x_addr, bias_addr, y_addr):
+            assert keep is not None
+            g.batch = batch
+            st = fn(kind, struct, g, cast("float *", x_addr), cast("float *", bias_addr) if bias_addr else null,
+                    cast("float *", y_addr))
+            if st:
+                check(st, what)
+        return run
 
     def _rows_kind(self):
         return _ROWS_KINDS[C.struct_name(self._get_struct())]

@@ -123,11 +123,13 @@ class ScaledMatrix:
         y *= self._s.reshape(int(groups), 1, -1)
         return y
 
-    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1)):
+    def conv_depthwise(self, x, kernel_size, stride=(1, 1), dilation=(1, 1), padding=(0, 0), bias=None, out=None):
         """Depthwise convolution (EncodedMatrix.conv_depthwise) of the inner encoding, each output
-        channel then times its scale."""
-        y = self.inner.conv_depthwise(x, kernel_size, stride, dilation)  # (batch, rows, oh, ow)
+        channel then times its scale, then the bias."""
+        y = self.inner.conv_depthwise(x, kernel_size, stride, dilation, padding, None, out)  # (batch, rows, oh, ow)
         y *= self._s[None, :, None, None]
+        if bias is not None:
+            y += np.asarray(bias, dtype=np.float32).reshape(1, -1, 1, 1)
         return y
 
     def __repr__(self):

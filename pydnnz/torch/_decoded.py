@@ -18,7 +18,7 @@ from .. import runtime
 MIN_WINDOWS = 32  # batch x output positions from which a conv runs here
 MIN_LINEAR_ROWS = 256  # input rows from which a linear layer runs here (below, the C kernels are
 # as fast as torch: they decode each tile once per call and reuse it for the whole batch)
-BLOCK = 1 << 18   # floats of decoded conv weight held at once (1 MiB)
+BLOCK = 1 << 19   # floats of decoded conv weight held at once (2 MiB)
 LINEAR_BLOCK = 1 << 22  # floats of decoded linear weight held at once (16 MiB; with >= 256 input
 # rows the activations are of that order, and splitting a GEMM by output blocks cost 1.5x here)
 

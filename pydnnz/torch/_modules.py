@@ -37,6 +37,8 @@ device or of another float dtype are converted and the output converted back.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 
 import numpy as np
 import torch
@@ -45,9 +47,25 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 from . import _state
+from . import _decoded
 from ._decoded import decoded_conv, decoded_linear, use_decoded_conv, use_decoded_linear
 
 _IM2COL_BYTES = 8 << 20
+# _CompressedConvNd._plan's cache: module -> (encoded weight, decoded-path limits, {input shape: fast
+# forward}); outside the module so that copies and pickles of a module never carry it, and the
+# forwards take the module as an argument so that an entry never keeps its module alive.
+_PLANS = weakref.WeakKeyDictionary()
+_SCRATCH = threading.local()
+
+
+def _decode_scratch(n):
+    """This thread's buffer for a decoded weight block (at least n floats; one block at most:
+    _decoded.BLOCK floats), reused call after call: a fresh allocation per layer costs page faults
+    and cold cache lines, and only one decoded block is alive at a time anyway."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = _SCRATCH.buf = torch.empty(n)
+    return buf
 
 
 class _InferenceOnly(torch.autograd.Function):
@@ -303,9 +321,75 @@ class _CompressedConvNd(_CompressedBase):
             v = v[(...,) + tuple(slice(None, None, d) for d in self.dilation)]
         return v
 
+    def _plan(self, x):
+        """The per-shape fast forward for a float32 CPU input (batch, C, *spatial) run without
+        autograd, or None (the general forward below). Built once per input shape and weight:
+        - depthwise convs with zero padding run csrc/conv.c's direct kernel (padding and bias
+          inside, no padded copy, no im2col) on the tensors' memory;
+        - convs that meet many windows decode the weight (one block) into a fresh tensor and let
+          torch convolve (as decoded_conv, without its per-call bookkeeping)."""
+        em, limits = self.encoded, (_decoded.MIN_WINDOWS, _decoded.BLOCK)
+        entry = _PLANS.get(self)
+        if entry is None or entry[0] is not em or entry[1] != limits:
+            entry = _PLANS[self] = (em, limits, {})
+        plans, key = entry[2], tuple(x.shape)
+        if key not in plans:
+            plans[key] = self._make_plan(key)
+        return plans[key]
+
+    def _make_plan(self, shape):
+        nd, em, G = self._nd, self.encoded, self.groups
+        if len(shape) != nd + 2 or shape[1] != self.in_channels or self.padding_mode != "zeros":
+            return None
+        pads = [(self._pad[2 * (nd - 1 - i)], self._pad[2 * (nd - 1 - i) + 1]) for i in range(nd)]
+        out_size = self._out_size([s + a + b for s, (a, b) in zip(shape[2:], pads)])
+        if any(s <= 0 for s in out_size):
+            return None
+        batch, out_c = shape[0], self.out_channels
+        if G > 1 and G == self.in_channels and hasattr(em, "_conv_depthwise_plan"):
+            one = (1,) if nd == 1 else ()
+            run = em._conv_depthwise_plan(G, one + tuple(shape[2:]), one + self.kernel_size, one + self.stride,
+                                          one + self.dilation, ((0,) if nd == 1 else (pads[0][0],)) + (pads[-1][0],),
+                                          one + tuple(out_size))
+            y_shape = (batch, out_c, *out_size)
+
+            def depthwise(mod, x):
+                x = x.contiguous()
+                y = torch.empty(y_shape)
+                b = mod.bias
+                if b is not None and (b.dtype != torch.float32 or not b.is_contiguous()):
+                    b = b.detach().float().contiguous()
+                run(batch, x.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr())
+                return y
+            return depthwise
+        if not (use_decoded_conv(em, batch * math.prod(out_size)) and all(a == b for a, b in pads)):
+            return None
+        per_row = self.in_channels // G * math.prod(self.kernel_size)
+        if out_c * per_row > _decoded.BLOCK:
+            return None  # several blocks: decoded_conv
+        from .. import runtime
+
+        runtime.check_decoded_size(em.decoded_nbytes, em._what())  # as decode()
+        conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+        w_shape, m_shape = tuple(em.shape), tuple(em.matrix_shape)
+        stride, padding, dilation = self.stride, tuple(a for a, _ in pads), self.dilation
+
+        n_w = math.prod(w_shape)
+
+        def decoded(mod, x):
+            w = _decode_scratch(n_w)[:n_w].view(w_shape)
+            em._c_decode(w.numpy().reshape(m_shape))
+            return conv(x, w, mod.bias, stride, padding, dilation, G)
+        return decoded
+
     def forward(self, x):
         nd = self._nd
         name = type(self).__name__
+        if (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == nd + 2
+                and not (x.requires_grad and torch.is_grad_enabled()) and not torch.jit.is_tracing()):
+            plan = self._plan(x)
+            if plan is not None:
+                return plan(self, x)
         unbatched = x.dim() == nd + 1
         if unbatched:
             x = x.unsqueeze(0)
