@@ -104,7 +104,12 @@ def test_embedding_decodes_only_the_rows_asked(encoding, monkeypatch):
     monkeypatch.setattr(type(emb.encoded), "decode", lambda self: pytest.fail("the whole table was decoded"))
     ids = torch.tensor([[5, 299, 5, 0], [2, 17, 18, 19]])
     assert torch.equal(emb(ids), dense(ids))
-    assert asked == [7]  # the unique ids, once each
+    assert asked == [8]  # few ids: each id's row, no dedup
+    from pydnnz.torch import _modules
+
+    monkeypatch.setattr(_modules, "_EMBED_DIRECT_IDS", 4)
+    assert torch.equal(emb(ids), dense(ids))
+    assert asked == [8, 7]  # many ids: the unique ids, once each
 
 
 def test_embedding_bad_ids_raise():

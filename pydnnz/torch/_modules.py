@@ -37,7 +37,6 @@ device or of another float dtype are converted and the output converted back.
 from __future__ import annotations
 
 import math
-import threading
 import weakref
 
 import numpy as np
@@ -55,17 +54,7 @@ _IM2COL_BYTES = 8 << 20
 # forward}); outside the module so that copies and pickles of a module never carry it, and the
 # forwards take the module as an argument so that an entry never keeps its module alive.
 _PLANS = weakref.WeakKeyDictionary()
-_SCRATCH = threading.local()
-
-
-def _decode_scratch(n):
-    """This thread's buffer for a decoded weight block (at least n floats; one block at most:
-    _decoded.BLOCK floats), reused call after call: a fresh allocation per layer costs page faults
-    and cold cache lines, and only one decoded block is alive at a time anyway."""
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.numel() < n:
-        buf = _SCRATCH.buf = torch.empty(n)
-    return buf
+_EMBED_DIRECT_IDS = 1024  # up to this many ids, an embedding lookup decodes each id's row directly
 
 
 class _InferenceOnly(torch.autograd.Function):
@@ -377,7 +366,7 @@ class _CompressedConvNd(_CompressedBase):
         n_w = math.prod(w_shape)
 
         def decoded(mod, x):
-            w = _decode_scratch(n_w)[:n_w].view(w_shape)
+            w = _decoded.scratch(n_w).view(w_shape)
             em._c_decode(w.numpy().reshape(m_shape))
             return conv(x, w, mod.bias, stride, padding, dilation, G)
         return decoded
@@ -555,6 +544,9 @@ class CompressedEmbedding(_CompressedBase):
         if flat.size and (flat.min() < 0 or flat.max() >= self.num_embeddings):
             raise InvalidArgumentError(f"CompressedEmbedding: ids must be in [0, {self.num_embeddings}), "
                                        f"got values in [{flat.min()}, {flat.max()}]")
+        if 0 < flat.size <= _EMBED_DIRECT_IDS:  # few ids: their rows (repeats included), no dedup
+            rows = torch.from_numpy(self._rows(flat)).view(*ids.shape, self.embedding_dim)
+            return rows.to(ids.device) if ids.device.type != "cpu" else rows
         if flat.size and self.num_embeddings <= max(4096, 4 * flat.size):  # a table no bigger than the ids
             present = np.zeros(self.num_embeddings, np.bool_)  # O(ids + table), no sort
             present[flat] = True
