@@ -109,6 +109,7 @@ struct dw_strip {
     float *y;         /* first output row of the strip */
     float bias;
     int64_t np, taps, wq, ow, sh;
+    int k3; /* kw = 3, dw = 1 and sw = 1: dw_tile3_avx512 (1); sw = 2: dw_tile3s2_avx512 (2); else 0 */
 };
 
 /* Scratch rows ih0 .. ih0 + rows - 1 of one input channel: plane ph, row i, column j holds
@@ -247,31 +248,131 @@ DNNZ_INLINE DNNZ_T_AVX512 void dw_tile_avx512(const struct dw_strip *s, int64_t 
     }
 }
 
+/* dw_tile_avx512 for kernel rows of three adjacent taps (kw = 3, column stride and dilation 1):
+ * per kernel row, each 16-column vector of the input is loaded once and its two shifted copies
+ * come from VALIGND with the next vector, instead of three unaligned loads (two of which cross a
+ * cache line). Same sums in the same order as dw_tile_avx512. */
+DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3_avx512(const struct dw_strip *s, int64_t p, int64_t q0, const int RB,
+                                                const int NV, __mmask16 tail)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            acc[r][j] = _mm512_set1_ps(s->bias);
+    const float *base = s->scr + p * s->sh * s->wq + q0;
+    const int64_t rstep = s->sh * s->wq;
+    for (int64_t u = 0; u < s->taps / 3; u++) {
+        const float *src = base + s->toff[3 * u];
+        const __m512 w0 = _mm512_set1_ps(s->w[3 * u]), w1 = _mm512_set1_ps(s->w[3 * u + 1]),
+                     w2 = _mm512_set1_ps(s->w[3 * u + 2]);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) {
+            const float *sr = src + r * rstep;
+            __m512i a = _mm512_castps_si512(_mm512_loadu_ps(sr));
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++) {
+                const __m512i b = _mm512_castps_si512(_mm512_loadu_ps(sr + 16 * (j + 1)));
+                acc[r][j] = _mm512_fmadd_ps(w0, _mm512_castsi512_ps(a), acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(w1, _mm512_castsi512_ps(_mm512_alignr_epi32(b, a, 1)), acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(w2, _mm512_castsi512_ps(_mm512_alignr_epi32(b, a, 2)), acc[r][j]);
+                a = b;
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; r++) {
+        float *yr = s->y + (p + r) * s->ow + q0;
+#pragma GCC unroll 4
+        for (int j = 0; j < NV - 1; j++)
+            _mm512_storeu_ps(yr + 16 * j, acc[r][j]);
+        _mm512_mask_storeu_ps(yr + 16 * (NV - 1), tail, acc[r][NV - 1]);
+    }
+}
+
+/* The same for kw = 3 at column stride 2 (dilation 1): taps 0 and 2 read plane 0 at columns q and
+ * q + 1, tap 1 plane 1 at column q; tap 2's vector is VALIGND of tap 0's and the next one. */
+DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3s2_avx512(const struct dw_strip *s, int64_t p, int64_t q0, const int RB,
+                                                  const int NV, __mmask16 tail)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            acc[r][j] = _mm512_set1_ps(s->bias);
+    const float *base = s->scr + p * s->sh * s->wq + q0;
+    const int64_t rstep = s->sh * s->wq;
+    for (int64_t u = 0; u < s->taps / 3; u++) {
+        const float *src0 = base + s->toff[3 * u], *src1 = base + s->toff[3 * u + 1];
+        const __m512 w0 = _mm512_set1_ps(s->w[3 * u]), w1 = _mm512_set1_ps(s->w[3 * u + 1]),
+                     w2 = _mm512_set1_ps(s->w[3 * u + 2]);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; r++) {
+            const float *sr0 = src0 + r * rstep, *sr1 = src1 + r * rstep;
+            __m512i a = _mm512_castps_si512(_mm512_loadu_ps(sr0));
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++) {
+                const __m512i b = _mm512_castps_si512(_mm512_loadu_ps(sr0 + 16 * (j + 1)));
+                acc[r][j] = _mm512_fmadd_ps(w0, _mm512_castsi512_ps(a), acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(sr1 + 16 * j), acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(w2, _mm512_castsi512_ps(_mm512_alignr_epi32(b, a, 1)), acc[r][j]);
+                a = b;
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; r++) {
+        float *yr = s->y + (p + r) * s->ow + q0;
+#pragma GCC unroll 4
+        for (int j = 0; j < NV - 1; j++)
+            _mm512_storeu_ps(yr + 16 * j, acc[r][j]);
+        _mm512_mask_storeu_ps(yr + 16 * (NV - 1), tail, acc[r][NV - 1]);
+    }
+}
+
+#define DW_TILE_AVX512(RB, NV, M)                          \
+    do {                                                   \
+        if (k3 == 1)                                       \
+            dw_tile3_avx512(s, p, q0, RB, NV, M);          \
+        else if (k3 == 2)                                  \
+            dw_tile3s2_avx512(s, p, q0, RB, NV, M);        \
+        else                                               \
+            dw_tile_avx512(s, p, q0, RB, NV, M);           \
+    } while (0)
+
 static DNNZ_T_AVX512 void dw_rows_avx512(const struct dw_strip *s)
 {
     const int64_t nvec = (s->ow + 15) / 16;
     const int rem = (int)(s->ow - 16 * (nvec - 1));
     const __mmask16 tail = (__mmask16)((1u << rem) - 1);
     const __mmask16 full = (__mmask16)0xffff;
+    const int k3 = s->k3;
     for (int64_t p = 0; p < s->np;) {
-        if (nvec == 1 && s->np - p >= 4) { /* narrow rows: four rows at once for independent sums */
-            dw_tile_avx512(s, p, 0, 4, 1, tail);
-            p += 4;
+        int64_t q0 = 0;
+        if (nvec == 1) { /* narrow rows: up to four rows at once for independent sums */
+            switch (s->np - p < 4 ? s->np - p : 4) {
+            case 4: DW_TILE_AVX512(4, 1, tail); p += 4; break;
+            case 3: DW_TILE_AVX512(3, 1, tail); p += 3; break;
+            case 2: DW_TILE_AVX512(2, 1, tail); p += 2; break;
+            default: DW_TILE_AVX512(1, 1, tail); p += 1; break;
+            }
             continue;
         }
         if (nvec == 2 && s->np - p >= 2) {
-            dw_tile_avx512(s, p, 0, 2, 2, tail);
+            DW_TILE_AVX512(2, 2, tail);
             p += 2;
             continue;
         }
-        int64_t q0 = 0, left = nvec;
+        int64_t left = nvec;
         for (; left > 4; left -= 4, q0 += 64)
-            dw_tile_avx512(s, p, q0, 1, 4, full);
+            DW_TILE_AVX512(1, 4, full);
         switch (left) {
-        case 4: dw_tile_avx512(s, p, q0, 1, 4, tail); break;
-        case 3: dw_tile_avx512(s, p, q0, 1, 3, tail); break;
-        case 2: dw_tile_avx512(s, p, q0, 1, 2, tail); break;
-        default: dw_tile_avx512(s, p, q0, 1, 1, tail); break;
+        case 4: DW_TILE_AVX512(1, 4, tail); break;
+        case 3: DW_TILE_AVX512(1, 3, tail); break;
+        case 2: DW_TILE_AVX512(1, 2, tail); break;
+        default: DW_TILE_AVX512(1, 1, tail); break;
         }
         p++;
     }
@@ -350,7 +451,8 @@ static void dw_task(void *vc, int64_t task, int worker)
     float *scr = c->scratch + (int64_t)worker * c->scr_floats;
     const float *xc = c->x + (b * g->channels + ic) * g->h * g->w;
     struct dw_strip s = {scr, c->w + i * g->kh * g->kw, c->toff, NULL, c->bias ? c->bias[oc] : 0.0f, 0,
-                         g->kh * g->kw, c->wq, g->ow, g->sh};
+                         g->kh * g->kw, c->wq, g->ow, g->sh,
+                         g->kw == 3 && g->dw == 1 && g->sw <= 2 ? (int)g->sw : 0};
     void (*rows)(const struct dw_strip *) = dw_rows_ref;
     void (*fill)(const struct dnnz_conv_geom *, const float *, int64_t, int64_t, int64_t, int64_t, float *) =
         dw_fill_ref;
@@ -444,7 +546,9 @@ int dnnz_conv_depthwise(int kind, const void *m, const struct dnnz_conv_geom *g,
         block = rows;
     const int threads = dnnz_cpu_get_threads();
     float *w = malloc((size_t)(block * cols) * sizeof *w);
-    float *scratch = malloc((size_t)(scr_floats * threads) * sizeof *scratch);
+    float *scratch = NULL; /* 64-byte aligned: rows start on cache lines (wq is a multiple of 16) */
+    if (posix_memalign((void **)&scratch, 64, (size_t)(scr_floats * threads) * sizeof *scratch))
+        scratch = NULL;
     int64_t *toff = malloc((size_t)cols * sizeof *toff);
     int st = w && scratch && toff ? DNNZ_OK : DNNZ_E_ALLOC;
     for (int64_t u = 0; st == DNNZ_OK && u < g->kh; u++)

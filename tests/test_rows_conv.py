@@ -157,9 +157,13 @@ CONV2D = [
     dict(in_channels=8, out_channels=8, kernel_size=5, groups=8, padding="same", dilation=2,
          padding_mode="reflect"),
     dict(in_channels=4, out_channels=6, kernel_size=(2, 4), padding="same"),  # zeros, asymmetric
+    dict(in_channels=6, out_channels=6, kernel_size=4, groups=6, padding="same"),  # depthwise, asymmetric
+    dict(in_channels=5, out_channels=10, kernel_size=(3, 2), groups=5, stride=(1, 3), padding=(2, 1),
+         dilation=(2, 1), bias=False),                                             # depthwise, odd strides
 ]
 CONV1D = [
     dict(in_channels=6, out_channels=6, kernel_size=4, groups=6, padding=2),
+    dict(in_channels=4, out_channels=4, kernel_size=3, groups=4, stride=2, padding="valid"),
     dict(in_channels=8, out_channels=4, kernel_size=3, groups=4, stride=2, dilation=2),
     dict(in_channels=5, out_channels=7, kernel_size=3, groups=1),
 ]
@@ -228,6 +232,76 @@ def test_depthwise_conv_large_batch_uses_bounded_slices():
         torch.testing.assert_close(comp(x), dense(x), rtol=1e-4, atol=1e-4)
 
 
+DEPTHWISE = [  # channels, mult, h, w, kernel, stride, dilation, padding (top, bottom, left, right)
+    (3, 1, 7, 7, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    (5, 2, 9, 11, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+    (4, 1, 56, 56, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),     # four vectors a row
+    (2, 1, 113, 112, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),   # stride 2, several strips
+    (2, 1, 20, 33, (5, 5), (1, 3), (2, 1), (4, 0, 2, 3)),     # column stride 3: the generic fill
+    (3, 3, 13, 5, (2, 4), (3, 1), (1, 2), (0, 2, 3, 3)),
+    (2, 1, 1, 70, (1, 3), (1, 1), (1, 1), (0, 0, 1, 1)),      # 1-D
+    (2, 1, 300, 300, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),   # a row strip at a time
+    (1, 1, 5, 5, (7, 7), (1, 1), (1, 1), (3, 3, 3, 3)),
+    (2, 1, 9, 200, (3, 3), (1, 2), (1, 1), (1, 1, 1, 1)),
+    (3, 1, 6, 6, (3, 3), (1, 1), (1, 1), (5, 5, 5, 5)),       # padding wider than the kernel
+    (2, 1, 14, 14, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("path", pydnnz.runtime.supported_cpu_paths())
+@pytest.mark.parametrize("encoding", ["im", "ham", "csc"])
+@pytest.mark.parametrize("case", range(len(DEPTHWISE)))
+def test_conv_depthwise_direct_matches_reference(path, encoding, case):
+    """The direct depthwise kernel (padding and bias inside) on every CPU path and thread count
+    against a float64 reference on the same decoded weights."""
+    c, mult, h, w, k, s, d, pad = DEPTHWISE[case]
+    rng = np.random.default_rng(case)
+    wt = quantized((c * mult, 1) + k, k=12, seed=case, zeros=0.2)
+    e = pydnnz.encode(wt, encoding)
+    x = rng.normal(size=(3, c, h, w)).astype(np.float32)
+    bias = rng.normal(size=c * mult).astype(np.float32)
+    xp = torch.from_numpy(np.pad(x.astype(np.float64), ((0, 0), (0, 0), pad[:2], pad[2:])))
+    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(wt.astype(np.float64)), torch.from_numpy(bias.astype(np.float64)),
+                                     s, 0, d, c).numpy()
+    old = pydnnz.get_num_threads()
+    try:
+        pydnnz.runtime.set_cpu_path(path)
+        for threads in (1, 3):
+            pydnnz.set_num_threads(threads)
+            got = e.conv_depthwise(x, k, s, d, pad, bias)
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+            out = np.full(ref[:1].shape, np.nan, np.float32)
+            assert e.conv_depthwise(x[:1], k, s, d, pad, None, out) is out  # no bias, into `out`
+            np.testing.assert_allclose(out, ref[:1] - bias[None, :, None, None], rtol=1e-5, atol=1e-5)
+    finally:
+        pydnnz.runtime.set_cpu_path(None)
+        pydnnz.set_num_threads(old)
+
+
+def test_conv_fast_forward_follows_the_weight_and_bias():
+    """The per-shape fast forward is rebuilt when the encoded weight changes and reads the bias at
+    every call; copies of the layer compute the same."""
+    import copy
+
+    dense = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    _same_weights(dense, 7)
+    comp = CompressedConv2d.from_module(dense, pydnnz.encode(dense.weight.detach().numpy(), "im"))
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(comp(x), dense(x), rtol=1e-5, atol=1e-5)
+        dense.bias.add_(1.0)
+        comp.bias.add_(1.0)
+        torch.testing.assert_close(comp(x), dense(x), rtol=1e-5, atol=1e-5)
+        _same_weights(dense, 8)
+        comp.load_state_dict(dense.state_dict())
+        torch.testing.assert_close(comp(x), dense(x), rtol=1e-5, atol=1e-5)
+        twin = copy.deepcopy(comp)
+        twin.bias.zero_()
+        dense.bias.zero_()
+        torch.testing.assert_close(twin(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_depthwise_checks_its_arguments():
     e = pydnnz.encode(quantized((8, 1, 3, 3)), "ham")
     x = np.zeros((1, 4, 5, 5), np.float32)
@@ -240,6 +314,13 @@ def test_conv_depthwise_checks_its_arguments():
         e.conv_depthwise(np.zeros((1, 4, 2, 5), np.float32), (3, 3))  # smaller than the kernel
     with pytest.raises(ShapeError):
         e.conv_depthwise(x.astype(np.float64), (3, 3))
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x, (3, 3), padding=(1, -1))
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x, (3, 3), bias=np.zeros(3, np.float32))
+    with pytest.raises(ShapeError):
+        e.conv_depthwise(x, (3, 3), out=np.zeros((1, 8, 3, 2), np.float32))
+    assert e.conv_depthwise(x, (3, 3), padding=(1, 1, 0, 2)).shape == (1, 8, 5, 5)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
