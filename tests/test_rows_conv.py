@@ -112,6 +112,22 @@ def test_embedding_decodes_only_the_rows_asked(encoding, monkeypatch):
     assert asked == [8, 7]  # many ids: the unique ids, once each
 
 
+@pytest.mark.parametrize("encoding", ["im", "ham", "csc", "rlham"])
+@pytest.mark.parametrize("n_ids", [3, 40, 2000])
+def test_embedding_every_lookup_path_matches_dense(encoding, n_ids):
+    """Few ids (rows decoded directly), a table no bigger than the ids (decoded whole), many ids
+    over a bigger table (unique rows): the same lookups as the dense table."""
+    rng = np.random.default_rng(n_ids)
+    for rows in (26, 3000):
+        table = quantized((rows, 12), k=8, seed=rows, zeros=0.3)
+        dense = nn.Embedding(rows, 12, padding_idx=0)
+        with torch.no_grad():
+            dense.weight.copy_(torch.from_numpy(table))
+        emb = CompressedEmbedding.from_module(dense, pydnnz.encode(table, encoding))
+        ids = torch.from_numpy(rng.integers(0, rows, size=(2, n_ids // 2 + 1)))
+        assert torch.equal(emb(ids), dense(ids))
+
+
 def test_embedding_bad_ids_raise():
     emb = CompressedEmbedding(pydnnz.encode(quantized((6, 3)), "ham"))
     with pytest.raises(InvalidArgumentError):

@@ -272,6 +272,31 @@ class EncodedMatrix:
                     f"{self.name}.conv_depthwise")
         return y
 
+    def _matmul_plan(self):
+        """A callable ``run(x)`` for the torch layers' per-call fast path: x a float32 CPU torch
+        tensor (batch, in) -> a new float32 tensor (batch, rows) = x @ W.T by the encoding's C
+        kernel (matmul without its per-call checks and NumPy round trips); None when the encoding
+        has no plain C kernel."""
+        if self._c_matmul is None:
+            return None
+        import torch
+
+        rows, cols = self._matrix_shape
+        runtime.check_decoded_size(4 * rows, self._what(), action="one row of the product's output")
+        runtime._require_path()
+        fn, struct, cast, check = self._c_matmul, self._get_struct(), C.cast, C.check
+        keep, what = self._struct, f"{self.name}.matmul"
+
+        def run(x):
+            assert keep is not None
+            x = x.contiguous()
+            y = torch.empty((x.shape[0], rows))
+            st = fn(struct, cast("float *", x.data_ptr()), x.shape[0], cast("float *", y.data_ptr()))
+            if st:
+                check(st, what)
+            return y
+        return run
+
     def _conv_depthwise_plan(self, channels, size, kernel_size, stride, dilation, pad_tl, out_size):
         """A callable ``run(batch, x_addr, bias_addr, y_addr)`` running conv_depthwise on raw
         buffers, for the torch layers' per-call fast path (no array checks per call): x is a

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 from . import _state
 from . import _decoded
@@ -214,6 +215,20 @@ class CompressedLinear(_CompressedBase):
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"CompressedLinear: input has {x.shape[-1]} features, expected {self.in_features}")
         lead = x.shape[:-1]
+        if (x.dtype == torch.float32 and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+                and not torch.jit.is_tracing()):  # the common case, without the general path's wrapping
+            x2 = x.reshape(-1, self.in_features)
+            rows, b = x2.shape[0], self.bias
+            if 0 < rows and b is not None and b.dtype != torch.float32:
+                b = b.float()
+            if use_decoded_linear(self.encoded, rows):
+                return decoded_linear(self.encoded, x2, b).reshape(*lead, self.out_features)
+            run = self._matmul_runner() if rows > 0 and self.in_features > 0 and self.out_features > 0 else None
+            if run is not None:
+                y = run(x2)
+                if b is not None:
+                    y += b
+                return y.view(*lead, self.out_features)
 
         biased = []  # set when op already added the bias
         def op(t):  # noqa: E306
@@ -227,6 +242,15 @@ class CompressedLinear(_CompressedBase):
 
         out = self._run(x, op)
         return out + self.bias.to(out.dtype) if self.bias is not None and not biased else out
+
+    def _matmul_runner(self):
+        """x2d (float32, CPU) -> x2d @ W.T as a new tensor through the encoding's C kernel, with the
+        C function and struct looked up once per weight (None: a wrapper encoding, em.matmul)."""
+        em = self.encoded
+        entry = _PLANS.get(self)
+        if entry is None or entry[0] is not em:
+            entry = _PLANS[self] = (em, None, {"matmul": em._matmul_plan() if hasattr(em, "_matmul_plan") else None})
+        return entry[2]["matmul"]
 
     def decompress(self):
         m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
@@ -356,8 +380,6 @@ class _CompressedConvNd(_CompressedBase):
         per_row = self.in_channels // G * math.prod(self.kernel_size)
         if out_c * per_row > _decoded.BLOCK:
             return None  # several blocks: decoded_conv
-        from .. import runtime
-
         runtime.check_decoded_size(em.decoded_nbytes, em._what())  # as decode()
         conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
         w_shape, m_shape = tuple(em.shape), tuple(em.matrix_shape)
@@ -544,6 +566,14 @@ class CompressedEmbedding(_CompressedBase):
         if flat.size and (flat.min() < 0 or flat.max() >= self.num_embeddings):
             raise InvalidArgumentError(f"CompressedEmbedding: ids must be in [0, {self.num_embeddings}), "
                                        f"got values in [{flat.min()}, {flat.max()}]")
+        if 0 < self.num_embeddings <= flat.size and hasattr(self.encoded, "_c_decode"):
+            # a table no bigger than the lookup's output: decode it whole (one C call) and gather
+            runtime.check_decoded_size(self.encoded.decoded_nbytes, self.encoded._what())
+            table = torch.empty((self.num_embeddings, self.embedding_dim))
+            if table.numel():
+                self.encoded._c_decode(table.numpy())
+            out = F.embedding(torch.from_numpy(flat).view(ids.shape), table)
+            return out.to(ids.device) if ids.device.type != "cpu" else out
         if 0 < flat.size <= _EMBED_DIRECT_IDS:  # few ids: their rows (repeats included), no dedup
             rows = torch.from_numpy(self._rows(flat)).view(*ids.shape, self.embedding_dim)
             return rows.to(ids.device) if ids.device.type != "cpu" else rows
