@@ -452,6 +452,67 @@ static DNNZ_T_AVX512 void im_gemv_avx512(const struct dnnz_tiles *c, int64_t tas
 }
 #endif
 
+#if DNNZ_X86
+/* decode, AVX-512, 1..8 bits and k <= 64: each row unpacked (VBMI, as decode_im_tile_avx512) and
+ * looked up in the register codebook straight into dst, 64 values a step (no tile buffer, no
+ * copy); the row's last vector is stored through a mask. */
+static DNNZ_T_AVX512 void im_decode_rows_avx512(const struct dnnz_im *m, const float *cbpad, int64_t row_bytes,
+                                                float *dst)
+{
+    const int bits = m->bits;
+    const int64_t k = m->k, cols = m->cols;
+    const uint8_t *end = m->indices + m->indices_len;
+    uint8_t perm[64], shift[64];
+    for (int q = 0; q < 8; q++)
+        for (int p = 0; p < 8; p++) {
+            perm[8 * q + p] = (uint8_t)(q * bits + 7 - p);
+            shift[8 * q + p] = (uint8_t)((64 - (p + 1) * bits) & 63);
+        }
+    const __m512i vperm = _mm512_loadu_si512(perm), vshift = _mm512_loadu_si512(shift);
+    const __m512i vmask = _mm512_set1_epi8((char)((1u << bits) - 1));
+    const __m512 cb0 = _mm512_loadu_ps(cbpad), cb1 = _mm512_loadu_ps(cbpad + 16);
+    const __m512 cb2 = _mm512_loadu_ps(cbpad + 32), cb3 = _mm512_loadu_ps(cbpad + 48);
+    for (int64_t r = 0; r < m->rows; r++) {
+        const uint8_t *row = m->indices + r * row_bytes;
+        float *out = dst + r * cols;
+        for (int64_t j = 0; j < cols; j += 64) {
+            const uint8_t *p = row + (j * bits) / 8;
+            __m512i raw;
+            if (end - p >= 64) {
+                raw = _mm512_loadu_si512(p);
+            } else {
+                uint8_t tmp[64] = {0};
+                memcpy(tmp, p, (size_t)(end - p));
+                raw = _mm512_loadu_si512(tmp);
+            }
+            const __m512i iv8 =
+                _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            for (int s = 0; s < 4 && j + 16 * s < cols; s++) {
+                const __m128i part = s == 0 ? _mm512_castsi512_si128(iv8)
+                                   : s == 1 ? _mm512_extracti32x4_epi32(iv8, 1)
+                                   : s == 2 ? _mm512_extracti32x4_epi32(iv8, 2)
+                                            : _mm512_extracti32x4_epi32(iv8, 3);
+                const __m512i iv = _mm512_cvtepu8_epi32(part);
+                __m512 v;
+                if (k <= 16)
+                    v = _mm512_permutexvar_ps(iv, cb0);
+                else if (k <= 32)
+                    v = _mm512_permutex2var_ps(cb0, iv, cb1);
+                else
+                    v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(iv, _mm512_set1_epi32(32)),
+                                             _mm512_permutex2var_ps(cb0, iv, cb1),
+                                             _mm512_permutex2var_ps(cb2, iv, cb3));
+                const int64_t l16 = cols - (j + 16 * s);
+                if (l16 >= 16)
+                    _mm512_storeu_ps(out + j + 16 * s, v);
+                else
+                    _mm512_mask_storeu_ps(out + j + 16 * s, (__mmask16)((1u << l16) - 1), v);
+            }
+        }
+    }
+}
+#endif
+
 /* decode: the matmul's tile decoders (SIMD unpack + codebook lookup), RT rows x KC columns at a
  * time through an L1 buffer into dst; the scalar path (or DNNZ_NO_SIMD) is decode_im_tile_ref. */
 int dnnz_enc_im_decode(const struct dnnz_im *m, float *dst)
@@ -473,6 +534,10 @@ int dnnz_enc_im_decode(const struct dnnz_im *m, float *dst)
         c.cbpad[i] = m->codebook[i];
     dnnz_tile_fn tile = decode_im_tile_ref;
 #if DNNZ_X86
+    if (c.path == DNNZ_CPU_AVX512 && m->bits >= 1 && m->bits <= 8 && m->k <= 64) {
+        im_decode_rows_avx512(m, c.cbpad, c.row_bytes, dst);
+        return DNNZ_OK;
+    }
     if (c.path == DNNZ_CPU_AVX512)
         tile = decode_im_tile_avx512;
     else if (c.path == DNNZ_CPU_AVX2)

@@ -5,7 +5,9 @@ decodes the weight exactly (EncodedMatrix.decode_rows, in C) a block of output c
 groups) of at most BLOCK floats at a time and lets torch convolve with it: the decode costs about
 as much as a few windows, and torch's convolution beats im2col + the small-matrix C product by
 2-6x on such layers (MobileNetV2's 1x1 and depthwise convs at 112x112). Nothing decoded is kept.
-Linear layers do the same from MIN_LINEAR_ROWS input rows (decoded_linear).
+Linear layers do the same from MIN_LINEAR_ROWS input rows (decoded_linear). A single block is
+decoded into a per-thread buffer (scratch) reused call after call: no allocation, page faults or
+cold cache lines per layer; the buffer grows to the largest single block asked for.
 """
 import math
 import threading
@@ -26,13 +28,15 @@ LINEAR_BLOCK = 1 << 22  # floats of decoded linear weight held at once (16 MiB; 
 
 
 _SCRATCH = threading.local()
+SCRATCH_MAX = 1 << 20  # floats: the per-thread scratch never grows past this (4 MiB); bigger
+# single blocks are allocated per call, as before
 
 
 def scratch(n):
     """n floats of this thread's buffer for one decoded weight block, reused call after call (a
     fresh allocation per layer costs page faults and cold cache lines, and only one decoded block
-    is alive at a time anyway). It grows to the largest block asked for: at most BLOCK floats for
-    convs, LINEAR_BLOCK for linear layers."""
+    is alive at a time anyway). It grows to the largest block asked for, at most SCRATCH_MAX
+    floats (callers allocate bigger blocks per call)."""
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.numel() < n:
         buf = _SCRATCH.buf = torch.empty(n)
@@ -91,7 +95,7 @@ def decoded_linear(em, x2d, bias):
     row at least) at a time."""
     out, inn = em.matrix_shape
     ob = max(1, min(out, LINEAR_BLOCK // max(1, inn)))
-    if ob == out and hasattr(em, "_c_decode"):  # one block, decoded straight into the scratch
+    if ob == out and out * inn <= SCRATCH_MAX and hasattr(em, "_c_decode"):  # one block, into the scratch
         runtime.check_decoded_size(em.decoded_nbytes, em._what())
         w = scratch(out * inn).view(out, inn)
         if w.numel():

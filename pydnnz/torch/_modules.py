@@ -4,7 +4,9 @@ Each holds an EncodedMatrix (`.encoded`, the weight in PyTorch layout) and a flo
 computes with `EncodedMatrix.matmul` (x @ W.T in C, decoding as it goes): the dense weight is
 never built in forward.
 
-- CompressedLinear: leading dims flattened, one matmul.
+- CompressedLinear: leading dims flattened, one matmul (from _decoded.MIN_LINEAR_ROWS input rows:
+  the weight decoded into a reused block and torch's product, see _decoded.py). A float32 CPU
+  input without autograd calls the C kernel on the tensors' memory directly.
 - CompressedConv1d / CompressedConv2d: the INPUT is unfolded (im2col: Tensor.unfold gives a
   strided view of every window, the same columns as torch.nn.functional.unfold, copied once
   into a reused buffer) into rows of in/groups * prod(kernel) values, which the matmul turns
@@ -18,15 +20,25 @@ never built in forward.
   for all groups (EncodedMatrix.matmul_grouped, csrc/conv.h): each group's rows of the encoded
   weight are addressed in place (no re-encoding at load); narrow groups decode a bounded block of
   the weight at a time, wider ones run the encoding's own kernel. Depthwise convs (one input
-  channel per group) skip im2col: csrc/conv.c convolves straight from the padded input.
+  channel per group) skip im2col: csrc/conv.c convolves straight from the input, zero padding and
+  bias inside, at every size (it beats torch's depthwise convolution on MobileNetV2's layers:
+  about 0.65-0.9x its time at batch 1, one thread).
+  Fast forward: a float32 CPU input without autograd runs a plan built once per input shape and
+  weight (_CompressedConvNd._plan: the direct depthwise kernel on the tensors' memory, or the
+  decoded path below with the weight decoded into a reused per-thread block), skipping the
+  general path's wrapping; the plans live outside the module (_PLANS), so copies and pickles
+  never carry them.
   A convolution whose weight meets many input windows (batch x output positions >=
   _decoded.MIN_WINDOWS) instead decodes its weight exactly (decode_rows, in C) a block of
   output channels (whole groups) of at most _decoded.BLOCK floats at a time and lets torch
   convolve with it: the decode costs about as much as a few windows, and torch's convolution
   beats im2col + a small-matrix product by 2-6x on such layers (MobileNetV2's 1x1 and depthwise
-  convs at 112x112). Temporary memory stays bounded (one block); nothing decoded is kept.
+  convs at 112x112). Temporary memory stays bounded (one block, in a per-thread buffer reused
+  call after call); no weight is kept decoded.
 - CompressedEmbedding: only the looked-up rows are decoded (EncodedMatrix.decode_rows), so a
-  lookup costs in proportion to the rows asked for, never the table.
+  lookup costs in proportion to the rows asked for, never the table: up to _EMBED_DIRECT_IDS ids
+  each id's row, more the unique ids' rows; a table with no more rows than ids is decoded whole
+  (one C call, no bigger than the output) and gathered.
 
 Inference only: forward works with or without autograd, but backward through a compressed
 layer raises UnsupportedError (the gradient w.r.t. the input needs W, i.e. the transposed
@@ -378,7 +390,7 @@ class _CompressedConvNd(_CompressedBase):
         if not (use_decoded_conv(em, batch * math.prod(out_size)) and all(a == b for a, b in pads)):
             return None
         per_row = self.in_channels // G * math.prod(self.kernel_size)
-        if out_c * per_row > _decoded.BLOCK:
+        if out_c * per_row > min(_decoded.BLOCK, _decoded.SCRATCH_MAX):
             return None  # several blocks: decoded_conv
         runtime.check_decoded_size(em.decoded_nbytes, em._what())  # as decode()
         conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
