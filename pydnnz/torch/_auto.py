@@ -74,6 +74,19 @@ class AutoReport:
     seed: int
     history: list = field(default_factory=list)
     phases: dict = field(default_factory=dict)
+    retrain: dict = field(default_factory=dict)   # retraining mode: settings, chosen level and k, its history
+
+    def base_model(self, model: nn.Module) -> nn.Module:
+        """The float model the recipe applies to: a copy of `model`, with the retrained weights
+        when auto_compress retrained (``compress_model(report.base_model(model), report.recipe)``
+        rebuilds the compressed model bit for bit; training is not in the recipe)."""
+        from ._compress import _copy_model
+
+        base = _copy_model(model)
+        state = getattr(self, "_base_state", None)
+        if state is not None:
+            base.load_state_dict(state)
+        return base.eval()
 
     def save(self, path) -> None:
         """Write the recipe file (what `dnnz compress --recipe` and compress_model read)."""
@@ -140,7 +153,7 @@ def _output_error(model, calibration, reference):
 def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_better: bool = False,
                   calibration=None, retrain=None, time_limit: float | None = None, seed: int = 0,
                   include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 60,
-                  progress: bool | None = None):
+                  progress: bool | None = None, _exclude=()):
     """Compress `model` into the fewest file bytes whose metric stays within `budget`.
 
     Args:
@@ -158,9 +171,25 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
             it small: ~100 samples). When given (and no `retrain`), the quantized Linear layers get
             bias correction (see above). Without `evaluate` the metric is the relative output
             error on them. Take them from training data, not from the data `evaluate` scores.
-        retrain: optional ``retrain(model)`` training loop: each verification then fine-tunes the
-            shared values (compress_model's ``finetune``) before measuring. The recipe then replays
-            bit-exact only together with the same retraining.
+        retrain: retraining allowed, as a dict (the retraining mode, pydnnz.torch._auto_retrain):
+            ``{"loss": loss(model, batch) -> scalar tensor, "data": batches, "steps": 1000}``.
+            `data` is an iterable of batches re-iterated as needed (a DataLoader) or a callable
+            ``data(step) -> batch``; the training loop (Adam) is auto_compress's own. The layers
+            the loss reaches are pruned gradually (one global threshold; the last of them, the
+            output layer, is quantized unpruned) through the levels `levels` (default 50, 75, 82,
+            87.5, 91, 94, 95.5, 97, 98 %), ``steps · log2(density before / after)`` training
+            steps a stage (`steps` is the cost of halving the density, default 1000; `lr` 1e-3);
+            at each level UQ at k in `ks` (default 8, 16, 32) with `finetune_steps` (default
+            steps/2) steps of shared-value fine-tuning at `finetune_lr` (default lr/10); the
+            smallest verified file wins, then per-layer k is lowered where the metric holds.
+            Optional keys `layers` / `exclude`: glob patterns of the layers to prune / to keep
+            unpruned. The other layers (those the loss does not reach, embeddings) then go
+            through the no-retraining search with what is left of the budget (the retraining
+            stage takes at most half of it when such layers exist). The recipe applies to the
+            retrained weights: ``compress_model(report.base_model(model), report.recipe)``.
+            A callable ``retrain(model)`` instead: the no-retraining search, each verification
+            fine-tuning the shared values with it (compress_model's ``finetune``); that recipe
+            replays bit-exact only together with the same retraining.
         time_limit: seconds; the search stops at the limit with the best verified allocation.
         seed: recorded in the rules (the RD quantizer and the search draw no random numbers, so the
             result is deterministic for a given model, metric and seed, unless `time_limit` cuts
@@ -194,8 +223,14 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         raise InvalidArgumentError(f"auto_compress: expected an nn.Module, got {type(model).__name__}")
     if evaluate is not None and not callable(evaluate):
         raise InvalidArgumentError("auto_compress: evaluate must be a callable model -> float")
-    if retrain is not None and not callable(retrain):
-        raise InvalidArgumentError("auto_compress: retrain must be a callable taking the model")
+    if retrain is not None and not callable(retrain) and not isinstance(retrain, dict):
+        raise InvalidArgumentError("auto_compress: retrain must be a dict (loss, data, ...) or a callable taking the model")
+    if isinstance(retrain, dict):
+        from ._auto_retrain import parse_retrain
+
+        spec = parse_retrain(retrain)
+        if evaluate is None:
+            raise InvalidArgumentError("auto_compress: retraining needs an evaluate function (the metric)")
     if budget is None:
         raise InvalidArgumentError("auto_compress: give a budget (allowed metric degradation)")
     if time_limit is not None and not (time_limit > 0):
@@ -205,7 +240,7 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     torch.manual_seed(seed)
     quiet = None if progress is None else not progress
     work = _copy_model(model).eval()
-    layers = _layers(work, include_embeddings)
+    layers = [e for e in _layers(work, include_embeddings) if e[0] not in set(_exclude)]
     if not layers:
         raise InvalidArgumentError("auto_compress: the model has no Linear/Conv1d/Conv2d/Embedding layer")
     originals = {name: m.weight.detach().to("cpu", torch.float32).numpy().copy() for name, m, _ in layers}
@@ -279,6 +314,11 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         allowed = _parse_budget(budget, baseline, hib)
         phases["baseline"] = round(time.perf_counter() - t, 3)
     limit = None if baseline is None else (baseline - allowed if hib else baseline + allowed)
+    if isinstance(retrain, dict):
+        return _auto_retrained(model, work, spec, measure, lambda v: degradation(v, baseline), baseline, allowed,
+                               limit, hib, evaluate=evaluate, seed=seed, time_limit=time_limit, t0=t0,
+                               calibration=calibration, include_embeddings=include_embeddings, quiet=quiet,
+                               phases=phases, grid=dict(steps=steps, rdos=rdos, uq_ks=uq_ks, max_evals=max_evals))
 
     # --- 1. candidates on real encoded sizes ----------------------------------------------------
     t = time.perf_counter()
@@ -435,4 +475,48 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     final.dnnz_metadata["pydnnz.auto"] = json.dumps({"mode": mode, "baseline": baseline, "metric": metric,
                                                      "limit": limit, "lam": report.lam, "hypothesis": hyp,
                                                      "seed": seed})
+    return final, report
+
+
+def _auto_retrained(model, work, spec, measure, degradation, baseline, allowed, limit, hib, *, evaluate, seed,
+                    time_limit, t0, calibration, include_embeddings, quiet, phases, grid):
+    """auto_compress's retraining mode (pydnnz.torch._auto_retrain) and its report."""
+    from . import _auto_retrain
+
+    def rest_search(dense, budget, exclude, time_left):
+        return auto_compress(dense, evaluate, budget, higher_is_better=hib, calibration=calibration, retrain=None,
+                             time_limit=time_left, seed=seed, include_embeddings=include_embeddings,
+                             progress=None if quiet is None else not quiet, _exclude=tuple(sorted(exclude)), **grid)
+
+    final, base, recipe, info = _auto_retrain.run(
+        model, work, measure, degradation, baseline, allowed, limit, spec, seed=seed, time_limit=time_limit, t0=t0,
+        calibration=calibration, include_embeddings=include_embeddings, quiet=quiet, rest_search=rest_search)
+    t = time.perf_counter()
+    metric = measure(final)
+    file_bytes = _auto_retrain.file_size(final)
+    f32 = 4 * (sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()
+                                                                 if b.is_floating_point()))
+    stats = json.loads(final.dnnz_metadata["pydnnz.layers"])
+    rows = [{"layer": s["layer"], "type": s["type"], "choice": s["method"], "method": s["method"], "k": s["k"],
+             "options": {}, "encoding": s["encoding"], "nbytes": s["nbytes"], "float32_bytes": s["float32_bytes"],
+             "sq_error": None, "sensitivity": None, "predicted": None} for s in stats]
+    phases.update(info["phases"])
+    phases["final"] = round(time.perf_counter() - t, 3)
+    chosen = info["chosen"]
+    hyp = ("retrain: nothing within the threshold" if chosen["prune"] is None else
+           f"retrain: gradual pruning {chosen['prune']:g}% + UQ k={sorted(set(chosen['ks'].values()))}")
+    if info["rest"]:
+        hyp += f"; other layers: {info['rest']}"
+    report = AutoReport(recipe=recipe, layers=rows, mode="metric+retrain", baseline=baseline, metric=metric,
+                        limit=limit, higher_is_better=hib, met=degradation(metric) <= allowed,
+                        file_bytes=int(file_bytes), float32_bytes=int(f32), psi=file_bytes / f32 if f32 else 0.0,
+                        weight_bytes=int(sum(r["nbytes"] for r in rows)), lam=0.0, hypothesis=hyp,
+                        seconds=time.perf_counter() - t0, evaluations=info["evaluations"] + 2, seed=seed,
+                        history=info["history"], phases=phases,
+                        retrain={"settings": spec.describe(), "chosen": chosen, "threshold": info["threshold"],
+                                 "other_layers": info["others"]})
+    report._base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    final.dnnz_metadata["pydnnz.auto"] = json.dumps({"mode": report.mode, "baseline": baseline, "metric": metric,
+                                                     "limit": limit, "hypothesis": hyp, "seed": seed,
+                                                     "retrain": report.retrain["chosen"]})
     return final, report
