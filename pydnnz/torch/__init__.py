@@ -3,6 +3,8 @@
     compress_model(model, recipe, *, inplace=False, finetune=None)  layers -> Compressed* modules
     auto_compress(model, evaluate, budget, ...)                     the smallest file within a metric
                                                                     budget, and its replayable recipe
+                                                                    (retrain={loss, data}: with gradual
+                                                                    pruning and fine-tuning)
     save_model(model, path, metadata=None)                          .dnnz with every param and buffer
     load_model(path, model, strict=True)                            weights from the file, architecture
                                                                     from `model`; compressed layers run

@@ -200,7 +200,10 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
 
     Returns:
         (compressed model, AutoReport). ``report.save("recipe.json")`` writes the recipe;
-        ``compress_model(model, report.recipe)`` rebuilds the same compressed model bit for bit.
+        ``compress_model(model, report.recipe)`` rebuilds the same compressed model bit for bit
+        (with a `retrain` dict: ``compress_model(report.base_model(model), report.recipe)``, the
+        recipe applying to the retrained weights; ``report.retrain`` holds the chosen pruning
+        level and k per layer, ``report.history`` every measured candidate).
 
     Example:
         >>> import torch, pydnnz.torch as pt
