@@ -246,8 +246,10 @@ def main_retrain(args):
                   f"{'MET' if met else 'NOT MET'} (auto: dense ψ {a['psi_dense']:.4f}, whole file ψ "
                   f"{a['psi_file']:.4f}, MSE {a['metric']:.4f}; chosen {a['hypothesis']}; recipe replays bit-exact "
                   f"on the retrained weights: {a['replays_bit_exact']}).",
-                  f"Target under 30 minutes on 2 cores: {'MET' if min(a['seconds'], a['cpu_seconds']) <= 1800 else 'NOT MET'} "
-                  f"({a['seconds']:.0f} s wall clock at load average {os.getloadavg()[0]:.1f}; {a['cpu_seconds']:.0f} s "
+                  f"Target under 30 minutes on 2 cores: "
+                  f"{'MET' if min(a['seconds'], a['cpu_seconds']) <= 1800 else 'NOT MET'} "
+                  f"({a['seconds']:.0f} s wall clock at load average {os.getloadavg()[0]:.1f}; "
+                  f"{a['cpu_seconds']:.0f} s "
                   f"of CPU time with {a['threads']} thread(s), what the run takes on "
                   f"{'one dedicated core' if a['threads'] == 1 else 'dedicated cores at most'}).",
                   f"Phases (s): {a['phases']}", ""]

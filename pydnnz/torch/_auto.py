@@ -227,7 +227,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     if evaluate is not None and not callable(evaluate):
         raise InvalidArgumentError("auto_compress: evaluate must be a callable model -> float")
     if retrain is not None and not callable(retrain) and not isinstance(retrain, dict):
-        raise InvalidArgumentError("auto_compress: retrain must be a dict (loss, data, ...) or a callable taking the model")
+        raise InvalidArgumentError("auto_compress: retrain must be a dict (loss, data, ...) or a callable "
+                                   "taking the model")
     if isinstance(retrain, dict):
         from ._auto_retrain import parse_retrain
 

@@ -42,7 +42,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
