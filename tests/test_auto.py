@@ -255,6 +255,38 @@ def test_recipe_bias_key_sets_the_layer_bias_and_is_checked():
         pt.compress_model(model, [{"match": "0", "method": "uq", "k": 16, "bias": [1.0, float("nan"), 0, 0]}])
 
 
+def test_recipe_scale_key_scales_the_codebook_and_replays_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    base = [{"match": "0", "method": "rdq", "k": 15, "options": {"step": 0.05}}, {"match": "2", "method": "uq", "k": 8}]
+    scaled = [dict(base[0], scale=0.8125, bias=[0.5, -0.25, 1.0, 2.0, 0.0, 0.125]), dict(base[1], scale=1.3)]
+    plain, small = pt.compress_model(model, base), pt.compress_model(model, scaled)
+    for i, c in ((0, 0.8125), (2, 1.3)):
+        w0, w1 = pt.decompress_model(plain)[i].weight, pt.decompress_model(small)[i].weight
+        assert torch.equal(w1, w0 * np.float32(c))  # the float32 product of every value, same indices
+        assert len(torch.unique(w1)) == len(torch.unique(w0))  # no extra stored value
+    assert json.loads(small.dnnz_metadata["pydnnz.recipe"])[1]["scale"] == 1.3
+    # replays bit for bit: through compress_model again and through a save/load round trip
+    again = pt.compress_model(model, json.loads(json.dumps(scaled)))
+    path = tmp_path / "s.dnnz"
+    pt.save_model(small, path)
+    loaded = pt.load_model(path, torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)))
+    x = torch.randn(5, 8)
+    ref = _weights(small)
+    for other in (again, loaded):
+        got = _weights(other)
+        assert ref.keys() == got.keys()
+        for k in ref:
+            assert torch.equal(ref[k], got[k]), k
+        with torch.no_grad():
+            assert torch.equal(small(x), other(x))
+    for bad in (0, -1.0, float("inf"), float("nan"), 1e300, True, "2", [1.0]):
+        with pytest.raises(InvalidArgumentError):
+            pt.compress_model(model, [dict(base[0], scale=bad)])
+    with pytest.raises(InvalidArgumentError):
+        pt.compress_model(model, [{"match": "0", "method": "prune", "scale": 2.0}])  # no codebook
+
+
 def test_auto_bias_correction_with_calibration_replays_bit_exact(tmp_path):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(),

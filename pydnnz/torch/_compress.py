@@ -99,7 +99,25 @@ def _lossy(rule, members):
         out = compress_weights(weights, method, k=rule.k, prune=rule.prune, unified=rule.unified,
                                layer_types=kinds, types=tuple(sorted(set(kinds.values()))),
                                seed=rule.seed, **kwargs)
-    return {key: out[key] for key in weights}
+    out = {key: out[key] for key in weights}
+    if rule.scale is not None:
+        out = {key: _scaled(value, rule, key) for key, value in out.items()}
+    return out
+
+
+def _scaled(q, rule, key):
+    """QuantizedTensor `q` with every codebook value multiplied by rule.scale (a float32 product;
+    same indices, mask and row scales). A new object: unified codebooks may share one array."""
+    from ..compress._tensors import QuantizedTensor
+
+    if not isinstance(q, QuantizedTensor):
+        raise InvalidArgumentError(f"{rule.describe()}: 'scale' needs a quantized layer, {key!r} is not one")
+    codebook = q.codebook * np.float32(rule.scale)
+    if not np.all(np.isfinite(codebook)) or (codebook.size > 1 and not np.all(codebook[1:] > codebook[:-1])):
+        raise InvalidArgumentError(f"{rule.describe()}: 'scale' {rule.scale!r} makes the codebook of {key!r} "
+                                   "overflow or merges two of its values")
+    return QuantizedTensor(codebook, q.indices, q.mask, method=q.method, params=q.params,
+                           row_scale=q.row_scale, scale_rows=q.scale_rows)
 
 
 def _set_biases(rules, layers):

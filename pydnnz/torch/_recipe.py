@@ -40,6 +40,11 @@ matches keep their dense weights. Keys of a rule (every one optional):
               auto_compress's bias correction writes (the quantization error's mean effect on the
               layer's output, taken out of the bias); stored as the layer's bias, not in the
               file's copy of the recipe.
+    scale     a number > 0: every shared value of the layer's codebook is multiplied by it
+              (float32 product) after the lossy step, so the layer computes scale·(W_q x) from
+              the same indices and the same number of stored values; quantizers only. What
+              auto_compress's output correction of the last Linear layer writes (with "bias").
+              Fine-tuning, if any, starts from the scaled values.
 
 Example:
     >>> rules = parse_recipe([{"match": "out", "method": "none"},
@@ -54,6 +59,8 @@ import fnmatch
 import json
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import InvalidArgumentError
 
@@ -75,7 +82,7 @@ _TYPE_ALIASES = {
 QUANTIZERS = ("cws", "pws", "uq", "ecsq", "rdq")
 METHODS = ("none", "prune") + QUANTIZERS + tuple(f"pr_{q}" for q in QUANTIZERS)
 KEYS = ("match", "layers", "type", "method", "k", "prune", "unified", "encoding", "seed",
-        "lam", "lambda", "granularity", "options", "bias")
+        "lam", "lambda", "granularity", "options", "bias", "scale")
 DEFAULT_K = 32
 DEFAULT_PRUNE = 90.0
 
@@ -97,6 +104,7 @@ class Rule:
     options: dict = field(default_factory=dict)
     granularity: object = "tensor"
     bias: tuple | None = None
+    scale: float | None = None
 
     def matches(self, name: str, type_name: str) -> bool:
         types = self.types or (DEFAULT_TYPES if not self.patterns else LAYER_TYPES)
@@ -131,6 +139,8 @@ class Rule:
                 out["granularity"] = self.granularity
             if self.options:
                 out["options"] = self.options
+            if self.scale is not None:
+                out["scale"] = self.scale
         return out
 
 
@@ -262,8 +272,16 @@ def _rule(raw, index, encodings):
         if not patterns:
             raise InvalidArgumentError(f"{where}: 'bias' needs 'match' naming the one layer it belongs to")
         bias = tuple(float(b) for b in bias)
+    scale = raw.get("scale")
+    if scale is not None:
+        scale = _number(scale, "scale", where)
+        if not (0 < scale <= float(np.finfo(np.float32).max) and float(np.float32(scale)) > 0):
+            raise InvalidArgumentError(f"{where}: 'scale' must be a finite number > 0 (as float32), got {scale!r}")
+        if method in ("none", "prune"):
+            raise InvalidArgumentError(f"{where}: 'scale' multiplies a codebook: it needs a quantizer, "
+                                       f"not method {method!r}")
     return Rule(index, patterns, types, method, k, prune, unified, encoding, seed, lam, dict(options),
-                granularity, bias)
+                granularity, bias, scale)
 
 
 def parse_recipe(recipe, encodings=None) -> list:
