@@ -304,6 +304,7 @@ def test_auto_bias_correction_with_calibration_replays_bit_exact(tmp_path):
     assert rep.metric <= rep.limit and mse(small) == rep.metric
     corrected = [r for r in rep.recipe if "bias" in r]
     assert corrected  # the quantized Linear layers carry their corrected biases
+    assert "scale" in rep.recipe[-1]  # the last layer's output correction (kept here), replayed below
     path = tmp_path / "recipe.json"
     rep.save(path)
     replay = pt.compress_model(model, json.loads(path.read_text()))

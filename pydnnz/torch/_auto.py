@@ -19,7 +19,12 @@ The steps (each with a tqdm bar; `time_limit` stops the search early with the be
 4. bias correction (when `calibration` is given, without retraining): each quantized Linear
    layer's bias is re-set so that its mean output on the calibration inputs equals the float
    model's, in forward order on the quantized model (_auto_search.sequential_bias_correction).
-   The corrected biases travel in the recipe (a rule's "bias").
+   The corrected biases travel in the recipe (a rule's "bias"). Then the last Linear layer's
+   outputs get an affine correction: the least-squares scale c and offset mapping its quantized
+   outputs onto the float model's on the calibration inputs (the scale multiplies the layer's
+   codebook: rule key "scale", exact and free in bytes), kept only when it lowers the two-fold
+   cross-validated calibration error (_auto_search.output_affine). The search measures every
+   allocation with both corrections applied.
 5. the result: compress_model with the recipe of the chosen allocation (one rule per layer,
    replayable bit for bit), the final metric measured on the compressed model itself, and the file
    size measured by save_model.
@@ -216,8 +221,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     """
     from ..compress.allocate import materialize
     from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, candidate_table, choose, lambda_grid, rule_for
-    from ._auto_search import (concat_batches, descend, lagrangian_polish, mean_outputs, sequential_bias_correction,
-                               uniform_alloc, uniform_start)
+    from ._auto_search import (concat_batches, descend, lagrangian_polish, layer_outputs, mean_outputs,
+                               output_affine, sequential_bias_correction, uniform_alloc, uniform_start)
     from ._compress import _copy_model, compress_model
     from ._io import save_model
 
@@ -299,8 +304,10 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     if calibration is not None and retrain is None and linear:
         cal_batch = concat_batches(calibration)
         targets = mean_outputs(work, linear, cal_batch)
+        last = list(linear)[-1]  # the output correction's layer (see corrections below)
+        last_outputs = layer_outputs(work, linear[last], cal_batch)
     else:
-        cal_batch, targets = None, {}
+        cal_batch, targets, last, last_outputs = None, {}, None, None
 
     def set_biases(values):
         with torch.no_grad():
@@ -362,12 +369,29 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         return mat_cache[(n, i)]
 
     alloc_bias = {}  # allocation key -> {layer: corrected float32 bias}
+    alloc_scale = {}  # allocation key -> {layer: codebook scale} (the output correction, when accepted)
 
-    def corrections(alloc):  # with the allocation's weights set in `work`
+    def corrections(alloc):  # with the allocation's weights set in `work`; returns (biases, scales)
         quantized = {n: linear[n] for n, i in alloc.items() if n in linear and table[n][i].method != "dense"}
         if cal_batch is None or not quantized:
-            return {}
-        return sequential_bias_correction(work, quantized, cal_batch, {n: targets[n] for n in quantized})
+            return {}, {}
+        inputs = {last: None} if last in quantized else {}
+        out = sequential_bias_correction(work, quantized, cal_batch, {n: targets[n] for n in quantized}, inputs)
+        # Output correction of the last Linear layer: with the upstream error in its input, the
+        # least-squares affine map of its quantized outputs onto the float model's on the
+        # calibration inputs (a codebook scale, exact and free in bytes, plus the bias), kept
+        # only when it lowers the cross-validated calibration error (_auto_search.output_affine).
+        # On a regression head the quantization's chance scale change of the predictions moves
+        # the metric by as much as the budget (bench/results/auto_noise_kiba_scale.md).
+        fit = output_affine(inputs[last], modules[last].weight.detach().numpy(), out[last],
+                            last_outputs) if inputs.get(last) is not None else None
+        if fit is None:
+            return out, {}
+        c, b = fit
+        set_weights({last: values_of(last, alloc[last]) * np.float32(c)})
+        out[last] = b.astype(np.float32)
+        set_biases({last: out[last]})
+        return out, {last: c}
 
     def recipe_of(alloc):
         rules = []
@@ -378,6 +402,9 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
                 b = alloc_bias.get(tuple(sorted(alloc.items())), {}).get(n)
                 if b is not None:
                     r["bias"] = [float(x) for x in b]
+                c = alloc_scale.get(tuple(sorted(alloc.items())), {}).get(n)
+                if c is not None:
+                    r["scale"] = c
             rules.append(r)
         return rules
 
@@ -390,7 +417,7 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
                 cand_model = compress_model(work, recipe_of(alloc), finetune=retrain, progress=False)
             else:
                 set_weights({n: values_of(n, i) for n, i in alloc.items()})
-                alloc_bias[key] = corrections(alloc)
+                alloc_bias[key], alloc_scale[key] = corrections(alloc)
                 cand_model = work
             v = measure(cand_model)
             if retrain is None:
@@ -398,7 +425,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
                 set_biases({n: biases[n] for n in alloc_bias[key]})
             cache[key] = degradation(v, baseline)
             history.append({"lam": lam, "bytes": nbytes(alloc), "predicted": pred, "metric": v,
-                            "threshold": threshold, "ok": cache[key] <= threshold})
+                            "threshold": threshold, "ok": cache[key] <= threshold,
+                            "scale": alloc_scale.get(key, {}).get(last)})
         d = cache[key]
         return d <= threshold, d
 

@@ -177,12 +177,13 @@ def mean_outputs(model, modules: dict, batch) -> dict:
     return {n: np.asarray(v) for n, v in out.items()}
 
 
-def sequential_bias_correction(model, modules: dict, batch, targets: dict) -> dict:
+def sequential_bias_correction(model, modules: dict, batch, targets: dict, inputs: dict | None = None) -> dict:
     """Empirical bias correction in one forward pass over `batch`: just before each Linear layer of
     `modules` runs, its bias becomes targets[name] - W_q·μ_q, with μ_q the mean of the input it
     actually receives (upstream layers quantized AND already corrected, since the pass is in
     order), so every corrected layer's mean output on the batch equals the float model's. The
-    biases are left set in the model and returned as float32 arrays."""
+    biases are left set in the model and returned as float32 arrays. `inputs`: a dict whose keys
+    name layers of `modules` whose input (float64, flattened to rows) is stored into it."""
     import numpy as np
     import torch
 
@@ -192,6 +193,8 @@ def sequential_bias_correction(model, modules: dict, batch, targets: dict) -> di
         def pre(mod, args):
             x = args[0].detach().to(torch.float64)
             mu = x.reshape(-1, x.shape[-1]).mean(0)
+            if inputs is not None and name in inputs:
+                inputs[name] = x.reshape(-1, x.shape[-1]).clone()
             b = (torch.from_numpy(targets[name]) - mod.weight.detach().to(torch.float64) @ mu).to(torch.float32)
             with torch.no_grad():
                 mod.bias.copy_(b.reshape(mod.bias.shape))
@@ -207,6 +210,72 @@ def sequential_bias_correction(model, modules: dict, batch, targets: dict) -> di
         for h in hooks:
             h.remove()
     return out
+
+
+def layer_outputs(model, module, batch):
+    """The float64 output rows of `module` (flattened to (rows, features)) on `batch`."""
+    import torch
+
+    out = {}
+
+    def post(mod, args, y):
+        y = y.detach().to(torch.float64)
+        out["y"] = y.reshape(-1, y.shape[-1]).clone()
+
+    h = module.register_forward_hook(post)
+    try:
+        with torch.inference_mode():
+            model(*batch) if isinstance(batch, tuple) else model(batch)
+    finally:
+        h.remove()
+    return out["y"]
+
+
+def output_affine(x, weight, bias, y_float):
+    """The output correction of a quantized Linear layer (auto_compress, after bias correction):
+    with y_q = x·W_qᵀ + b its outputs on the calibration rows `x` and `y_float` the float model's,
+    the least-squares c (one for the layer: Σ_u cov(y_f,u, y_q,u) / Σ_u var(y_q,u), pooled over
+    output units) and the bias c·b + mean(y_f) − c·mean(y_q) such that c·W_q x + bias' fits y_f.
+    Regressing the float outputs on the quantized ones shrinks them by about
+    var(y_f) / (var(y_f) + var(noise)), the mean-squared-error optimal answer to independent
+    quantization noise; on KIBA it also takes out the rounding's chance scale change of the
+    predictions (bench/results/auto_noise_kiba_scale.md). Returns (c, new bias float64) or None
+    when the fit is not accepted: c not finite or not in (0.5, 2), or its two-fold
+    cross-validated squared error on the calibration rows (fit on the even rows, scored on the
+    odd ones, and the reverse) not below that of the uncorrected layer."""
+    import numpy as np
+
+    x = np.asarray(x, np.float64)
+    w = np.asarray(weight, np.float64)
+    b = np.asarray(bias, np.float64).reshape(-1)
+    yf = np.asarray(y_float, np.float64)
+    yq = x @ w.T + b
+    if yq.shape != yf.shape or yq.shape[0] < 4:
+        return None
+
+    def fit(rows):
+        q, f = yq[rows], yf[rows]
+        dq = q - q.mean(0)
+        var = float(np.sum(dq * dq))
+        if not var > 0:
+            return None
+        c = float(np.sum(dq * (f - f.mean(0)))) / var
+        return c, f.mean(0) - c * q.mean(0)
+
+    full = fit(slice(None))
+    if full is None or not (math.isfinite(full[0]) and 0.5 < full[0] < 2.0):
+        return None
+    cv = plain = 0.0
+    for a, z in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
+        part = fit(a)
+        if part is None:
+            return None
+        cv += float(np.sum((part[0] * yq[z] + part[1] - yf[z]) ** 2))
+        plain += float(np.sum((yq[z] - yf[z]) ** 2))
+    if not cv < plain:
+        return None
+    c = float(np.float32(full[0]))  # what the recipe's float32 scale applies
+    return c, c * b + yf.mean(0) - c * yq.mean(0)
 
 
 def lagrangian_polish(allocs, nbytes, check, best_bytes, allowed, stop=lambda: False):
