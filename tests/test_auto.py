@@ -287,6 +287,26 @@ def test_recipe_scale_key_scales_the_codebook_and_replays_bit_exact(tmp_path):
         pt.compress_model(model, [{"match": "0", "method": "prune", "scale": 2.0}])  # no codebook
 
 
+def test_output_affine_fits_scale_and_bias_and_guards():
+    from pydnnz.torch._auto_search import output_affine
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    w = rng.normal(size=(2, 6))
+    b = np.array([0.3, -0.1])
+    yq = x @ w.T + b
+    yf = 1.25 * yq + np.array([0.5, 0.2]) + 0.01 * rng.normal(size=yq.shape)
+    c, b2 = output_affine(x, w, b, yf)
+    assert c == float(np.float32(c)) and abs(c - 1.25) < 0.01  # pooled over the outputs, float32
+    fixed = c * (x @ w.T) + b2
+    assert np.allclose(fixed.mean(0), yf.mean(0))  # the mean output stays the float one
+    assert np.mean((fixed - yf) ** 2) < 0.01 * np.mean((yq - yf) ** 2)
+    assert output_affine(x, w, b, yq) is None  # already exact: nothing to gain, rejected
+    assert output_affine(x, w, b, 3.0 * yq) is None  # outside (0.5, 2): not a quantization error
+    assert output_affine(x, w, b, rng.normal(size=yq.shape)) is None  # unrelated outputs: rejected
+    assert output_affine(x[:3], w, b, yf[:3]) is None  # too few rows
+
+
 def test_auto_bias_correction_with_calibration_replays_bit_exact(tmp_path):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(),

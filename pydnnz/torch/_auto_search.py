@@ -51,36 +51,51 @@ def uniform_alloc(table, rms, j) -> dict:
 
 def uniform_start(js, test, *, first=1.0, max_tries=6):
     """The coarsest j of the grid `js` (larger j: finer) whose uniform allocation passes
-    test(j) -> bool, walking from the j nearest `first`: coarser while it passes, finer (two grid
-    steps at a time, then the one skipped) while it fails. None when nothing passed within max_tries."""
+    test(j), walking from the j nearest `first`: coarser while it passes; while it fails, finer by
+    two grid steps, or further when test(j) returns (False, j_hint) with a finer j_hint (the j at
+    which the failure's size predicts a pass: a degradation d over a threshold t scales with the
+    squared step, Δ² ∝ 2^(-j), so j + log2(d / t)); after the first pass coming from a failure,
+    coarser again while it passes and stays finer than the last failure. test(j) returns a bool
+    or (bool, j_hint). None when nothing passed within max_tries."""
     js = sorted(set(js))
+    tries = [0]
+
+    def run(i):
+        tries[0] += 1
+        r = test(js[i])
+        return (bool(r[0]), r[1]) if isinstance(r, tuple) else (bool(r), None)
+
     p = min(range(len(js)), key=lambda i: (abs(js[i] - first), i))
-    tries, best = 0, None
-    if test(js[p]):
-        best, tries = js[p], 1
-        while p > 0 and tries < max_tries:
+    ok, hint = run(p)
+    if ok:
+        best = js[p]
+        while p > 0 and tries[0] < max_tries:
             p -= 1
-            tries += 1
-            if not test(js[p]):
+            if not run(p)[0]:
                 break
             best = js[p]
         return best
-    tries, failed = 1, p
-    while tries < max_tries:
-        p = min(p + 2, len(js) - 1)
-        tries += 1
-        if test(js[p]):
-            if p - 1 > failed and tries < max_tries and test(js[p - 1]):  # the one skipped
-                return js[p - 1]
-            return js[p]
+    failed = p
+    while tries[0] < max_tries and p < len(js) - 1:
+        nxt = min(p + 2, len(js) - 1)
+        if hint is not None and math.isfinite(hint):
+            nxt = max(nxt, min([i for i in range(len(js)) if js[i] >= hint - 1e-9], default=len(js) - 1))
+        p = nxt
+        ok, hint = run(p)
+        if ok:
+            best = js[p]
+            while p - 1 > failed and tries[0] < max_tries:  # coarser again, down to the last failure
+                p -= 1
+                if not run(p)[0]:
+                    break
+                best = js[p]
+            return best
         failed = p
-        if p == len(js) - 1:
-            break
     return None
 
 
 def descend(table, alloc, check, *, start_deg, allowed, rounds=3, patience=3, min_share=0.03, jump=0.08,
-            stop=lambda: False, bar=None):
+            accel=2.0, max_jump=0.32, stop=lambda: False, bar=None):
     """Coordinate descent from `alloc` ({name: candidate index}); returns (alloc, degradation).
 
     check(alloc, threshold) -> (ok, degradation): the measured degradation of the allocation and
@@ -90,19 +105,21 @@ def descend(table, alloc, check, *, start_deg, allowed, rounds=3, patience=3, mi
     its ladder, at least a fraction `jump` below the last one tried (a dense ladder would spend
     evaluations on 1 % moves), and keeps it if it passes; after `patience` consecutive failures
     a layer sits out the rest of the round. Turns, not one layer at a time, so that the budget
-    is shared: the first layer visited does not take all of it. Deterministic: the order depends
-    only on the table and the start.
+    is shared: the first layer visited does not take all of it. A layer whose move passed tries
+    a bigger one on its next turn (the fraction times `accel`, up to `max_jump`); when such a
+    bigger move fails, the layer retries from where it is with `jump` (that failure does not
+    count towards `patience`). Deterministic: the order depends only on the table and the start.
     """
     alloc = dict(alloc)
     cur = max(0.0, start_deg)
     ladders = {n: ladder(c) for n, c in table.items()}
 
-    def next_trial(n, after):
+    def next_trial(n, after, frac):
         """The ladder position of the next candidate to try below position `after`."""
         lad = ladders[n]
         last = table[n][lad[after]].nbytes if after >= 0 else math.inf
         j = after + 1
-        while j < len(lad) - 1 and table[n][lad[j]].nbytes > (1.0 - jump) * last:
+        while j < len(lad) - 1 and table[n][lad[j]].nbytes > (1.0 - frac) * last:
             j += 1
         return j if j < len(lad) else None
 
@@ -118,13 +135,13 @@ def descend(table, alloc, check, *, start_deg, allowed, rounds=3, patience=3, mi
         thr = start + (allowed - start) * r / rounds if r < rounds else allowed
         total = sum(table[n][i].nbytes for n, i in alloc.items())
         names = sorted(alloc, key=lambda n: (-table[n][alloc[n]].nbytes, n))
-        active = {n: [position(n), 0] for n in names if table[n][alloc[n]].nbytes >= min_share * total}
+        active = {n: [position(n), 0, jump] for n in names if table[n][alloc[n]].nbytes >= min_share * total}
         while active:
             for n in [n for n in names if n in active]:
                 if stop():
                     return alloc, cur
-                pos, fails = active[n]
-                j = next_trial(n, pos)
+                pos, fails, frac = active[n]
+                j = next_trial(n, pos, frac)
                 if j is None:
                     del active[n]
                     continue
@@ -135,11 +152,13 @@ def descend(table, alloc, check, *, start_deg, allowed, rounds=3, patience=3, mi
                     bar.update(1)
                 if ok:
                     alloc, cur = trial, deg
-                    active[n] = [j, 0]
+                    active[n] = [j, 0, min(frac * accel, max(max_jump, jump))]
+                elif frac > jump:  # the bigger move failed: the usual one from where the layer is
+                    active[n] = [pos, fails, jump]
                 elif fails + 1 >= patience:
                     del active[n]
                 else:
-                    active[n] = [j, fails + 1]
+                    active[n] = [j, fails + 1, jump]
     return alloc, cur
 
 
