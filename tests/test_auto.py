@@ -307,6 +307,30 @@ def test_output_affine_fits_scale_and_bias_and_guards():
     assert output_affine(x[:3], w, b, yf[:3]) is None  # too few rows
 
 
+def test_forward_memo_reuses_only_unchanged_layers_exactly():
+    from pydnnz.torch._auto_search import ForwardMemo
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3), torch.nn.ReLU(inplace=True), torch.nn.Conv1d(4, 2, 3))
+    x = torch.randn(5, 3, 20)
+    memo = ForwardMemo({"0": model[0], "2": model[2]})
+    with torch.no_grad():
+        ref = model(x)
+        with memo({"0": 1, "2": 1}):
+            a = model(x)
+        with memo({"0": 1, "2": 1}):
+            b = model(x)  # both layers reused (the in-place ReLU must not spoil the cached output)
+        assert memo.hits == 2 and torch.equal(a, ref) and torch.equal(b, ref)
+        model[2].weight.mul_(2.0)
+        with memo({"0": 1, "2": 2}):  # a new state for layer 2: recomputed, layer 0 reused
+            c = model(x)
+        assert memo.hits == 3 and torch.equal(c, model[2](model[1](model[0](x))))
+        with memo({"0": None, "2": 2}):  # None: layer 0 computed; layer 2's input is the same: reused
+            model(x)
+        assert memo.hits == 4
+    assert "forward" not in model[0].__dict__  # unpatched after the pass
+
+
 def test_auto_bias_correction_with_calibration_replays_bit_exact(tmp_path):
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(),

@@ -231,7 +231,7 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
     """
     from ..compress.allocate import materialize
     from ..compress.allocate import DEFAULT_RDOS, DEFAULT_STEPS, candidate_table, choose, lambda_grid, rule_for
-    from ._auto_search import (concat_batches, descend, lagrangian_polish, layer_outputs, mean_outputs,
+    from ._auto_search import (ForwardMemo, concat_batches, descend, lagrangian_polish, layer_outputs, mean_outputs,
                                output_affine, sequential_bias_correction, uniform_alloc, uniform_start)
     from ._compress import _copy_model, compress_model
     from ._io import save_model
@@ -316,8 +316,10 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         targets = mean_outputs(work, linear, cal_batch)
         last = list(linear)[-1]  # the output correction's layer (see corrections below)
         last_outputs = layer_outputs(work, linear[last], cal_batch)
+        # the calibration pass reuses the outputs of layers whose candidate and input did not change
+        memo = ForwardMemo({n: m for n, m in modules.items() if n not in linear})
     else:
-        cal_batch, targets, last, last_outputs = None, {}, None, None
+        cal_batch, targets, last, last_outputs, memo = None, {}, None, None, None
 
     def set_biases(values):
         with torch.no_grad():
@@ -392,7 +394,8 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         if cal_batch is None or not quantized:
             return {}, {}
         inputs = {last: None} if last in quantized else {}
-        out = sequential_bias_correction(work, quantized, cal_batch, {n: targets[n] for n in quantized}, inputs)
+        with memo({n: alloc.get(n) for n in memo.modules}):
+            out = sequential_bias_correction(work, quantized, cal_batch, {n: targets[n] for n in quantized}, inputs)
         # Output correction of the last Linear layer: with the upstream error in its input, the
         # least-squares affine map of its quantized outputs onto the float model's on the
         # calibration inputs (a codebook scale, exact and free in bytes, plus the bias), kept

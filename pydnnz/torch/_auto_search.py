@@ -231,6 +231,62 @@ def sequential_bias_correction(model, modules: dict, batch, targets: dict, input
     return out
 
 
+class ForwardMemo:
+    """Reuse a layer's output in the calibration passes of auto_compress when its weights and
+    its input are those of an earlier pass: inside ``with memo(states)`` each module of
+    `modules` (name -> module) whose state key (states[name]: the allocation's candidate index,
+    which fixes its weights; None: do not reuse) and input tensors equal (torch.equal) one of its
+    last `keep` calls returns a copy of that call's output instead of computing it. Exact (same
+    weights, same input, same output). Only for modules whose parameters the pass does not change
+    (not the bias-corrected Linear layers). DeepDTA: a move of a head layer no longer recomputes
+    the protein convolutions on the calibration inputs (~60 % of an evaluation)."""
+
+    def __init__(self, modules: dict, keep: int = 2):
+        self.modules, self.keep = dict(modules), int(keep)
+        self.cache = {n: [] for n in self.modules}  # name -> [(state, inputs, output)], newest last
+        self.states = {}
+        self.hits = 0
+
+    def __call__(self, states: dict):
+        self.states = dict(states)
+        return self
+
+    def _wrap(self, name, module):
+        import torch
+
+        forward = module.forward
+
+        def run(*args, **kwargs):
+            state = self.states.get(name)
+            plain = not kwargs and all(isinstance(a, torch.Tensor) for a in args)
+            if state is None or not plain:
+                return forward(*args, **kwargs)
+            for st, ins, out in self.cache[name]:
+                if st == state and len(ins) == len(args) and all(
+                        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(args, ins)):
+                    self.hits += 1
+                    return out.clone()
+            out = forward(*args)
+            if isinstance(out, torch.Tensor):
+                entries = self.cache[name]
+                entries.append((state, tuple(a.detach().clone() for a in args), out.detach().clone()))
+                del entries[:-self.keep]
+            return out
+
+        return run
+
+    def __enter__(self):
+        for name, m in self.modules.items():
+            m.forward = self._wrap(name, m)
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.modules.values():
+            if "forward" in m.__dict__:
+                del m.forward
+        return False
+
+
 def layer_outputs(model, module, batch):
     """The float64 output rows of `module` (flattened to (rows, features)) on `batch`."""
     import torch
