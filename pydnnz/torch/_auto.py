@@ -16,9 +16,10 @@ The steps (each with a tqdm bar; `time_limit` stops the search early with the be
    pass); a move is kept only when the measured metric of the whole allocation stays within a
    threshold that rises over three rounds to the budget (_auto_search.descend). No per-layer
    sensitivity probes: on the models measured the metric's response to one layer is far from
-   additive or monotone, so the prediction mis-ordered the allocations while costing evaluations. With evaluations left after
-   the descent, the Lagrangian allocations (relative weight-space error, one λ) smaller than the
-   descent's result are bisected on the metric and the smallest passing one is kept.
+   additive or monotone, so the prediction mis-ordered the allocations while costing
+   evaluations. With evaluations left after the descent, the Lagrangian allocations (relative
+   weight-space error, one λ) smaller than the descent's result are bisected on the metric and
+   the smallest passing one is kept.
 4. bias correction (when `calibration` is given, without retraining): each quantized Linear
    layer's bias is re-set so that its mean output on the calibration inputs equals the float
    model's, in forward order on the quantized model (_auto_search.sequential_bias_correction).
