@@ -118,6 +118,8 @@ def cached_predict(dd, data):
         for mod in mods:
             for p in mod.parameters():
                 h.update(p.detach().cpu().numpy().tobytes())
+            if hasattr(mod, "decompress"):  # a Compressed* layer: its weight is no parameter
+                h.update(mod.decompress().weight.detach().cpu().numpy().tobytes())
         key = (which, h.hexdigest())
         if key not in cache:
             with torch.inference_mode():
