@@ -276,23 +276,62 @@ const float *dnnz_ham_tile(const struct dnnz_tiles *c, int64_t r, int nr, int64_
 #if DNNZ_X86
 /* The next kc symbols of the group's rows (positions pos[8]; rows past nr decode a copy of a
  * live row) into buf (GEMV_BS symbols of the table's width, 1 or 2 bytes, per row), with zero
- * indices past kc for the last vector's loads. */
-static void gemv_decode(const struct dnnz_ham_rows *h, uint64_t pos[GEMV_ROWS], void *buf, int64_t kc)
+ * indices past kc for the last vector's loads. Rows with an end-of-row symbol (rlham, h->eor >=
+ * 0; ended[8] then flags the rows that met theirs): from a row's first end-of-row symbol on its
+ * buffer holds that symbol (the extended codebook's 0: everything decoded after it is the next
+ * row's bits) and an ended row decodes a copy of a live row. Returns 1 when the slice holds an
+ * end-of-row symbol (the lookups must then cover index eor), else 0. */
+static int gemv_decode(const struct dnnz_ham_rows *h, uint64_t pos[GEMV_ROWS], void *buf, int64_t kc,
+                       uint8_t ended[GEMV_ROWS])
 {
     const int width = (int)h->t->out_width;
     uint8_t *o[GEMV_ROWS];
-    for (int i = 0; i < GEMV_ROWS; i++)
+    int live = -1, has_eor = 0;
+    for (int i = 0; i < GEMV_ROWS; i++) {
         o[i] = (uint8_t *)buf + (size_t)i * GEMV_BS * width;
-    if (width == 1) {
-        dnnz_huf_decode8_u8_at(h->t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
-    } else {
-        const size_t n[4] = {(size_t)kc, (size_t)kc, (size_t)kc, (size_t)kc};
-        void *const o0[4] = {o[0], o[1], o[2], o[3]}, *const o1[4] = {o[4], o[5], o[6], o[7]};
-        dnnz_huf_decode4_wide_at(h->t, h->payload, (size_t)h->payload_len, pos, o0, n);
-        dnnz_huf_decode4_wide_at(h->t, h->payload, (size_t)h->payload_len, pos + 4, o1, n);
+        if (!ended || !ended[i])
+            live = i;
+    }
+    if (live >= 0) {
+        for (int i = 0; ended && i < GEMV_ROWS; i++)
+            if (ended[i])
+                pos[i] = pos[live];
+        if (width == 1) {
+            dnnz_huf_decode8_u8_at(h->t, h->payload, (size_t)h->payload_len, pos, o, (size_t)kc);
+        } else {
+            const size_t n[4] = {(size_t)kc, (size_t)kc, (size_t)kc, (size_t)kc};
+            void *const o0[4] = {o[0], o[1], o[2], o[3]}, *const o1[4] = {o[4], o[5], o[6], o[7]};
+            dnnz_huf_decode4_wide_at(h->t, h->payload, (size_t)h->payload_len, pos, o0, n);
+            dnnz_huf_decode4_wide_at(h->t, h->payload, (size_t)h->payload_len, pos + 4, o1, n);
+        }
+    }
+    for (int i = 0; ended && i < GEMV_ROWS; i++) {
+        int64_t j = 0;
+        if (!ended[i]) {
+            if (width == 1) {
+                const uint8_t *e = memchr(o[i], (int)h->eor, (size_t)kc);
+                j = e ? e - o[i] : kc;
+            } else {
+                const uint16_t *o16 = (const uint16_t *)(const void *)o[i];
+                while (j < kc && o16[j] != (uint16_t)h->eor)
+                    j++;
+            }
+            if (j == kc)
+                continue;
+            ended[i] = 1;
+        }
+        has_eor = 1;
+        if (width == 1) {
+            memset(o[i] + j, (int)h->eor, (size_t)(kc - j));
+        } else {
+            uint16_t *o16 = (uint16_t *)(void *)o[i];
+            for (; j < kc; j++)
+                o16[j] = (uint16_t)h->eor;
+        }
     }
     for (int i = 0; i < GEMV_ROWS; i++)
         memset(o[i] + kc * width, 0, 16 * (size_t)width);
+    return has_eor;
 }
 
 static void gemv_start(const struct dnnz_tiles *c, int64_t r, int nr, uint64_t pos[GEMV_ROWS])
@@ -316,10 +355,11 @@ static void ham_batch_rows(const struct dnnz_tiles *c, int64_t r0, int64_t r1)
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
         uint64_t pos[GEMV_ROWS];
+        uint8_t ended[GEMV_ROWS] = {0};
         gemv_start(c, r, nr, pos);
         for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
             const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC, kcp = (kc + 15) & ~(int64_t)15;
-            gemv_decode(h, pos, ib16, kc);
+            gemv_decode(h, pos, ib16, kc, h->eor >= 0 ? ended : NULL);
             for (int i = 0; i < GEMV_ROWS; i++) {
                 float *dst = wbuf + i * kcp;
                 if (i >= nr) {
@@ -377,7 +417,6 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t r0
 {
     const struct dnnz_ham_rows *h = c->aux;
     const float *cb = h->codebook;
-    const int64_t k = h->k;
     const __m512 c0 = _mm512_loadu_ps(c->cbpad), c1 = _mm512_loadu_ps(c->cbpad + 16);
     const __m512 c2 = _mm512_loadu_ps(c->cbpad + 32), c3 = _mm512_loadu_ps(c->cbpad + 48);
     const __m512i b5 = _mm512_set1_epi32(32);
@@ -387,6 +426,7 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t r0
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
         uint64_t pos[GEMV_ROWS];
+        uint8_t ended[GEMV_ROWS] = {0};
         __m512 acc[GEMV_ROWS];
         gemv_start(c, r, nr, pos);
         for (int i = 0; i < GEMV_ROWS; i++)
@@ -394,7 +434,9 @@ static DNNZ_T_AVX512 void ham_gemv_avx512(const struct dnnz_tiles *c, int64_t r0
         for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
             const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC;
             const float *x = c->x + k0;
-            gemv_decode(h, pos, ib16, kc);
+            /* a slice without an end-of-row symbol (rlham's eor = k - 1) needs k - 1 values */
+            const int64_t k = gemv_decode(h, pos, ib16, kc, h->eor >= 0 ? ended : NULL) || h->eor != h->k - 1
+                                  ? h->k : h->k - 1;
             if (wide2)
                 GEMV_DOT_512(LKG);
             else if (k <= 16)
@@ -445,7 +487,6 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
 {
     const struct dnnz_ham_rows *h = c->aux;
     const float *cb = h->codebook;
-    const int64_t k = h->k;
     const __m256 c0 = _mm256_loadu_ps(c->cbpad), c1 = _mm256_loadu_ps(c->cbpad + 8);
     const __m256i seven = _mm256_set1_epi32(7);
     uint16_t ib16[GEMV_ROWS * GEMV_BS] __attribute__((aligned(64))); /* 1- or 2-byte symbols */
@@ -454,6 +495,7 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
     for (int64_t r = r0; r < r1; r += GEMV_ROWS) {
         int nr = r1 - r < GEMV_ROWS ? (int)(r1 - r) : GEMV_ROWS;
         uint64_t pos[GEMV_ROWS];
+        uint8_t ended[GEMV_ROWS] = {0};
         __m256 acc[GEMV_ROWS];
         gemv_start(c, r, nr, pos);
         for (int i = 0; i < GEMV_ROWS; i++)
@@ -461,7 +503,9 @@ static DNNZ_T_AVX2 void ham_gemv_avx2(const struct dnnz_tiles *c, int64_t r0, in
         for (int64_t k0 = 0; k0 < c->cols; k0 += GEMV_KC) {
             const int64_t kc = c->cols - k0 < GEMV_KC ? c->cols - k0 : GEMV_KC;
             const float *x = c->x + k0;
-            gemv_decode(h, pos, ib16, kc);
+            /* a slice without an end-of-row symbol (rlham's eor = k - 1) needs k - 1 values */
+            const int64_t k = gemv_decode(h, pos, ib16, kc, h->eor >= 0 ? ended : NULL) || h->eor != h->k - 1
+                                  ? h->k : h->k - 1;
             if (wide2)
                 GEMV_DOT_256(LKG);
             else if (k <= 8)
@@ -501,16 +545,38 @@ struct ham_lanes {
     uint8_t t7[128];   /* length of the code a 7-bit prefix starts, 8 for a longer one */
     uint32_t lim[8];   /* lengths 8 .. max_len - 1: end of their codes, left-aligned on 32 bits */
     uint32_t offs[16]; /* position in canonical order of code 0 of each length: index - first */
-    float cbs[32];     /* the codebook in canonical order */
+    float cbs[32];     /* the codebook in canonical order (without the end-of-row symbol) */
+    uint32_t eor_mask, eor_code; /* the end-of-row code's bits, left-aligned on 32 bits */
+    int eor;           /* 1 when the rows have an end-of-row symbol */
     int n_long;
     int spr;           /* steps per refill */
 };
 
-/* 1 when the table suits the lanes (else the eight-row decoders). */
+/* 1 when the table suits the lanes (else the eight-row decoders). An end-of-row symbol (rlham's
+ * rows, h->eor >= 0) must be the last code of its length (it is the largest symbol: canonical
+ * order puts it there); it takes no place in cbs[] (the positions after it move down by one, the
+ * lanes never use its weight) and at most 32 other symbols are used. */
 static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
 {
     const dnnz_huf_dtable *t = h->t;
-    if (h->eor >= 0 || t->out_width != 1 || t->n_used < 2 || t->n_used > 32 || t->max_len > 15)
+    if (t->out_width != 1 || t->n_used < 2 || t->max_len > 15)
+        return 0;
+    int64_t epos = -1; /* the end-of-row symbol's canonical position */
+    unsigned elen = 0;
+    if (h->eor >= 0) {
+        for (uint32_t i = 0; i < t->n_used; i++)
+            if (t->sorted[i] == (uint32_t)h->eor)
+                epos = i;
+        if (epos < 0)
+            return 0;
+        for (unsigned l = 1; l <= t->max_len; l++)
+            if (t->index[l] <= epos && (uint64_t)(epos - t->index[l] + t->first[l]) < (t->limit[l] >> (32 - l)))
+                elen = l;
+        /* the last code of its length */
+        if (!elen || (uint64_t)(epos - t->index[elen] + t->first[elen] + 1) != (t->limit[elen] >> (32 - elen)))
+            return 0;
+    }
+    if (t->n_used - (epos >= 0) > 32)
         return 0;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512vbmi2"))
@@ -523,9 +589,15 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
     for (unsigned l = 8; l < t->max_len; l++)
         L->lim[L->n_long++] = (uint32_t)t->limit[l];
     for (unsigned l = 1; l <= t->max_len; l++)
-        L->offs[l] = t->index[l] - t->first[l];
-    for (uint32_t i = 0; i < t->n_used; i++)
-        L->cbs[i] = h->codebook[t->sorted[i]];
+        L->offs[l] = t->index[l] - t->first[l] - (epos >= 0 && l > elen);
+    for (uint32_t i = 0, o = 0; i < t->n_used; i++)
+        if ((int64_t)i != epos)
+            L->cbs[o++] = h->codebook[t->sorted[i]];
+    if (epos >= 0) {
+        L->eor = 1;
+        L->eor_mask = ~(uint32_t)0 << (32 - elen);
+        L->eor_code = (uint32_t)(epos - t->index[elen] + t->first[elen]) << (32 - elen);
+    }
     L->spr = (int)(57 / t->max_len);
     return 1;
 }
@@ -537,7 +609,7 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
  * position; the caller has checked that every 8-byte load (at a position before the end of a
  * row) stays within src's bytes and that the rows span less than 2^31 bits. */
 DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, const int G,
-                                       int64_t cols, const float *x, float *y, float *wt)
+                                       const int E, int64_t cols, const float *x, float *y, float *wt)
 {
     const uint64_t pos0 = pos[0] & ~(uint64_t)7;
     const uint8_t *base = src + (pos0 >> 3);
@@ -549,6 +621,7 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
     const __m512 cb0 = _mm512_loadu_ps(L->cbs), cb1 = _mm512_loadu_ps(L->cbs + 16);
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
     const __mmask64 lowb = 0x1111111111111111ull; /* byte 0 of each 32-bit lane */
+    const __m512i emask = _mm512_set1_epi32((int)L->eor_mask), ecode = _mm512_set1_epi32((int)L->eor_code);
     const int nl = L->n_long, spr = L->spr;
     __m512i lim[8];
     for (int q = 0; q < 8; q++)
@@ -581,19 +654,32 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
         const int64_t stop = cols - j < spr ? cols : j + spr;
         for (; j < stop; j++) {
             for (int g = 0; g < G; g++) {
+                /* E: a lane at its row's end-of-row code stays there (its weights are 0 from
+                 * there on and its loads stay within the row) */
+                const __mmask16 live = E ? _mm512_cmpneq_epi32_mask(_mm512_and_si512(H[g], emask), ecode) : 0xFFFF;
                 __m512i len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H[g], 25), T1);
                 for (int q = 0; q < nl; q++)
                     len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H[g], lim[q], _MM_CMPINT_NLT), len, one);
                 const __m512i sp = _mm512_add_epi32(_mm512_shldv_epi32(zero, H[g], len),
                                                     _mm512_permutexvar_epi32(len, offs));
                 const __m512 w = _mm512_permutex2var_ps(cb0, sp, cb1);
-                H[g] = _mm512_shldv_epi32(H[g], LO[g], len);
-                LO[g] = _mm512_sllv_epi32(LO[g], len);
-                P[g] = _mm512_add_epi32(P[g], len);
-                if (wt)
-                    _mm512_store_ps(wt + (j * G + g) * 16, w);
-                if (x)
-                    acc[g] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[j]), acc[g]);
+                if (E) {
+                    H[g] = _mm512_mask_shldv_epi32(H[g], live, LO[g], len);
+                    LO[g] = _mm512_mask_sllv_epi32(LO[g], live, LO[g], len);
+                    P[g] = _mm512_mask_add_epi32(P[g], live, P[g], len);
+                    if (wt)
+                        _mm512_store_ps(wt + (j * G + g) * 16, _mm512_maskz_mov_ps(live, w));
+                    if (x)
+                        acc[g] = _mm512_mask3_fmadd_ps(w, _mm512_set1_ps(x[j]), acc[g], live);
+                } else {
+                    H[g] = _mm512_shldv_epi32(H[g], LO[g], len);
+                    LO[g] = _mm512_sllv_epi32(LO[g], len);
+                    P[g] = _mm512_add_epi32(P[g], len);
+                    if (wt)
+                        _mm512_store_ps(wt + (j * G + g) * 16, w);
+                    if (x)
+                        acc[g] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[j]), acc[g]);
+                }
             }
         }
     }
@@ -606,28 +692,37 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
         pos[i] = pos0 + prel[i];
 }
 
-/* The instantiations: batch 1 (fused) and tile decodes, for 1, 2 and 4 groups. */
+/* The instantiations: batch 1 (fused) and tile decodes, for 1, 2 and 4 groups, rows with and
+ * without an end-of-row symbol. */
+#define LANES_CASES(ARGS)                                                                         \
+    do {                                                                                          \
+        if (L->eor) {                                                                             \
+            if (G == 4) ham_lanes_run(L, src, pos, 4, 1, ARGS);                                   \
+            else if (G == 2) ham_lanes_run(L, src, pos, 2, 1, ARGS);                              \
+            else ham_lanes_run(L, src, pos, 1, 1, ARGS);                                          \
+        } else {                                                                                  \
+            if (G == 4) ham_lanes_run(L, src, pos, 4, 0, ARGS);                                   \
+            else if (G == 2) ham_lanes_run(L, src, pos, 2, 0, ARGS);                              \
+            else ham_lanes_run(L, src, pos, 1, 0, ARGS);                                          \
+        }                                                                                         \
+    } while (0)
+
 static LANES_T void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G,
                                    int64_t cols, const float *x, float *y)
 {
-    if (G == 4)
-        ham_lanes_run(L, src, pos, 4, cols, x, y, NULL);
-    else if (G == 2)
-        ham_lanes_run(L, src, pos, 2, cols, x, y, NULL);
-    else
-        ham_lanes_run(L, src, pos, 1, cols, x, y, NULL);
+#define GEMV_ARGS cols, x, y, NULL
+    LANES_CASES(GEMV_ARGS);
+#undef GEMV_ARGS
 }
 
 static LANES_T void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G,
                                      int64_t cols, float *wt)
 {
-    if (G == 4)
-        ham_lanes_run(L, src, pos, 4, cols, NULL, NULL, wt);
-    else if (G == 2)
-        ham_lanes_run(L, src, pos, 2, cols, NULL, NULL, wt);
-    else
-        ham_lanes_run(L, src, pos, 1, cols, NULL, NULL, wt);
+#define DEC_ARGS cols, NULL, NULL, wt
+    LANES_CASES(DEC_ARGS);
+#undef DEC_ARGS
 }
+#undef LANES_CASES
 
 /* y[b * ys + i] += wt[j * ws + i] . x[b, 0:kc] summed over j, for the 16 * NV rows i of a decoded
  * tile (row stride ws) and nb batch rows (stride xs). */
@@ -771,9 +866,9 @@ int dnnz_ham_rows_matmul(const struct dnnz_ham_rows *h, int64_t rows, int64_t co
     c.kc_max = HAM_TILE_KC;
     c.rows_outer = 1;
 #if DNNZ_X86
-    /* 1- or 2-byte symbols, every row as long as the matrix (no end-of-row symbol): eight rows
-     * decoded together, fused with the dot product at batch 1 */
-    if (h->eor < 0 && h->t->out_width <= 2 && (path == DNNZ_CPU_AVX512 || path == DNNZ_CPU_AVX2)) {
+    /* 1- or 2-byte symbols (rows with or without an end-of-row symbol): eight rows decoded
+     * together, fused with the dot product at batch 1 */
+    if (h->t->out_width <= 2 && (path == DNNZ_CPU_AVX512 || path == DNNZ_CPU_AVX2)) {
         memcpy(c.cbpad, h->codebook, (size_t)(h->k < 64 ? h->k : 64) * 4);
         c.gemv = path == DNNZ_CPU_AVX512 ? ham_task_avx512 : ham_task_avx2;
         c.gemv_all = 1;

@@ -126,6 +126,46 @@ def test_ham_row_lanes(dist, rows, cols, cpu_path, monkeypatch):
     assert_matmul(e, w, batches=(1, 2, 7, 8, 9, 17, 129), seed=rows + cols)
 
 
+@pytest.mark.parametrize("dist", ["gauss32", "uniform32", "skewed32", "k2", "k31", "k33"])
+@pytest.mark.parametrize("rows,cols", [(32, 1), (70, 17), (64, 129), (97, 300), (40, 2049), (150, 2100)])
+def test_rlham_all_runs_zero_row_lanes(dist, rows, cols, cpu_path):
+    """rlham rows whose runs are all 0 run ham's fast paths with the end-of-row symbol: the
+    AVX-512 lanes (at most 32 used values besides it; a lane stays at its end-of-row code, its
+    weights 0 from there on) and the eight-row decoders (k = 33; from a row's end-of-row symbol
+    on its index buffer holds that symbol, the extended codebook's 0). Without zeros every row is
+    full and the sums are ham's, bit for bit (same weights, same order); then rows that end
+    early: empty rows, rows ending in the first column, around the 128-column tiles and the
+    2048-column slices, one short, and the last rows of the payload."""
+    rng = np.random.default_rng(rows * 11 + cols)
+    shape = (rows, cols)
+    if dist == "gauss32":
+        idx = np.clip(np.rint((rng.standard_normal(shape) + 3) / 6 * 31), 0, 31).astype(np.int64)
+        k = 32
+    elif dist == "skewed32":
+        idx, k = skewed_indices(rng, shape, 32), 32
+    else:
+        k = int(dist[1:]) if dist[0] == "k" else 32
+        idx = rng.integers(0, k, shape)
+    w = levels(k)[idx]
+    batches = (1, 2, 7, 8, 9, 17)
+    e, h = encode(w, "rlham"), encode(w, "ham")
+    assert e.params["run_classes"] == 1 and e.params["direct_runs"] == 1, e.params
+    assert np.array_equal(e.decode(), w)
+    for batch in batches:
+        x = rng.standard_normal((batch, cols)).astype(np.float32)
+        assert np.array_equal(e.matmul(x).view(np.uint32), h.matmul(x).view(np.uint32)), batch
+    assert_matmul(e, w, batches=batches, seed=rows)
+    ends = rng.integers(0, cols + 1, rows)
+    for r, end in zip(range(0, rows, 3), (0, 1, 127, 128, 129, 2047, 2048, 2049, cols - 1, cols, cols // 2)):
+        ends[r] = min(end, cols)
+    ends[-1] = ends[-1] // 2
+    w[np.arange(cols)[None, :] >= ends[:, None]] = 0.0
+    e = encode(w, "rlham")
+    assert e.params["run_classes"] == 1 and e.params["direct_runs"] == 1, e.params
+    assert np.array_equal(e.decode(), w)
+    assert_matmul(e, w, batches=batches, seed=rows + 1)
+
+
 @pytest.mark.parametrize("k", [1, 33, 4096])
 def test_sham_lanes_and_gathers(k, cpu_path):
     rng = np.random.default_rng(k)
