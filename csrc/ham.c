@@ -548,6 +548,7 @@ struct ham_lanes {
     float cbs[32];     /* the codebook in canonical order (without the end-of-row symbol) */
     uint32_t eor_mask, eor_code; /* the end-of-row code's bits, left-aligned on 32 bits */
     int eor;           /* 1 when the rows have an end-of-row symbol */
+    unsigned eor_len;  /* its code's length */
     int n_long;
     int spr;           /* steps per refill */
 };
@@ -595,6 +596,7 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
             L->cbs[o++] = h->codebook[t->sorted[i]];
     if (epos >= 0) {
         L->eor = 1;
+        L->eor_len = elen;
         L->eor_mask = ~(uint32_t)0 << (32 - elen);
         L->eor_code = (uint32_t)(epos - t->index[elen] + t->first[elen]) << (32 - elen);
     }
@@ -609,7 +611,8 @@ static int ham_lanes_prepare(const struct dnnz_ham_rows *h, struct ham_lanes *L)
  * position; the caller has checked that every 8-byte load (at a position before the end of a
  * row) stays within src's bytes and that the rows span less than 2^31 bits. */
 DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, const int G,
-                                       const int E, int64_t cols, const float *x, float *y, float *wt)
+                                       const int E, uint64_t pend, int64_t cols, const float *x, float *y,
+                                       float *wt)
 {
     const uint64_t pos0 = pos[0] & ~(uint64_t)7;
     const uint8_t *base = src + (pos0 >> 3);
@@ -622,6 +625,7 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
     const __mmask64 lowb = 0x1111111111111111ull; /* byte 0 of each 32-bit lane */
     const __m512i emask = _mm512_set1_epi32((int)L->eor_mask), ecode = _mm512_set1_epi32((int)L->eor_code);
+    const __m512i vend = _mm512_set1_epi32((int)(uint32_t)(E == 2 ? pend - pos0 : 0));
     const int nl = L->n_long, spr = L->spr;
     __m512i lim[8];
     for (int q = 0; q < 8; q++)
@@ -643,6 +647,8 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
     int64_t j = 0;
     while (j < cols) {
         for (int g = 0; g < G; g++) { /* 8 bytes at each lane's byte, shifted to its bit */
+            if (E == 2) /* a lane past its row's end (decoding the bits after it) stays in the group's */
+                P[g] = _mm512_min_epu32(P[g], vend);
             const __m512i by = _mm512_srli_epi32(P[g], 3);
             const __m512i g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(by), (const void *)base, 1);
             const __m512i g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(by, 1), (const void *)base, 1);
@@ -656,14 +662,14 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
             for (int g = 0; g < G; g++) {
                 /* E: a lane at its row's end-of-row code stays there (its weights are 0 from
                  * there on and its loads stay within the row) */
-                const __mmask16 live = E ? _mm512_cmpneq_epi32_mask(_mm512_and_si512(H[g], emask), ecode) : 0xFFFF;
+                const __mmask16 live = E == 1 ? _mm512_cmpneq_epi32_mask(_mm512_and_si512(H[g], emask), ecode) : 0xFFFF;
                 __m512i len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H[g], 25), T1);
                 for (int q = 0; q < nl; q++)
                     len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H[g], lim[q], _MM_CMPINT_NLT), len, one);
                 const __m512i sp = _mm512_add_epi32(_mm512_shldv_epi32(zero, H[g], len),
                                                     _mm512_permutexvar_epi32(len, offs));
                 const __m512 w = _mm512_permutex2var_ps(cb0, sp, cb1);
-                if (E) {
+                if (E == 1) {
                     H[g] = _mm512_mask_shldv_epi32(H[g], live, LO[g], len);
                     LO[g] = _mm512_mask_sllv_epi32(LO[g], live, LO[g], len);
                     P[g] = _mm512_mask_add_epi32(P[g], live, P[g], len);
@@ -696,27 +702,31 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
  * without an end-of-row symbol. */
 #define LANES_CASES(ARGS)                                                                         \
     do {                                                                                          \
-        if (L->eor) {                                                                             \
-            if (G == 4) ham_lanes_run(L, src, pos, 4, 1, ARGS);                                   \
-            else if (G == 2) ham_lanes_run(L, src, pos, 2, 1, ARGS);                              \
-            else ham_lanes_run(L, src, pos, 1, 1, ARGS);                                          \
+        if (E == 2) {                                                                             \
+            if (G == 4) ham_lanes_run(L, src, pos, 4, 2, pend, ARGS);                             \
+            else if (G == 2) ham_lanes_run(L, src, pos, 2, 2, pend, ARGS);                        \
+            else ham_lanes_run(L, src, pos, 1, 2, pend, ARGS);                                    \
+        } else if (E == 1) {                                                                      \
+            if (G == 4) ham_lanes_run(L, src, pos, 4, 1, 0, ARGS);                                \
+            else if (G == 2) ham_lanes_run(L, src, pos, 2, 1, 0, ARGS);                           \
+            else ham_lanes_run(L, src, pos, 1, 1, 0, ARGS);                                       \
         } else {                                                                                  \
-            if (G == 4) ham_lanes_run(L, src, pos, 4, 0, ARGS);                                   \
-            else if (G == 2) ham_lanes_run(L, src, pos, 2, 0, ARGS);                              \
-            else ham_lanes_run(L, src, pos, 1, 0, ARGS);                                          \
+            if (G == 4) ham_lanes_run(L, src, pos, 4, 0, 0, ARGS);                                \
+            else if (G == 2) ham_lanes_run(L, src, pos, 2, 0, 0, ARGS);                           \
+            else ham_lanes_run(L, src, pos, 1, 0, 0, ARGS);                                       \
         }                                                                                         \
     } while (0)
 
-static LANES_T void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G,
-                                   int64_t cols, const float *x, float *y)
+static LANES_T void ham_lanes_gemv(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G, int E,
+                                   uint64_t pend, int64_t cols, const float *x, float *y)
 {
 #define GEMV_ARGS cols, x, y, NULL
     LANES_CASES(GEMV_ARGS);
 #undef GEMV_ARGS
 }
 
-static LANES_T void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G,
-                                     int64_t cols, float *wt)
+static LANES_T void ham_lanes_decode(const struct ham_lanes *L, const uint8_t *src, uint64_t *pos, int G, int E,
+                                     uint64_t pend, int64_t cols, float *wt)
 {
 #define DEC_ARGS cols, NULL, NULL, wt
     LANES_CASES(DEC_ARGS);
@@ -800,21 +810,37 @@ static DNNZ_T_AVX512 int64_t ham_lanes_rows(const struct dnnz_tiles *c, int64_t 
                 pos[i] -= 8 * first;
             src = copy;
         }
-        if (c->batch == 1) {
-            ham_lanes_gemv(&L, src, pos, G, c->cols, c->x, c->y + r0);
-        } else {
-            /* slices of LANES_KC columns decoded once into an L1 tile for every batch row */
-            for (int64_t b = 0; b < c->batch; b++)
-                memset(c->y + b * c->rows + r0, 0, (size_t)n * sizeof(float));
-            for (int64_t k0 = 0; k0 < c->cols; k0 += LANES_KC) {
-                const int64_t kc = c->cols - k0 < LANES_KC ? c->cols - k0 : LANES_KC;
-                ham_lanes_decode(&L, src, pos, G, kc, wt);
-                for (int v = 0; v < n; v += 32)
-                    for (int64_t b = 0; b < c->batch; b += LANES_NB)
-                        ham_lanes_micro_nb(wt + v, n, n - v < 32 ? 1 : 2, kc, c->x + b * c->xstride + k0, c->xstride,
-                                           c->batch - b < LANES_NB ? (int)(c->batch - b) : LANES_NB,
-                                           c->y + b * c->rows + r0 + v, c->rows);
+        /* Rows with an end-of-row symbol: first the plain decode (positions kept within the
+         * group's bits), which is right when every row holds all its columns, that is when each
+         * lane ends at its row's end-of-row code; else again with the lanes that stop there. */
+        for (int E = L.eor ? 2 : 0; E >= 0; E = E == 2 ? 1 : -1) {
+            for (int i = 0; E == 1 && i < n; i++)
+                pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r0 + i) - (src == copy ? 8 * first : 0);
+            const uint64_t pend = end - (src == copy ? 8 * first : 0);
+            if (c->batch == 1) {
+                ham_lanes_gemv(&L, src, pos, G, E, pend, c->cols, c->x, c->y + r0);
+            } else {
+                /* slices of LANES_KC columns decoded once into an L1 tile for every batch row */
+                for (int64_t b = 0; b < c->batch; b++)
+                    memset(c->y + b * c->rows + r0, 0, (size_t)n * sizeof(float));
+                for (int64_t k0 = 0; k0 < c->cols; k0 += LANES_KC) {
+                    const int64_t kc = c->cols - k0 < LANES_KC ? c->cols - k0 : LANES_KC;
+                    ham_lanes_decode(&L, src, pos, G, E, pend, kc, wt);
+                    for (int v = 0; v < n; v += 32)
+                        for (int64_t b = 0; b < c->batch; b += LANES_NB)
+                            ham_lanes_micro_nb(wt + v, n, n - v < 32 ? 1 : 2, kc, c->x + b * c->xstride + k0,
+                                               c->xstride, c->batch - b < LANES_NB ? (int)(c->batch - b) : LANES_NB,
+                                               c->y + b * c->rows + r0 + v, c->rows);
+                }
             }
+            if (E != 2)
+                break;
+            int full = 1;
+            for (int i = 0; i < n; i++)
+                full &= pos[i] + (src == copy ? 8 * first : 0) + L.eor_len ==
+                        dnnz_rd_le(h->offsets, h->off_bytes, r0 + i + 1);
+            if (full)
+                break;
         }
         free(copy);
         r0 += n;
