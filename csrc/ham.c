@@ -2,17 +2,21 @@
  * `sham` and `rlham` (see ham.h).
  *
  * matmul: a task is a block of DNNZ_KERN_TASK_ROWS output rows. On AVX-512 with VBMI2, for at
- * most 32 used symbols and codes of at most 15 bits, the rows decode in vector lanes, 16 rows
- * per vector and four vectors interleaved (ham_lanes_run below), fused with the multiply-add at
- * batch 1, into 128-column float tiles for blocks of 8 batch rows above. Otherwise, on the AVX2 /
- * AVX-512 paths, for 1- and 2-byte symbols and rows without an end-of-row symbol, eight rows are
+ * most 32 used symbols (besides an end-of-row symbol) and codes of at most 15 bits, the rows
+ * decode in vector lanes, 16 rows per vector and four vectors interleaved (ham_lanes_run below),
+ * fused with the multiply-add at batch 1, into 128-column float tiles for blocks of 8 batch rows
+ * above. Otherwise, on the AVX2 / AVX-512 paths, for 1- and 2-byte symbols, eight rows are
  * decoded together, 2048 columns at a time (eight interleaved dependency chains, multi-symbol table,
  * dnnz_huf_decode8_u8_at; for large alphabets two four-stream decodes through the 14-bit wide
  * table, dnnz_huf_decode4_wide_at) into L1 index buffers. At batch 1 the indices go straight
  * into the multiply-add (codebook in registers: a permute for k <= 64 on AVX-512, k <= 16 on
  * AVX2; a gather above); at batch > 1 each slice is looked up once into an 8-row float tile
- * that the register-blocked micro-kernel multiplies with every batch row. Everything else
- * (scalar path, rlham's rows, 4-byte symbols) runs the kern.h tile driver with four rows per
+ * that the register-blocked micro-kernel multiplies with every batch row. rlham's rows whose runs
+ * are all 0 (an end-of-row symbol, rows that may end early) take the same paths: the lanes first
+ * decode as for ham and check that every lane ended at its row's end-of-row code (all rows full),
+ * else decode again with lanes that stop there; the eight-row decoders fill a row's index buffer
+ * with the end-of-row symbol (the extended codebook's 0) from its first one on. Everything else
+ * (scalar path, 4-byte symbols) runs the kern.h tile driver with four rows per
  * tile (dnnz_ham_tile). The dense matrix never exists. Every output is summed by one task in a
  * fixed order: results do not depend on the thread count (they do between CPU paths: FMA
  * contraction and lane order).

@@ -981,7 +981,7 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
     if (m->run_classes == 1 && m->direct_runs == 1) {
         /* Every run is 0: a row is its first n <= cols entries (zeros after them), each one
          * symbol (its value index), then the end-of-row symbol k: ham's rows with an end-of-row
-         * mark, so the same tile decoder (multi-symbol, four interleaved streams) runs it. */
+         * mark, so ham's kernels (lanes, eight-row decoders, tiles) run it. */
         float *cbx = malloc((size_t)(m->k + 1) * sizeof *cbx);
         if (!cbx) {
             rl_code_free(&c);
