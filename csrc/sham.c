@@ -337,24 +337,28 @@ static DNNZ_T_AVX2 void sham_group_avx2(const struct sham_ctx *c, int64_t r, con
 #undef LK16
 #undef LKG
 
-/* ---- batch 1, AVX-512 with VBMI2: 16 rows in the lanes of a vector, up to four vectors ----- */
+/* ---- batch 1, AVX-512 with VBMI2: 16 rows in the lanes of a vector ----------------------- */
 
-/* For at most 32 used symbols, codes of at most 15 bits and 1-byte symbols, each lane decodes one
- * row's value stream, one non-zero per step, as ham's row lanes do (ham.c: the code length from a
- * 128-entry table of the 7-bit prefix plus one compare per longer length, the canonical position,
- * the weight from the codebook in canonical order held in two registers; a 64-bit window of bits
- * per lane refilled by a gather every 57 / max_len steps). The same step gathers the lane's
- * column index (its row's next entry) and x there, and adds the product into the lane: y's rows
- * are the lanes, no index buffer, no horizontal sum. Rows differ in length: the steps run to the
- * longest row of the group, a lane past its row's end is masked (its stream position stays at
- * the row's end, its gathers and multiply-add are off, so an infinite weight never meets a zero).
- * The decoded symbols and the sum order of each row are fixed by the layout: results do not
- * depend on the thread count. */
-#define SL_G 4 /* groups of 16 rows at most */
+/* For at most 32 used symbols, codes of at most 15 bits, 1-byte symbols and 2-byte column
+ * indices, each lane decodes one row's value stream, one non-zero per step, as ham's row lanes
+ * do (ham.c: the code length from a 128-entry byte table of the 7-bit prefix plus one compare
+ * per longer length, the canonical position, the weight from the codebook in canonical order
+ * held in two registers; a 64-bit window of bits per lane refilled by a gather every
+ * 57 / max_len steps). When every code fits the 7-bit prefix, one byte table gives both the
+ * length and the canonical position. The same step gathers x at the lane's column and adds the
+ * product into the lane: y's rows are the lanes, no index buffer, no horizontal sum. The column
+ * indices of the next eight steps are loaded per row and transposed into eight vectors of 16
+ * lanes (two rounds of word permutes). Rows differ in length: the steps run to the longest row
+ * of the group; past the shortest one a lane past its row's end is masked (its stream position
+ * stays at the row's end, its loads, gather and multiply-add are off, so an infinite weight never
+ * meets a zero). The decoded symbols and the sum order of each row are fixed by the layout:
+ * results do not depend on the thread count. Interleaving two or four groups of 16 rows was
+ * slower on the AMD EPYC measured (more row streams, more registers), so one group runs. */
 #define SL_T __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,fma,avx2")))
 
 struct sham_lanes {
     uint8_t t7[128];   /* length of the code a 7-bit prefix starts, 8 for a longer one */
+    uint8_t e7[128];   /* codes of at most 7 bits: canonical position << 3 | length */
     uint32_t lim[8];   /* lengths 8 .. max_len - 1: end of their codes, left-aligned on 32 bits */
     uint32_t offs[16]; /* position in canonical order of code 0 of each length: index - first */
     float cbs[32];     /* the codebook in canonical order */
@@ -371,37 +375,38 @@ static int sham_lanes_prepare(const dnnz_huf_dtable *t, const float *codebook, s
     if (!__builtin_cpu_supports("avx512vbmi2"))
         return 0;
     memset(L, 0, sizeof *L);
+    for (unsigned l = 1; l <= t->max_len; l++)
+        L->offs[l] = t->index[l] - t->first[l];
     for (int p = 0; p < 128; p++) {
         unsigned l = t->single[p << (DNNZ_HUF_TABLE_BITS - 7)] & 63; /* 0: longer than the table */
         L->t7[p] = (uint8_t)(l >= 1 && l <= 7 ? l : 8);
+        if (l >= 1 && l <= 7)
+            L->e7[p] = (uint8_t)((L->offs[l] + ((unsigned)p >> (7 - l))) << 3 | l);
     }
     for (unsigned l = 8; l < t->max_len; l++)
         L->lim[L->n_long++] = (uint32_t)t->limit[l];
-    for (unsigned l = 1; l <= t->max_len; l++)
-        L->offs[l] = t->index[l] - t->first[l];
     for (uint32_t i = 0; i < t->n_used; i++)
         L->cbs[i] = codebook[t->sorted[i]];
     L->spr = (int)(57 / t->max_len);
     return 1;
 }
 
-/* y[i] = row i . x for the 16 * G rows whose value streams are at bit pos[i] of src (pos[0] the
- * smallest) and whose cnt[i] 2-byte column indices start at entry q[i] of col. The caller has
- * checked that every 8-byte load of src (at a position up to a row's end) stays within src and
- * that the rows span less than 2^31 bits and entries. The column indices of the next eight steps
- * are loaded per lane (masked at the row's end), transposed into eight vectors of 16 lanes
- * (two rounds of word permutes) and kept in cix. */
-DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const uint8_t *src, const uint64_t *pos,
-                                     const int G, const uint8_t *col, const uint32_t *q, const uint32_t *cnt,
-                                     int64_t steps, const float *x, float *y)
+/* y[0:16] = rows . x for the 16 rows whose value streams are at bit pos[i] of src (pos[0] the
+ * smallest) and whose cnt[i] 2-byte column indices start at entry q[i] of col (steps: the
+ * largest count, minc the smallest). SHORT: every code has at most 7 bits. The caller has checked
+ * that every 8-byte load of src (at a position up to a row's end) stays within src and that the
+ * rows span less than 2^31 bits. */
+DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const int SHORT, const uint8_t *src,
+                                     const uint64_t *pos, const uint8_t *col, const uint64_t *q,
+                                     const uint32_t *cnt, int64_t steps, int64_t minc, const float *x, float *y)
 {
     const uint64_t pos0 = pos[0] & ~(uint64_t)7;
     const uint8_t *base = src + (pos0 >> 3);
-    uint32_t prel[16 * SL_G];
-    __m512i cix[SL_G][8];
-    for (int i = 0; i < 16 * G; i++)
+    uint32_t prel[16];
+    __m512i cix[8];
+    for (int i = 0; i < 16; i++)
         prel[i] = (uint32_t)(pos[i] - pos0);
-    const __m512i T0 = _mm512_loadu_si512(L->t7), T1 = _mm512_loadu_si512(L->t7 + 64);
+    const __m512i T0 = _mm512_loadu_si512(SHORT ? L->e7 : L->t7), T1 = _mm512_loadu_si512((SHORT ? L->e7 : L->t7) + 64);
     const __m512i offs = _mm512_loadu_si512(L->offs);
     const __m512 cb0 = _mm512_loadu_ps(L->cbs), cb1 = _mm512_loadu_ps(L->cbs + 16);
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
@@ -416,8 +421,8 @@ DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const uint8_t *
         35, 34, 33, 32, 43, 42, 41, 40, 51, 50, 49, 48, 59, 58, 57, 56,
         67, 66, 65, 64, 75, 74, 73, 72, 83, 82, 81, 80, 91, 90, 89, 88,
         99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
-    /* transpose: a[k] holds lanes 4k..4k+3, eight words each (word 8t + s: lane 4k + t, step s);
-     * round 1 gives word 8s + l = lane l (of eight), step s (0..3, or 4..7 with +4); round 2
+    /* transpose: a[k] holds rows 4k..4k+3, eight words each (word 8t + s: row 4k + t, step s);
+     * round 1 gives word 8s + l = row l (of eight), step s (0..3, or 4..7 with +4); round 2
      * widens step s of both halves into 16 dword lanes */
     uint16_t t1[32], t2[4][32];
     for (int s = 0; s < 4; s++)
@@ -431,116 +436,112 @@ DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const uint8_t *
     const __m512i X1 = _mm512_loadu_si512(t1), X1b = _mm512_add_epi16(X1, _mm512_set1_epi16(4));
     const __m512i IH = _mm512_load_si512(ih);
     const __m512i IL = _mm512_add_epi8(IH, _mm512_set1_epi8(4));
-    __m512i P[SL_G], H[SL_G], LO[SL_G], C[SL_G];
-    __m512 acc[SL_G];
-    for (int g = 0; g < G; g++) {
-        P[g] = _mm512_loadu_si512(prel + 16 * g);
-        C[g] = _mm512_loadu_si512(cnt + 16 * g);
-        acc[g] = _mm512_setzero_ps();
-    }
+    const __m512i C = _mm512_loadu_si512(cnt);
+    __m512i P = _mm512_loadu_si512(prel), H = zero, LO = zero;
+    __m512 acc = _mm512_setzero_ps();
     int64_t j = 0;
     while (j < steps) {
-        for (int g = 0; g < G; g++) { /* 8 bytes at each lane's byte, shifted to its bit */
-            const __m512i by = _mm512_srli_epi32(P[g], 3);
+        { /* 8 bytes at each lane's byte, shifted to its bit */
+            const __m512i by = _mm512_srli_epi32(P, 3);
             const __m512i g0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(by), (const void *)base, 1);
             const __m512i g1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(by, 1), (const void *)base, 1);
             const __m512i hh = _mm512_permutex2var_epi8(g0, IH, g1), ll = _mm512_permutex2var_epi8(g0, IL, g1);
-            const __m512i s = _mm512_and_si512(P[g], seven);
-            H[g] = _mm512_shldv_epi32(hh, ll, s);
-            LO[g] = _mm512_sllv_epi32(ll, s);
+            const __m512i s = _mm512_and_si512(P, seven);
+            H = _mm512_shldv_epi32(hh, ll, s);
+            LO = _mm512_sllv_epi32(ll, s);
         }
         const int64_t stop = steps - j < spr ? steps : j + spr;
         for (; j < stop; j++) {
-            if (!(j & 7)) {
-                for (int g = 0; g < G; g++) {
-                    __m512i a[4];
-                    for (int k = 0; k < 4; k++) {
-                        __m128i l4[4];
-                        for (int t = 0; t < 4; t++) {
-                            const int i = 16 * g + 4 * k + t;
-                            const int64_t rem = (int64_t)cnt[i] - j;
-                            const uint8_t *cp = col + 2 * ((uint64_t)q[i] + (uint64_t)j);
-                            if (rem >= 8)
-                                l4[t] = _mm_loadu_si128((const __m128i *)cp);
-                            else
-                                l4[t] = _mm_maskz_loadu_epi16(rem <= 0 ? 0 : (__mmask8)((1u << rem) - 1), cp);
-                        }
-                        a[k] = _mm512_inserti32x4(
-                            _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(l4[0]), l4[1], 1), l4[2], 2),
-                            l4[3], 3);
+            if (!(j & 7)) { /* the next eight steps' column indices (masked past a row's end) */
+                __m512i a[4];
+                for (int k = 0; k < 4; k++) {
+                    __m128i l4[4];
+                    for (int t = 0; t < 4; t++) {
+                        const int i = 4 * k + t;
+                        const int64_t rem = (int64_t)cnt[i] - j;
+                        const uint8_t *cp = col + 2 * (q[i] + (uint64_t)j);
+                        l4[t] = rem >= 8 ? _mm_loadu_si128((const __m128i *)cp)
+                                         : _mm_maskz_loadu_epi16(rem <= 0 ? 0 : (__mmask8)((1u << rem) - 1), cp);
                     }
-                    const __m512i x01 = _mm512_permutex2var_epi16(a[0], X1, a[1]);
-                    const __m512i x23 = _mm512_permutex2var_epi16(a[2], X1, a[3]);
-                    const __m512i y01 = _mm512_permutex2var_epi16(a[0], X1b, a[1]);
-                    const __m512i y23 = _mm512_permutex2var_epi16(a[2], X1b, a[3]);
-                    for (int s = 0; s < 4; s++) {
-                        const __m512i i2 = _mm512_loadu_si512(t2[s]);
-                        cix[g][s] = _mm512_maskz_permutex2var_epi16(0x55555555u, x01, i2, x23);
-                        cix[g][s + 4] = _mm512_maskz_permutex2var_epi16(0x55555555u, y01, i2, y23);
-                    }
+                    a[k] = _mm512_inserti32x4(
+                        _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(l4[0]), l4[1], 1), l4[2], 2),
+                        l4[3], 3);
+                }
+                const __m512i x01 = _mm512_permutex2var_epi16(a[0], X1, a[1]);
+                const __m512i x23 = _mm512_permutex2var_epi16(a[2], X1, a[3]);
+                const __m512i y01 = _mm512_permutex2var_epi16(a[0], X1b, a[1]);
+                const __m512i y23 = _mm512_permutex2var_epi16(a[2], X1b, a[3]);
+                for (int s = 0; s < 4; s++) {
+                    const __m512i i2 = _mm512_loadu_si512(t2[s]);
+                    cix[s] = _mm512_maskz_permutex2var_epi16(0x55555555u, x01, i2, x23);
+                    cix[s + 4] = _mm512_maskz_permutex2var_epi16(0x55555555u, y01, i2, y23);
                 }
             }
-            const __m512i J = _mm512_set1_epi32((int)j);
-            for (int g = 0; g < G; g++) {
-                const __mmask16 act = _mm512_cmpgt_epu32_mask(C[g], J);
-                const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), act, cix[g][j & 7], x, 4);
-                __m512i len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H[g], 25), T1);
+            __m512i len;
+            __m512 w;
+            if (SHORT) {
+                const __m512i e = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);
+                len = _mm512_and_si512(e, seven);
+                w = _mm512_permutex2var_ps(cb0, _mm512_srli_epi32(e, 3), cb1);
+            } else {
+                len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);
                 for (int i = 0; i < nl; i++)
-                    len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H[g], lim[i], _MM_CMPINT_NLT), len, one);
-                const __m512i sp = _mm512_add_epi32(_mm512_shldv_epi32(zero, H[g], len),
-                                                    _mm512_permutexvar_epi32(len, offs));
-                const __m512 w = _mm512_permutex2var_ps(cb0, sp, cb1);
-                H[g] = _mm512_shldv_epi32(H[g], LO[g], len);
-                LO[g] = _mm512_sllv_epi32(LO[g], len);
-                P[g] = _mm512_mask_add_epi32(P[g], act, P[g], len);
-                acc[g] = _mm512_mask3_fmadd_ps(w, xv, acc[g], act);
+                    len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H, lim[i], _MM_CMPINT_NLT), len, one);
+                const __m512i sp = _mm512_add_epi32(_mm512_shldv_epi32(zero, H, len), _mm512_permutexvar_epi32(len, offs));
+                w = _mm512_permutex2var_ps(cb0, sp, cb1);
+            }
+            H = _mm512_shldv_epi32(H, LO, len);
+            LO = _mm512_sllv_epi32(LO, len);
+            if (j < minc) { /* every row has this entry */
+                P = _mm512_add_epi32(P, len);
+                acc = _mm512_fmadd_ps(w, _mm512_i32gather_ps(cix[j & 7], x, 4), acc);
+            } else {
+                const __mmask16 act = _mm512_cmpgt_epu32_mask(C, _mm512_set1_epi32((int)j));
+                P = _mm512_mask_add_epi32(P, act, P, len);
+                const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), act, cix[j & 7], x, 4);
+                acc = _mm512_mask3_fmadd_ps(w, xv, acc, act);
             }
         }
     }
-    for (int g = 0; g < G; g++)
-        _mm512_storeu_ps(y + 16 * g, acc[g]);
+    _mm512_storeu_ps(y, acc);
 }
 
-static SL_T void sham_lanes_gemv(const struct sham_lanes *L, const uint8_t *src, const uint64_t *pos, int G,
-                                 const uint8_t *col, const uint32_t *q, const uint32_t *cnt, int64_t steps,
-                                 const float *x, float *y)
+static SL_T void sham_lanes_gemv(const struct sham_lanes *L, const uint8_t *src, const uint64_t *pos,
+                                 const uint8_t *col, const uint64_t *q, const uint32_t *cnt, int64_t steps,
+                                 int64_t minc, const float *x, float *y)
 {
-    if (G == 4)
-        sham_lanes_run(L, src, pos, 4, col, q, cnt, steps, x, y);
-    else if (G == 2)
-        sham_lanes_run(L, src, pos, 2, col, q, cnt, steps, x, y);
+    if (L->n_long == 0 && L->spr >= 8) /* max_len <= 7 */
+        sham_lanes_run(L, 1, src, pos, col, q, cnt, steps, minc, x, y);
     else
-        sham_lanes_run(L, src, pos, 1, col, q, cnt, steps, x, y);
+        sham_lanes_run(L, 0, src, pos, col, q, cnt, steps, minc, x, y);
 }
 
-/* Rows r0..r1 of the task through the lanes, 64, 32 or 16 at a time; returns the first row left
- * to the other kernels (fewer than 16, or all of them when the code does not suit the lanes).
- * A group whose loads would pass the end of the payload or of the column indices reads from a
- * copy of its bytes followed by 8 bytes of zeros. */
+/* Rows r0..r1 of the task through the lanes, 16 at a time; returns the first row left to the
+ * other kernels (fewer than 16, or all of them when the code or the column indices do not suit
+ * the lanes). A group whose loads would pass the end of the payload reads from a copy of its
+ * bytes followed by 8 bytes of zeros. */
 static int64_t sham_lanes_rows(const struct sham_ctx *c, int64_t r0, int64_t r1)
 {
     const struct dnnz_sham *m = c->m;
-    const int xb = m->idx_bytes;
     struct sham_lanes L;
-    if (r1 - r0 < 16 || xb != 2 || !sham_lanes_prepare(c->t, m->codebook, &L))
+    if (r1 - r0 < 16 || m->idx_bytes != 2 || !sham_lanes_prepare(c->t, m->codebook, &L))
         return r0;
-    while (r1 - r0 >= 16) {
-        const int G = 1, n = 16 * G; /* more groups interleaved spill the transposed indices (slower) */
-        uint64_t pos[16 * SL_G];
-        uint32_t q[16 * SL_G], cnt[16 * SL_G];
-        const uint64_t p0 = RD(m->rowptr, m->ptr_bytes, r0), p1 = RD(m->rowptr, m->ptr_bytes, r0 + n);
-        int64_t steps = 0;
-        for (int i = 0; i < n; i++) {
-            const uint64_t a = RD(m->rowptr, m->ptr_bytes, r0 + i), b = RD(m->rowptr, m->ptr_bytes, r0 + i + 1);
+    for (; r1 - r0 >= 16; r0 += 16) {
+        uint64_t pos[16], q[16];
+        uint32_t cnt[16];
+        int64_t steps = 0, minc = INT64_MAX;
+        for (int i = 0; i < 16; i++) {
+            q[i] = RD(m->rowptr, m->ptr_bytes, r0 + i);
+            const uint64_t n = RD(m->rowptr, m->ptr_bytes, r0 + i + 1) - q[i];
             pos[i] = RD(m->offsets, m->off_bytes, r0 + i);
-            q[i] = (uint32_t)(a - p0);
-            cnt[i] = (uint32_t)(b - a);
-            steps = (int64_t)(b - a) > steps ? (int64_t)(b - a) : steps;
+            cnt[i] = (uint32_t)n; /* at most cols entries */
+            steps = (int64_t)n > steps ? (int64_t)n : steps;
+            minc = (int64_t)n < minc ? (int64_t)n : minc;
         }
-        const uint64_t end = RD(m->offsets, m->off_bytes, r0 + n), first = pos[0] >> 3;
-        if (end - 8 * first >= ((uint64_t)1 << 31) || p1 - p0 >= ((uint64_t)1 << 31))
+        const uint64_t end = RD(m->offsets, m->off_bytes, r0 + 16), first = pos[0] >> 3;
+        if (end - 8 * first >= ((uint64_t)1 << 31))
             break;
-        const uint8_t *src = m->payload, *col = m->colidx + p0 * (uint64_t)xb;
+        const uint8_t *src = m->payload;
         uint8_t *copy = NULL;
         if ((end >> 3) + 8 > (uint64_t)m->payload_len) {
             const size_t len = (size_t)((uint64_t)m->payload_len - first);
@@ -549,13 +550,12 @@ static int64_t sham_lanes_rows(const struct sham_ctx *c, int64_t r0, int64_t r1)
                 break;
             memcpy(copy, m->payload + first, len);
             memset(copy + len, 0, 8);
-            for (int i = 0; i < n; i++)
+            for (int i = 0; i < 16; i++)
                 pos[i] -= 8 * first;
             src = copy;
         }
-        sham_lanes_gemv(&L, src, pos, G, col, q, cnt, steps, c->x, c->y + r0);
+        sham_lanes_gemv(&L, src, pos, m->colidx, q, cnt, steps, minc, c->x, c->y + r0);
         free(copy);
-        r0 += n;
     }
     return r0;
 }
