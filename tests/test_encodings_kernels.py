@@ -178,6 +178,42 @@ def test_sham_lanes_and_gathers(k, cpu_path):
     assert_matmul(e, w)
 
 
+@pytest.mark.parametrize("codes", ["short", "long"])
+@pytest.mark.parametrize("rows", [16, 48, 53])
+def test_sham_row_lanes(codes, rows, cpu_path):
+    """sham batch 1 on AVX-512 + VBMI2 with 2-byte column indices and at most 32 used symbols:
+    16 rows in vector lanes. Codes of at most 7 bits (one byte table) and codes up to 15 bits;
+    rows of very different lengths in one group (empty, one entry, shorter than the 8-step
+    column blocks, full), the last group at the end of the payload (rows a multiple of 16),
+    leftover rows, infinite values (masked lanes must not turn them into NaN)."""
+    rng = np.random.default_rng(rows + len(codes))
+    cols = 700
+    k = 6 if codes == "short" else 31  # the infinite value is one more symbol
+    idx = rng.integers(0, k, (rows, cols)) if codes == "short" else skewed_indices(rng, (rows, cols), k)
+    w = levels(k)[idx]
+    keep = rng.random((rows, cols)) < rng.choice([0.02, 0.1, 0.5, 0.9], rows)[:, None]
+    w[~keep] = 0.0
+    w[1] = 0.0                      # an empty row
+    w[2] = 0.0
+    w[2, 699] = levels(k)[0]        # one entry, at the last column
+    w[3] = 0.0
+    w[3, :5] = levels(k)[:5]        # five entries
+    w[rows - 1] = levels(k)[idx[rows - 1]]  # a full row, last in the payload
+    w[6, 10] = np.inf
+    e = encode(w, "sham")
+    lengths = e.sections["lengths"]
+    assert (lengths.max() <= 7) == (codes == "short") and lengths.max() <= 15 and lengths.size <= 32
+    assert np.array_equal(e.decode(), w)
+    rest = [r for r in range(rows) if r != 6]
+    for seed in range(3):
+        x = (np.abs(np.random.default_rng(seed).standard_normal((1, cols))) + 0.5).astype(np.float32)
+        y = e.matmul(x)
+        assert y[0, 6] == np.inf
+        ref = x.astype(np.float64) @ w[rest].T.astype(np.float64)
+        scale = np.abs(x).astype(np.float64) @ np.abs(w[rest].T).astype(np.float64)
+        assert np.all(np.abs(y[:, rest] - ref) <= 1e-5 * scale + 1e-6)
+
+
 @pytest.mark.parametrize("density", [0.05, 0.2, 0.6])
 @pytest.mark.parametrize("k", [None, 17, 300])
 def test_csc_lanes_gathers_and_tiles(density, k, cpu_path):
