@@ -494,7 +494,7 @@ DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const int SHORT
             LO = _mm512_sllv_epi32(LO, len);
             if (j < minc) { /* every row has this entry */
                 P = _mm512_add_epi32(P, len);
-                acc = _mm512_fmadd_ps(w, _mm512_i32gather_ps(cix[j & 7], x, 4), acc);
+                acc = _mm512_fmadd_ps(w, gx2x256(x, cix[j & 7]), acc);
             } else {
                 const __mmask16 act = _mm512_cmpgt_epu32_mask(C, _mm512_set1_epi32((int)j));
                 P = _mm512_mask_add_epi32(P, act, P, len);
