@@ -9,8 +9,10 @@
  * interleaved so that eight gathers are in flight; at batch > 1 each row's weights meet the
  * batch lanes (x transposed by chunks of LN). Everything else (scalar path, 2-/4-byte symbols,
  * the last rows of a task that do not fill a group of eight) decodes four rows at a time
- * (dnnz_huf_decode4_u8_at_n). Each output is summed by one task in a fixed order, so results do
- * not depend on the thread count. */
+ * (dnnz_huf_decode4_u8_at_n). Before all that, at batch 1 on AVX-512 with VBMI2 (2-byte column
+ * indices, at most 32 used symbols, codes of at most 15 bits), groups of 16 rows decode in vector
+ * lanes, fused with the gather of x and the multiply-add (sham_lanes_rows below). Each output is
+ * summed by one task in a fixed order, so results do not depend on the thread count. */
 #include "sham.h"
 
 #include "kern.h"
@@ -358,7 +360,7 @@ static DNNZ_T_AVX2 void sham_group_avx2(const struct sham_ctx *c, int64_t r, con
 
 struct sham_lanes {
     uint8_t t7[128];   /* length of the code a 7-bit prefix starts, 8 for a longer one */
-    uint8_t e7[128];   /* codes of at most 7 bits: canonical position << 3 | length */
+    uint8_t e7[128];   /* codes of at most 7 bits: length << 5 | canonical position */
     uint32_t lim[8];   /* lengths 8 .. max_len - 1: end of their codes, left-aligned on 32 bits */
     uint32_t offs[16]; /* position in canonical order of code 0 of each length: index - first */
     float cbs[32];     /* the codebook in canonical order */
@@ -381,7 +383,7 @@ static int sham_lanes_prepare(const dnnz_huf_dtable *t, const float *codebook, s
         unsigned l = t->single[p << (DNNZ_HUF_TABLE_BITS - 7)] & 63; /* 0: longer than the table */
         L->t7[p] = (uint8_t)(l >= 1 && l <= 7 ? l : 8);
         if (l >= 1 && l <= 7)
-            L->e7[p] = (uint8_t)((L->offs[l] + ((unsigned)p >> (7 - l))) << 3 | l);
+            L->e7[p] = (uint8_t)(l << 5 | (L->offs[l] + ((unsigned)p >> (7 - l))));
     }
     for (unsigned l = 8; l < t->max_len; l++)
         L->lim[L->n_long++] = (uint32_t)t->limit[l];
@@ -481,8 +483,8 @@ DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const int SHORT
             __m512 w;
             if (SHORT) {
                 const __m512i e = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);
-                len = _mm512_and_si512(e, seven);
-                w = _mm512_permutex2var_ps(cb0, _mm512_srli_epi32(e, 3), cb1);
+                len = _mm512_srli_epi32(e, 5);
+                w = _mm512_permutex2var_ps(cb0, e, cb1); /* the index's bits 0..4 */
             } else {
                 len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1);
                 for (int i = 0; i < nl; i++)
