@@ -798,29 +798,19 @@ static DNNZ_T_AVX512 int64_t ham_lanes_rows(const struct dnnz_tiles *c, int64_t 
         uint64_t pos[16 * LANES_G];
         for (int i = 0; i < n; i++)
             pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r0 + i);
-        const uint64_t end = dnnz_rd_le(h->offsets, h->off_bytes, r0 + n), first = pos[0] >> 3;
-        if (end - 8 * first >= ((uint64_t)1 << 31))
+        const uint64_t end = dnnz_rd_le(h->offsets, h->off_bytes, r0 + n);
+        uint64_t shift;
+        uint8_t *copy;
+        const uint8_t *src = dnnz_kern_lane_bytes(h->payload, h->payload_len, pos, n, end, &shift, &copy);
+        if (!src)
             break;
-        const uint8_t *src = h->payload;
-        uint8_t *copy = NULL;
-        if ((end >> 3) + 8 > (uint64_t)h->payload_len) {
-            const size_t len = (size_t)((uint64_t)h->payload_len - first);
-            copy = malloc(len + 8);
-            if (!copy)
-                break;
-            memcpy(copy, h->payload + first, len);
-            memset(copy + len, 0, 8);
-            for (int i = 0; i < n; i++)
-                pos[i] -= 8 * first;
-            src = copy;
-        }
         /* Rows with an end-of-row symbol: first the plain decode (positions kept within the
          * group's bits), which is right when every row holds all its columns, that is when each
          * lane ends at its row's end-of-row code; else again with the lanes that stop there. */
         for (int E = L.eor ? 2 : 0; E >= 0; E = E == 2 ? 1 : -1) {
             for (int i = 0; E == 1 && i < n; i++)
-                pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r0 + i) - (src == copy ? 8 * first : 0);
-            const uint64_t pend = end - (src == copy ? 8 * first : 0);
+                pos[i] = dnnz_rd_le(h->offsets, h->off_bytes, r0 + i) - shift;
+            const uint64_t pend = end - shift;
             if (c->batch == 1) {
                 ham_lanes_gemv(&L, src, pos, G, E, pend, c->cols, c->x, c->y + r0);
             } else {
@@ -841,7 +831,7 @@ static DNNZ_T_AVX512 int64_t ham_lanes_rows(const struct dnnz_tiles *c, int64_t 
                 break;
             int full = 1;
             for (int i = 0; i < n; i++)
-                full &= pos[i] + (src == copy ? 8 * first : 0) + L.eor_len ==
+                full &= pos[i] + shift + L.eor_len ==
                         dnnz_rd_le(h->offsets, h->off_bytes, r0 + i + 1);
             if (full)
                 break;

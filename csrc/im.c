@@ -280,6 +280,39 @@ static DNNZ_T_AVX2 const float *decode_im_tile_avx2(const struct dnnz_tiles *c, 
  * qword's MSB; vpmultishiftqb then pulls every index's bits to the bottom of its byte. Values
  * come from the codebook held in registers (vpermps for k <= 16, vpermt2ps for k <= 32, two
  * of them and a blend for k <= 64) or from a gather for larger codebooks. */
+/* AVX-512 VBMI unpack of 1..8-bit indices: 64 indices, one per byte, from the bytes at p (fewer
+ * than 64 bytes left before end: the rest read as zeros) */
+struct im512_unpack {
+    __m512i perm, shift, mask;
+};
+
+static DNNZ_T_AVX512 inline struct im512_unpack im512_unpack_init(int bits)
+{
+    uint8_t perm[64], shift[64];
+    for (int q = 0; q < 8; q++)
+        for (int p = 0; p < 8; p++) {
+            perm[8 * q + p] = (uint8_t)(q * bits + 7 - p);
+            shift[8 * q + p] = (uint8_t)((64 - (p + 1) * bits) & 63);
+        }
+    struct im512_unpack u = {_mm512_loadu_si512(perm), _mm512_loadu_si512(shift),
+                             _mm512_set1_epi8((char)((1u << bits) - 1))};
+    return u;
+}
+
+static DNNZ_T_AVX512 inline __m512i im512_unpack64(const struct im512_unpack *u, const uint8_t *p, const uint8_t *end)
+{
+    __m512i raw;
+    if (DNNZ_LIKELY(end - p >= 64)) {
+        raw = _mm512_loadu_si512(p);
+    } else {
+        uint8_t tmp[64] = {0};
+        if (end > p)
+            memcpy(tmp, p, (size_t)(end - p));
+        raw = _mm512_loadu_si512(tmp);
+    }
+    return _mm512_and_si512(_mm512_multishift_epi64_epi8(u->shift, _mm512_permutexvar_epi8(u->perm, raw)), u->mask);
+}
+
 static DNNZ_T_AVX512 const float *decode_im_tile_avx512(const struct dnnz_tiles *c, int64_t r, int nr, int64_t k0,
                                                    int64_t kc, int64_t kcp, float *wbuf, int64_t *cursor,
                                                    int64_t *stride)
@@ -308,14 +341,7 @@ static DNNZ_T_AVX512 const float *decode_im_tile_avx512(const struct dnnz_tiles 
         }
         return wbuf;
     }
-    uint8_t perm[64], shift[64];
-    for (int q = 0; q < 8; q++)
-        for (int p = 0; p < 8; p++) {
-            perm[8 * q + p] = (uint8_t)(q * bits + 7 - p);
-            shift[8 * q + p] = (uint8_t)((64 - (p + 1) * bits) & 63);
-        }
-    const __m512i vperm = _mm512_loadu_si512(perm), vshift = _mm512_loadu_si512(shift);
-    const __m512i vmask = _mm512_set1_epi8((char)((1u << bits) - 1));
+    const struct im512_unpack u = im512_unpack_init(bits);
     const __m512 cb0 = _mm512_loadu_ps(c->cbpad), cb1 = _mm512_loadu_ps(c->cbpad + 16);
     const __m512 cb2 = _mm512_loadu_ps(c->cbpad + 32), cb3 = _mm512_loadu_ps(c->cbpad + 48);
     for (int rr = 0; rr < RT; rr++) {
@@ -327,15 +353,7 @@ static DNNZ_T_AVX512 const float *decode_im_tile_avx512(const struct dnnz_tiles 
         const uint8_t *row = m->indices + (r + rr) * c->row_bytes + (k0 * bits) / 8;
         for (int64_t j = 0; j < kcp; j += 64) {
             const uint8_t *p = row + (j * bits) / 8;
-            __m512i raw;
-            if (end - p >= 64) {
-                raw = _mm512_loadu_si512(p);
-            } else {
-                uint8_t tmp[64] = {0};
-                memcpy(tmp, p, (size_t)(end - p));
-                raw = _mm512_loadu_si512(tmp);
-            }
-            __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            __m512i iv8 = im512_unpack64(&u, p, end);
             int64_t left = kc - j; /* valid indices in this step */
             if (left < 64)
                 iv8 = _mm512_maskz_mov_epi8(left <= 0 ? 0 : (((__mmask64)1 << left) - 1), iv8);
@@ -376,14 +394,7 @@ static DNNZ_T_AVX512 void im_gemv_avx512(const struct dnnz_tiles *c, int64_t tas
     int bits = m->bits;
     int64_t k = m->k, cols = c->cols;
     int64_t r0 = task * TR, r1 = r0 + TR < c->rows ? r0 + TR : c->rows;
-    uint8_t perm[64], shift[64];
-    for (int q = 0; q < 8; q++)
-        for (int p = 0; p < 8; p++) {
-            perm[8 * q + p] = (uint8_t)(q * bits + 7 - p);
-            shift[8 * q + p] = (uint8_t)((64 - (p + 1) * bits) & 63);
-        }
-    const __m512i vperm = _mm512_loadu_si512(perm), vshift = _mm512_loadu_si512(shift);
-    const __m512i vmask = _mm512_set1_epi8((char)((1u << bits) - 1));
+    const struct im512_unpack u = im512_unpack_init(bits);
     const __m512 cb0 = _mm512_loadu_ps(c->cbpad), cb1 = _mm512_loadu_ps(c->cbpad + 16);
     const __m512 cb2 = _mm512_loadu_ps(c->cbpad + 32), cb3 = _mm512_loadu_ps(c->cbpad + 48);
     const __m512i v32 = _mm512_set1_epi32(32);
@@ -401,19 +412,11 @@ static DNNZ_T_AVX512 void im_gemv_avx512(const struct dnnz_tiles *c, int64_t tas
         int64_t j = 0;
         for (; j + 64 <= cols; j += 64) {
             const uint8_t *p = row + (j * bits) / 8;
-            __m512i raw;
-            if (DNNZ_LIKELY(end - p >= 64)) {
-                raw = _mm512_loadu_si512(p);
-            } else {
-                uint8_t tmp[64] = {0};
-                memcpy(tmp, p, (size_t)(end - p));
-                raw = _mm512_loadu_si512(tmp);
-            }
             /* byte 4i+s of iv8 is index 4i+s; shifting dwords right by 8s brings it to the low
              * byte of dword i, which is all the register permutes look at (x was permuted to
              * match, see dnnz_tiles_run); no widening shuffles on the busy permute port */
-            __m512i iv8 = bits == 8 ? raw /* im8: bytes are the indices */
-                        : _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            __m512i iv8 = bits == 8 && DNNZ_LIKELY(end - p >= 64) ? _mm512_loadu_si512(p) /* im8: bytes are the indices */
+                        : im512_unpack64(&u, p, end);
             __m512i i0 = iv8, i1 = _mm512_srli_epi32(iv8, 8), i2 = _mm512_srli_epi32(iv8, 16), i3 = _mm512_srli_epi32(iv8, 24);
             if (k > 64) {
                 i0 = _mm512_and_si512(i0, vff);
@@ -427,11 +430,8 @@ static DNNZ_T_AVX512 void im_gemv_avx512(const struct dnnz_tiles *c, int64_t tas
         }
         if (j < cols) { /* tail: fewer than 64 indices; lanes past the row are zeroed */
             const uint8_t *p = row + (j * bits) / 8;
-            uint8_t tmp[64] = {0};
-            int64_t nb = end - p < 64 ? end - p : 64;
-            memcpy(tmp, p, (size_t)nb);
             int64_t left = cols - j;
-            __m512i iv8 = _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, _mm512_loadu_si512(tmp))), vmask);
+            __m512i iv8 = im512_unpack64(&u, p, end);
             iv8 = _mm512_maskz_mov_epi8(((__mmask64)1 << left) - 1, iv8);
             for (int s = 0; s < 4 && 16 * s < left; s++) {
                 __m128i part = s == 0 ? _mm512_castsi512_si128(iv8)
@@ -462,14 +462,7 @@ static DNNZ_T_AVX512 void im_decode_rows_avx512(const struct dnnz_im *m, const f
     const int bits = m->bits;
     const int64_t k = m->k, cols = m->cols;
     const uint8_t *end = m->indices + m->indices_len;
-    uint8_t perm[64], shift[64];
-    for (int q = 0; q < 8; q++)
-        for (int p = 0; p < 8; p++) {
-            perm[8 * q + p] = (uint8_t)(q * bits + 7 - p);
-            shift[8 * q + p] = (uint8_t)((64 - (p + 1) * bits) & 63);
-        }
-    const __m512i vperm = _mm512_loadu_si512(perm), vshift = _mm512_loadu_si512(shift);
-    const __m512i vmask = _mm512_set1_epi8((char)((1u << bits) - 1));
+    const struct im512_unpack u = im512_unpack_init(bits);
     const __m512 cb0 = _mm512_loadu_ps(cbpad), cb1 = _mm512_loadu_ps(cbpad + 16);
     const __m512 cb2 = _mm512_loadu_ps(cbpad + 32), cb3 = _mm512_loadu_ps(cbpad + 48);
     for (int64_t r = 0; r < m->rows; r++) {
@@ -477,16 +470,7 @@ static DNNZ_T_AVX512 void im_decode_rows_avx512(const struct dnnz_im *m, const f
         float *out = dst + r * cols;
         for (int64_t j = 0; j < cols; j += 64) {
             const uint8_t *p = row + (j * bits) / 8;
-            __m512i raw;
-            if (end - p >= 64) {
-                raw = _mm512_loadu_si512(p);
-            } else {
-                uint8_t tmp[64] = {0};
-                memcpy(tmp, p, (size_t)(end - p));
-                raw = _mm512_loadu_si512(tmp);
-            }
-            const __m512i iv8 =
-                _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, _mm512_permutexvar_epi8(vperm, raw)), vmask);
+            const __m512i iv8 = im512_unpack64(&u, p, end);
             for (int s = 0; s < 4 && j + 16 * s < cols; s++) {
                 const __m128i part = s == 0 ? _mm512_castsi512_si128(iv8)
                                    : s == 1 ? _mm512_extracti32x4_epi32(iv8, 1)

@@ -475,3 +475,26 @@ int dnnz_enc_check_matmul_args(const void *m, const float *x, int64_t batch, con
         return DNNZ_E_ARGUMENT;
     return DNNZ_OK;
 }
+
+const uint8_t *dnnz_kern_lane_bytes(const uint8_t *payload, int64_t payload_len, uint64_t *pos, int n, uint64_t end,
+                                    uint64_t *shift, uint8_t **copy)
+{
+    const uint64_t first = pos[0] >> 3;
+    *copy = NULL;
+    *shift = 0;
+    if (end - 8 * first >= ((uint64_t)1 << 31))
+        return NULL;
+    if ((end >> 3) + 8 <= (uint64_t)payload_len)
+        return payload;
+    const size_t len = (size_t)((uint64_t)payload_len - first);
+    uint8_t *buf = malloc(len + 8);
+    if (!buf)
+        return NULL;
+    memcpy(buf, payload + first, len);
+    memset(buf + len, 0, 8);
+    for (int i = 0; i < n; i++)
+        pos[i] -= 8 * first;
+    *shift = 8 * first;
+    *copy = buf;
+    return buf;
+}

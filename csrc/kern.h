@@ -190,6 +190,15 @@ struct dnnz_tiles {
                                * 0: each slice goes through every group (x slice stays in cache) */
 };
 
+/* The bytes that vector-lane Huffman decoders (ham, sham) read for n rows whose streams start at
+ * bit pos[0..n) of payload (pos[0] the smallest) and end before bit `end`, with 8-byte loads at
+ * any position before a row's end: the payload itself, or, where such a load could pass
+ * payload_len, a zero-padded copy from pos[0]'s byte (*copy, freed by the caller; pos[] and
+ * *shift then move by that many bits). NULL when the rows span 2^31 bits or more or the copy
+ * cannot be allocated (the caller takes its other path). */
+const uint8_t *dnnz_kern_lane_bytes(const uint8_t *payload, int64_t payload_len, uint64_t *pos, int n, uint64_t end,
+                                    uint64_t *shift, uint8_t **copy);
+
 /* The micro-kernel of the tile driver on its own: y[b * ys + i] += w[i] . x[b] for the nr <= RT
  * rows of an RT x kcp tile w (row stride ws, zeros past nr rows) and every batch row b of x
  * (stride xs, kcp readable floats each), register-blocked over the batch. */

@@ -540,22 +540,12 @@ static int64_t sham_lanes_rows(const struct sham_ctx *c, int64_t r0, int64_t r1)
             steps = (int64_t)n > steps ? (int64_t)n : steps;
             minc = (int64_t)n < minc ? (int64_t)n : minc;
         }
-        const uint64_t end = RD(m->offsets, m->off_bytes, r0 + 16), first = pos[0] >> 3;
-        if (end - 8 * first >= ((uint64_t)1 << 31))
+        uint64_t shift;
+        uint8_t *copy;
+        const uint8_t *src = dnnz_kern_lane_bytes(m->payload, m->payload_len, pos, 16,
+                                                  RD(m->offsets, m->off_bytes, r0 + 16), &shift, &copy);
+        if (!src)
             break;
-        const uint8_t *src = m->payload;
-        uint8_t *copy = NULL;
-        if ((end >> 3) + 8 > (uint64_t)m->payload_len) {
-            const size_t len = (size_t)((uint64_t)m->payload_len - first);
-            copy = malloc(len + 8);
-            if (!copy)
-                break;
-            memcpy(copy, m->payload + first, len);
-            memset(copy + len, 0, 8);
-            for (int i = 0; i < 16; i++)
-                pos[i] -= 8 * first;
-            src = copy;
-        }
         sham_lanes_gemv(&L, src, pos, m->colidx, q, cnt, steps, minc, c->x, c->y + r0);
         free(copy);
     }

@@ -47,6 +47,7 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..errors import InvalidArgumentError
+from ._gradual import _patterns as _gradual_patterns
 
 DEFAULT_LEVELS = (50, 75, 82, 87.5, 91, 94, 95.5, 97, 98)
 DEFAULT_KS = (8, 16, 32)
@@ -76,17 +77,8 @@ class RetrainSpec:
 
 
 def _patterns(v, what):
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return (v,)
-    try:
-        out = tuple(v)
-    except TypeError:
-        raise InvalidArgumentError(f"retrain[{what!r}]: a glob pattern or a list of them") from None
-    if not all(isinstance(p, str) for p in out):
-        raise InvalidArgumentError(f"retrain[{what!r}]: glob patterns (str)")
-    return out
+    """retrain[what] as a tuple of glob patterns (None when absent): prune_gradually's check."""
+    return None if v is None else _gradual_patterns(v, f"retrain[{what!r}]")
 
 
 def parse_retrain(spec) -> RetrainSpec:
