@@ -255,6 +255,12 @@ def main_retrain(args):
                   f"of CPU time with {a['threads']} thread(s), what the run takes on "
                   f"{'one dedicated core' if a['threads'] == 1 else 'dedicated cores at most'}).",
                   f"Phases (s): {a['phases']}", ""]
+        if a.get("probe"):
+            lines += ["Allocations at the target size, measured like the search's (bench.auto_target):", "",
+                      "| shape | ψ whole file | test MSE | ΔMSE | mean(Δp²) (smooth part) | 2·mean(r·Δp) (alignment) |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {p['shape']} | {p['psi']:.4f} | {p['mse']:.4f} | {p['d_mse']:+.4f} | {p['expected']:.4f} | "
+                      f"{p['alignment']:+.4f} |" for p in a["probe"]] + [""]
         out += [{"model": name, **r} for r in rows]
         print("\n".join(lines[-len(rows) - 8:]), flush=True)
     tag = "_".join(m for m in args.models if m != "mnist")
@@ -265,7 +271,7 @@ def main_retrain(args):
     print(f"wrote {RESULTS / f'auto_retrain_{tag}.md'}")
 
 
-def run_model(name, budget, time_limit, data_free_budgets, threads):
+def run_model(name, budget, time_limit, data_free_budgets, threads, max_evals=None):
     import torch
 
     import pydnnz.torch as pt
@@ -295,7 +301,8 @@ def run_model(name, budget, time_limit, data_free_budgets, threads):
     rows = []
     t = time.perf_counter()
     small, report = pt.auto_compress(model, evaluate, budget, higher_is_better=hib, time_limit=time_limit,
-                                     calibration=None if name == "mnist" else calibration, progress=None)
+                                     calibration=None if name == "mnist" else calibration, progress=None,
+                                     max_evals=max_evals)
     wall = time.perf_counter() - t
     report.save(RESULTS / f"auto_recipe_{name}.json")
     report.save_report(RESULTS / f"auto_report_{name}.json")
@@ -316,6 +323,12 @@ def run_model(name, budget, time_limit, data_free_budgets, threads):
         rows.append({"system": f"pydnnz data-free --auto --budget {b:g}", "psi_file": psi,
                      "psi_dense": _dense_psi(dfm), "metric": evaluate(dfm), "kind": "data-free",
                      "seconds": round(time.perf_counter() - t, 1)})
+    if name != "mnist" and not (report.psi <= TARGET_PSI[name] and report.metric <= TARGET_MSE[name]):
+        # the target missed: measure allocations AT the target size (bench.auto_target) for the why
+        from bench.auto_target import probe
+
+        rows[0]["probe"], _ = probe(name, model, data, calibration, TARGET_PSI[name], TARGET_MSE[name],
+                                    json.loads(json.dumps(report.layers)), threads, log=lambda *a: None)
     for label, psi, mse in PEERS.get(name, []):
         rows.append({"system": label, "psi_file": psi, "psi_dense": None, "metric": mse, "kind": "peer"})
     srows, all_rows = study_rows(name, report.limit, hib)
@@ -364,6 +377,8 @@ def main(argv=None):
     ap.add_argument("--time-limit", type=float, default=240.0,
                     help="auto_compress's time limit in seconds (the search stops there with the best verified "
                          "allocation; the final compression and measurement come after it)")
+    ap.add_argument("--max-evals", type=int, default=None,
+                    help="auto_compress's max_evals (default: its own, up to 400 with a time limit)")
     ap.add_argument("--data-free", type=float, nargs="*", default=[0.002])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--retrain", action="store_true",
@@ -384,7 +399,8 @@ def main(argv=None):
     out = []
     for name in args.models:
         budget = args.budget if args.budget is not None else (0.001 if name == "mnist" else 0.003)
-        rows, report, study = run_model(name, budget, args.time_limit, args.data_free, args.threads)
+        rows, report, study = run_model(name, budget, args.time_limit, args.data_free, args.threads,
+                                         args.max_evals)
         plot(name, rows, study, report, RESULTS / f"pareto_auto_{name}.png")
         metric = "accuracy" if report.higher_is_better else "MSE"
         lines += [f"## {name.upper()} (baseline {metric} {report.baseline:.4f}, limit {report.limit:.4f})", "",
@@ -404,9 +420,12 @@ def main(argv=None):
             target = f"ψ ≤ {TARGET_PSI[name]} at MSE ≤ {TARGET_MSE[name]}"
         why = ""
         if not met and name != "mnist":
+            from bench.auto_target import why_text
+
             why = (" Why: " + ("the metric is over the target MSE; " if a["metric"] > TARGET_MSE[name] else "")
-                   + (f"the file is {a['psi_file'] / TARGET_PSI[name]:.2f}x the target size (the closest "
-                      "verified point within the budget that the search found in its evaluations)"
+                   + (f"the file is {a['psi_file'] / TARGET_PSI[name]:.2f}x the target size, the closest verified "
+                      f"point within the budget; at the target size " + why_text(a.get("probe", []), budget,
+                                                                              TARGET_PSI[name])
                       if a["psi_file"] > TARGET_PSI[name] else "") + ".")
         fast = a["seconds"] <= 300
         lines += ["", f"Target {target}: "
@@ -416,6 +435,12 @@ def main(argv=None):
                   f"Target under 5 minutes on 2 cores: {'MET' if fast else 'NOT MET'} ({a['seconds']:.0f} s "
                   f"wall clock, load average {os.getloadavg()[0]:.1f}).",
                   f"Phases (s): {a['phases']}", ""]
+        if a.get("probe"):
+            lines += ["Allocations at the target size, measured like the search's (bench.auto_target):", "",
+                      "| shape | ψ whole file | test MSE | ΔMSE | mean(Δp²) (smooth part) | 2·mean(r·Δp) (alignment) |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {p['shape']} | {p['psi']:.4f} | {p['mse']:.4f} | {p['d_mse']:+.4f} | {p['expected']:.4f} | "
+                      f"{p['alignment']:+.4f} |" for p in a["probe"]] + [""]
         for r in rows:
             out.append({"model": name, **r})
         print("\n".join(lines[-len(rows) - 8:]), flush=True)

@@ -136,6 +136,18 @@ def test_auto_bad_arguments():
         pt.auto_compress(model, acc, -1.0)
     with pytest.raises(InvalidArgumentError):
         pt.auto_compress(torch.nn.ReLU(), acc, 0.1)
+    for bad in (0, -3, 2.5, True, "60"):
+        with pytest.raises(InvalidArgumentError, match="max_evals"):
+            pt.auto_compress(model, acc, 0.1, max_evals=bad)
+
+
+def test_auto_max_evals_caps_the_measured_allocations():
+    # evaluate runs for the baseline, at most max_evals measured allocations, and the final model
+    model, acc = _model_and_metric()
+    calls = []
+    counted = lambda m: calls.append(1) or acc(m)  # noqa: E731
+    rep2 = pt.auto_compress(model, counted, 0.05, higher_is_better=True, progress=False, max_evals=3, **FAST)[1]
+    assert len(calls) <= 3 + 2 and rep2.met
 
 
 def test_cli_auto_data_free(tmp_path):

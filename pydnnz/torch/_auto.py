@@ -167,7 +167,7 @@ def _output_error(model, calibration, reference):
 
 def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_better: bool = False,
                   calibration=None, retrain=None, time_limit: float | None = None, seed: int = 0,
-                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int = 60,
+                  include_embeddings: bool = True, steps=None, rdos=None, uq_ks=None, max_evals: int | None = None,
                   progress: bool | None = None, _exclude=()):
     """Compress `model` into the fewest file bytes whose metric stays within `budget`.
 
@@ -212,7 +212,10 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         include_embeddings: compress nn.Embedding tables too (they count in the file).
         steps, rdos, uq_ks: the candidate grid (see pydnnz.compress.allocate; steps default to
             METRIC_STEPS with a metric or calibration, DEFAULT_STEPS data-free).
-        max_evals: at most this many measured allocations (each one call of `evaluate`).
+        max_evals: at most this many measured allocations (each one call of `evaluate`). None
+            (default): 60, or with a `time_limit` up to 400 (the time limit then ends the search;
+            DeepDTA KIBA on 2 cores: 109 evaluations in 83 s, converged at ψ 0.0735, where 60 stopped
+            at 0.0797).
 
     Returns:
         (compressed model, AutoReport). ``report.save("recipe.json")`` writes the recipe;
@@ -255,6 +258,10 @@ def auto_compress(model: nn.Module, evaluate=None, budget=None, *, higher_is_bet
         raise InvalidArgumentError("auto_compress: give a budget (allowed metric degradation)")
     if time_limit is not None and not (time_limit > 0):
         raise InvalidArgumentError(f"auto_compress: time_limit must be > 0 seconds, got {time_limit!r}")
+    if max_evals is None:
+        max_evals = 60 if time_limit is None else 400
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
+        raise InvalidArgumentError(f"auto_compress: max_evals must be an int >= 1, got {max_evals!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidArgumentError(f"auto_compress: seed must be an int >= 0, got {seed!r}")
     torch.manual_seed(seed)
