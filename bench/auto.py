@@ -327,7 +327,7 @@ def run_model(name, budget, time_limit, data_free_budgets, threads, max_evals=No
         # the target missed: measure allocations AT the target size (bench.auto_target) for the why
         from bench.auto_target import probe
 
-        rows[0]["probe"], _ = probe(name, model, data, calibration, TARGET_PSI[name], TARGET_MSE[name],
+        rows[0]["probe"], _ = probe(model, data, calibration, TARGET_PSI[name], TARGET_MSE[name],
                                     json.loads(json.dumps(report.layers)), threads, log=lambda *a: None)
     for label, psi, mse in PEERS.get(name, []):
         rows.append({"system": label, "psi_file": psi, "psi_dense": None, "metric": mse, "kind": "peer"})

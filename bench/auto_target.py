@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def probe(name, model, data, calibration, target_psi, limit, auto_layers=None, threads=2, log=print):
+def probe(model, data, calibration, target_psi, limit, auto_layers=None, threads=2, log=print):
     """Rows {shape, psi, mse, d_mse, expected, alignment, ok} for allocations at <= target_psi."""
     import numpy as np
     import torch
@@ -185,12 +185,15 @@ def why_text(rows, budget, target_psi):
     if ok:
         return (f"{len(ok)} of {len(rows)} allocations at ψ ≤ {target_psi} measured by bench.auto_target pass "
                 f"(best: {best['shape']}, ΔMSE {best['d_mse']:+.4f}): the search ran out of evaluations before it")
+    swing = max(abs(r["alignment"]) for r in rows)
     return (f"none of {len(rows)} allocations at ψ ≤ {target_psi} passes (bench.auto_target: uniform, Lagrangian, "
             f"auto's own proportions coarsened, head only; best {best['shape']}, ΔMSE {best['d_mse']:+.4f} = "
-            f"{best['d_mse'] / budget:.1f}x the {budget:g} budget); the smooth part of the error, mean(Δp²), is "
-            f"at least {low:.4f} ({low / budget:.1f}x the budget) in every shape, so only a lucky alignment of "
-            "the rounding with the model's own errors could pass there; closing the gap needs retraining "
-            "(bench.auto --retrain)")
+            f"{best['d_mse'] / budget:.0f}x the {budget:.3g} budget); the smooth part of the error, mean(Δp²), is "
+            f"at least {low:.4f} ({low / budget:.0f}x the budget) in every shape, "
+            + ("more than the alignment with the model's own errors moves in any of them "
+               f"(|2·mean(r·Δp)| ≤ {swing:.4f})" if low - swing > budget else
+               "so only a lucky alignment of the rounding with the model's own errors could pass there")
+            + "; closing the gap needs retraining (bench.auto --retrain)")
 
 
 def main(argv=None):
@@ -208,7 +211,7 @@ def main(argv=None):
     report = RESULTS / f"auto_report_{args.model}.json"
     auto_layers = json.loads(report.read_text())["layers"] if report.is_file() else None
     t = time.perf_counter()
-    rows, base = probe(args.model, model, data, calibration_batches(dd, args.model), psi, TARGET_MSE[args.model],
+    rows, base = probe(model, data, calibration_batches(dd, args.model), psi, TARGET_MSE[args.model],
                        auto_layers, args.threads)
     budget = TARGET_MSE[args.model] - base
     lines = [f"# {args.model.upper()}: allocations at the target ψ {psi}, measured", "",

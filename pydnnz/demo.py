@@ -68,7 +68,7 @@ def run_demo(as_json=False, keep=None, recipes=RECIPES, out=print) -> int:
         for i, (label, recipe) in enumerate(progress_bar(recipes, desc="recipes")):
             t0 = time.perf_counter()
             # a recipe read from a file is named, not copied, in the metadata: the auto recipe's
-            # 2,561 corrected biases would add tens of KiB of JSON to a 436 KiB file
+            # 2,561 corrected biases would add tens of KiB of JSON to a 430 KiB file
             meta = {"recipe": AUTO_RECIPE_FILE.name if callable(recipe) else json.dumps(recipe), "demo": label}
             if callable(recipe):
                 recipe = recipe()
