@@ -175,6 +175,33 @@ def test_cli_auto_data_free(tmp_path):
     assert cli.main(["compress", str(src), "-o", str(dst), "--force", "--budget", "0.1"]) != 0  # no --auto
 
 
+def test_auto_confirm_checks_the_result_on_held_out_data(tmp_path):
+    model, acc = _model_and_metric()
+    torch.manual_seed(1)
+    xb = torch.randn(300, 24)
+    with torch.no_grad():
+        yb = model(xb).argmax(1)
+    held = lambda m: float((m(xb).argmax(1) == yb).double().mean())  # noqa: E731
+    small, rep = pt.auto_compress(model, acc, 0.02, higher_is_better=True, confirm=held, progress=False, **FAST)
+    assert rep.met and rep.metric >= rep.limit
+    assert rep.confirm["baseline"] == 1.0 and rep.confirm["metric"] >= rep.confirm["limit"] == pytest.approx(0.98)
+    assert held(small) == rep.confirm["metric"] and rep.confirm["checks"]
+    replay = pt.compress_model(model, rep.recipe)
+    a, b = _weights(small), _weights(replay)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a held-out metric that nothing compressed passes: every layer stays dense, within both budgets
+    orig = {k: v.clone() for k, v in model.state_dict().items()}
+    strict = lambda m: float(all(torch.equal(v, orig[k]) for k, v in pt.decompress_model(m).state_dict().items()))  # noqa: E731
+    small2, rep2 = pt.auto_compress(model, acc, 0.02, higher_is_better=True, confirm=strict, progress=False, **FAST)
+    assert "nothing passed" in rep2.hypothesis and rep2.met and rep2.confirm["metric"] == 1.0
+    assert all(c["ok"] is False for c in rep2.confirm["checks"])
+    for bad in ({"confirm": 1.0}, {"confirm": held, "retrain": lambda m: None}):
+        with pytest.raises(InvalidArgumentError, match="confirm"):
+            pt.auto_compress(model, acc, 0.02, higher_is_better=True, **bad)
+    with pytest.raises(InvalidArgumentError, match="confirm"):
+        pt.auto_compress(model, None, 0.02, confirm=held)
+
+
 def test_auto_with_retraining_stays_within_budget():
     model, acc = _model_and_metric()
     x = torch.randn(128, 24)
