@@ -256,12 +256,6 @@ def main_retrain(args):
                   f"of CPU time with {a['threads']} thread(s), what the run takes on "
                   f"{'one dedicated core' if a['threads'] == 1 else 'dedicated cores at most'}).",
                   f"Phases (s): {a['phases']}", ""]
-        if a.get("probe"):
-            lines += ["Allocations at the target size, measured like the search's (bench.auto_target):", "",
-                      "| shape | ψ whole file | test MSE | ΔMSE | mean(Δp²) (smooth part) | 2·mean(r·Δp) (alignment) |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {p['shape']} | {p['psi']:.4f} | {p['mse']:.4f} | {p['d_mse']:+.4f} | {p['expected']:.4f} | "
-                      f"{p['alignment']:+.4f} |" for p in a["probe"]] + [""]
         out += [{"model": name, **r} for r in rows]
         print("\n".join(lines[-len(rows) - 8:]), flush=True)
     tag = "_".join(m for m in args.models if m != "mnist")
