@@ -537,6 +537,7 @@ struct rl_ctx {
     float *acc;       /* batch > 1: per task, LANES rows x bp floats */
     int path, mode;
     int bmi2;         /* rl_walk_bmi2 may run */
+    const struct rl_lanes *lanes; /* batch 1 on AVX-512 with VBMI2, when the code suits them */
 };
 
 /* Columns in the walk are biased: column + 2^32 - cols, so that a pair past the row end (the
@@ -800,6 +801,203 @@ static DNNZ_T_AVX2 void rl_lanes16_avx2(const uint64_t *pc, const uint32_t *val,
 }
 #endif
 
+/* ---- batch 1, AVX-512 with VBMI2: 16 rows in the lanes of a vector (rl_lanes_rows) ---------- */
+
+#if DNNZ_X86
+/* Each 32-bit lane decodes one row, one pair per step, fused with the gather of x and the
+ * multiply-add: the code length from a byte table of the 7-bit prefix (vpermi2b over 128 bytes)
+ * plus one compare per longer length, the canonical position (code >> (32 - len)) + offs[len],
+ * then one gather from a table in canonical order (RLL_* below: value index, extra bits, run + 1)
+ * that is off the bit position's dependency chain (a lane's window advances by the code length
+ * alone; the rare step in which a lane's symbol has extra bits is a branch that refills every lane
+ * after its code and takes the extra bits from the fresh window). A lane's column starts at -1 and
+ * adds run + 1 + extra per pair; the weight is the codebook (k <= 32) in registers. A lane whose
+ * next code ends at its row's end (the end-of-row code: a row ends exactly there) stays where it
+ * is, masked; the group ends when no lane has a pair (at most its longest row's bits steps). */
+#define RLL_T __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,fma,avx2")))
+#define RLL_NB_SHIFT 5
+#define RLL_BASE_SHIFT 10
+#define RLL_BASE_MAX ((1u << 22) - 1) /* run + 1 clamped here: cols < RLL_BASE_MAX (a clamped run passes the row) */
+#define RLL_MAX_LEN 24                /* codes up to 24 bits: 16 compares at most */
+#define RLL_MAX_USED 65536
+
+struct rl_lanes {
+    uint8_t t7[128];     /* length of the code a 7-bit prefix starts, 8 for a longer one */
+    uint32_t lim[16];    /* lengths 8 .. max_len - 1: end of their codes, left-aligned on 32 bits */
+    uint32_t offs[32];   /* position in canonical order of code 0 of each length: index - first */
+    float cbs[32];       /* the codebook, zero-padded */
+    uint32_t *sym;       /* canonical position -> value index | extra bits << 5 | (run + 1) << 10 */
+    int n_long, max_len, k32;
+    uint32_t last;       /* n_used - 1: positions are clamped to it */
+};
+
+/* 1 when the code and the matrix suit the lanes (and the CPU has VBMI2); L->sym then allocated */
+static int rl_lanes_prepare(const struct dnnz_rlham *m, const dnnz_huf_dtable *t, struct rl_lanes *L)
+{
+    memset(L, 0, sizeof *L);
+    if (m->k < 1 || m->k > 32 || m->cols >= RLL_BASE_MAX || m->rows < 16 || t->n_used < 2 ||
+        t->n_used > RLL_MAX_USED || t->max_len > RLL_MAX_LEN)
+        return 0;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vbmi2"))
+        return 0;
+    L->sym = malloc((size_t)t->n_used * sizeof *L->sym);
+    if (!L->sym)
+        return 0;
+    for (unsigned l = 1; l <= t->max_len; l++)
+        L->offs[l] = t->index[l] - t->first[l];
+    for (int p = 0; p < 128; p++) {
+        unsigned l = t->single[p << (DNNZ_HUF_TABLE_BITS - 7)] & 63; /* 0: longer than the table */
+        L->t7[p] = (uint8_t)(l >= 1 && l <= 7 ? l : 8);
+    }
+    for (unsigned l = 8; l < t->max_len; l++)
+        L->lim[L->n_long++] = (uint32_t)t->limit[l];
+    const uint32_t eor = (uint32_t)(m->run_classes * m->k);
+    for (uint32_t i = 0; i < t->n_used; i++) {
+        const uint32_t s = t->sorted[i];
+        if (s >= eor) {
+            L->sym[i] = 0; /* end of row: its lane is masked off */
+            continue;
+        }
+        const int64_t c = s / (uint32_t)m->k;
+        const uint64_t b1 = (uint64_t)rl_class_base(m->direct_runs, c) + 1;
+        L->sym[i] = (uint32_t)(s % (uint32_t)m->k) | rl_class_extra(m->direct_runs, c) << RLL_NB_SHIFT |
+                    (uint32_t)(b1 < RLL_BASE_MAX ? b1 : RLL_BASE_MAX) << RLL_BASE_SHIFT;
+    }
+    memcpy(L->cbs, m->codebook, (size_t)m->k * sizeof *L->cbs);
+    L->max_len = (int)t->max_len;
+    L->k32 = m->k > 16;
+    L->last = t->n_used - 1;
+    return 1;
+}
+
+/* y[0:16] = the 16 rows whose streams are bits [pos[i], end[i]) of src (pos[0] the smallest,
+ * every span < 2^31 bits from pos[0]'s byte; 8-byte loads at any position before a row's end
+ * stay within src) . x. steps: the most bits a row has (a pair takes at least one). */
+DNNZ_INLINE RLL_T void rl_lanes_run(const struct rl_lanes *L, const int K32, const uint8_t *src,
+                                    const uint64_t *pos, const uint64_t *end, uint64_t steps, uint32_t cols,
+                                    const float *x, float *y)
+{
+    const uint64_t pos0 = pos[0] & ~(uint64_t)7;
+    const uint8_t *base = src + (pos0 >> 3);
+    uint32_t prel[16], erel[16];
+    for (int i = 0; i < 16; i++) {
+        prel[i] = (uint32_t)(pos[i] - pos0);
+        erel[i] = (uint32_t)(end[i] - pos0);
+    }
+    const __m512i T0 = _mm512_loadu_si512(L->t7), T1 = _mm512_loadu_si512(L->t7 + 64);
+    const __m512i of0 = _mm512_loadu_si512(L->offs), of1 = _mm512_loadu_si512(L->offs + 16);
+    const __m512 cb0 = _mm512_loadu_ps(L->cbs), cb1 = _mm512_loadu_ps(L->cbs + 16);
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1), seven = _mm512_set1_epi32(7);
+    const __m512i n32 = _mm512_set1_epi32(32), nbm = _mm512_set1_epi32(31 << RLL_NB_SHIFT);
+    const __m512i last = _mm512_set1_epi32((int)L->last), vcols = _mm512_set1_epi32((int)cols);
+    const __m512i refill_at = _mm512_set1_epi32(64 - L->max_len);
+    const __mmask64 lowb = 0x1111111111111111ull; /* byte 0 of each 32-bit lane */
+    const int nl = L->n_long;
+    __m512i lim[16];
+    for (int i = 0; i < 16; i++)
+        lim[i] = _mm512_set1_epi32((int)L->lim[i]);
+    /* the loaded qwords' bytes, big-endian, as the high and low 32 bits of each lane's window */
+    static const uint8_t ih[64] __attribute__((aligned(64))) = {
+        3, 2, 1, 0, 11, 10, 9, 8, 19, 18, 17, 16, 27, 26, 25, 24,
+        35, 34, 33, 32, 43, 42, 41, 40, 51, 50, 49, 48, 59, 58, 57, 56,
+        67, 66, 65, 64, 75, 74, 73, 72, 83, 82, 81, 80, 91, 90, 89, 88,
+        99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
+    const __m512i IH = _mm512_load_si512(ih);
+    const __m512i IL = _mm512_add_epi8(IH, _mm512_set1_epi8(4));
+    const __m512i E = _mm512_loadu_si512(erel);
+    __m512i P = _mm512_loadu_si512(prel), H = zero, LO = zero, B = zero;
+    __m512i col = _mm512_set1_epi32(-1);
+    __m512 acc = _mm512_setzero_ps();
+    /* window refill: 8 bytes at each lane's byte of Q, shifted to its bit */
+#define RLL_REFILL(Q)                                                                              \
+    do {                                                                                           \
+        const __m512i by_ = _mm512_srli_epi32(Q, 3);                                               \
+        const __m512i g0_ = _mm512_i32gather_epi64(_mm512_castsi512_si256(by_), (const void *)base, 1); \
+        const __m512i g1_ = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(by_, 1), (const void *)base, 1); \
+        const __m512i hh_ = _mm512_permutex2var_epi8(g0_, IH, g1_), ll_ = _mm512_permutex2var_epi8(g0_, IL, g1_); \
+        const __m512i s_ = _mm512_and_si512(Q, seven);                                             \
+        H = _mm512_shldv_epi32(hh_, ll_, s_);                                                      \
+        LO = _mm512_sllv_epi32(ll_, s_);                                                           \
+        B = _mm512_andnot_si512(seven, Q);                                                         \
+    } while (0)
+    RLL_REFILL(P);
+    for (uint64_t j = 0; j <= steps; j++) {
+        if (_mm512_cmpgt_epu32_mask(_mm512_sub_epi32(P, B), refill_at))
+            RLL_REFILL(P);
+        __m512i len = _mm512_maskz_permutex2var_epi8(lowb, T0, _mm512_srli_epi32(H, 25), T1), len2 = zero;
+        for (int i = 0; i + 1 < nl; i += 2) {
+            len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H, lim[i], _MM_CMPINT_NLT), len, one);
+            len2 = _mm512_mask_add_epi32(len2, _mm512_cmp_epu32_mask(H, lim[i + 1], _MM_CMPINT_NLT), len2, one);
+        }
+        if (nl & 1)
+            len = _mm512_mask_add_epi32(len, _mm512_cmp_epu32_mask(H, lim[nl - 1], _MM_CMPINT_NLT), len, one);
+        len = _mm512_add_epi32(len, len2);
+        __m512i sp = _mm512_add_epi32(_mm512_shldv_epi32(zero, H, len), _mm512_permutex2var_epi32(of0, len, of1));
+        sp = _mm512_min_epu32(sp, last);
+        const __m512i pk = _mm512_i32gather_epi32(sp, (const void *)L->sym, 4);
+        __m512i sh = len, tot = len, extra = zero;
+        const __mmask16 xb = _mm512_test_epi32_mask(pk, nbm);
+        if (DNNZ_UNLIKELY(xb)) { /* extra bits: every lane's window refilled after its code */
+            const __m512i nb = _mm512_srli_epi32(_mm512_and_si512(pk, nbm), RLL_NB_SHIFT);
+            const __m512i pc = _mm512_mask_add_epi32(P, xb, P, len);
+            RLL_REFILL(pc);
+            extra = _mm512_srlv_epi32(H, _mm512_sub_epi32(n32, nb)); /* 0 for nb = 0 */
+            sh = _mm512_mask_mov_epi32(len, xb, nb);
+            tot = _mm512_add_epi32(len, nb);
+        }
+        const __m512i pn = _mm512_add_epi32(P, tot);
+        const __mmask16 act = _mm512_cmplt_epu32_mask(pn, E); /* a pair (not the end-of-row code) */
+        if (!act)
+            break;
+        P = _mm512_mask_mov_epi32(P, act, pn);
+        H = _mm512_mask_shldv_epi32(H, act, LO, sh);
+        LO = _mm512_mask_sllv_epi32(LO, act, LO, sh);
+        col = _mm512_mask_add_epi32(col, act, col, _mm512_add_epi32(_mm512_srli_epi32(pk, RLL_BASE_SHIFT), extra));
+        const __mmask16 ok = _mm512_mask_cmplt_epu32_mask(act, col, vcols);
+        const __m512 w = K32 ? _mm512_permutex2var_ps(cb0, pk, cb1) : _mm512_permutexvar_ps(pk, cb0);
+        const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok, col, x, 4);
+        acc = _mm512_mask3_fmadd_ps(w, xv, acc, ok);
+    }
+#undef RLL_REFILL
+    _mm512_storeu_ps(y, acc);
+}
+
+static RLL_T void rl_lanes_gemv(const struct rl_lanes *L, const uint8_t *src, const uint64_t *pos,
+                                const uint64_t *end, uint64_t steps, uint32_t cols, const float *x, float *y)
+{
+    if (L->k32)
+        rl_lanes_run(L, 1, src, pos, end, steps, cols, x, y);
+    else
+        rl_lanes_run(L, 0, src, pos, end, steps, cols, x, y);
+}
+
+/* Rows r0..r1 of a task through the lanes, 16 at a time; returns the first row left to the walker
+ * (fewer than 16, or all of them when the code does not suit the lanes). A group whose loads could
+ * pass the end of the payload reads from a zero-padded copy of its bytes. */
+static int64_t rl_lanes_rows(const struct rl_lanes *L, const struct dnnz_rlham *m, const float *x, float *y,
+                             int64_t r0, int64_t r1)
+{
+    for (; r1 - r0 >= 16; r0 += 16) {
+        uint64_t pos[16], end[16], steps = 0, shift;
+        for (int i = 0; i < 16; i++) {
+            pos[i] = RD(m->offsets, m->off_bytes, r0 + i);
+            end[i] = RD(m->offsets, m->off_bytes, r0 + i + 1);
+            steps = end[i] - pos[i] > steps ? end[i] - pos[i] : steps;
+        }
+        uint8_t *copy;
+        const uint8_t *src = dnnz_kern_lane_bytes(m->payload, m->payload_len, pos, 16, end[15], &shift, &copy);
+        if (!src)
+            break;
+        for (int i = 0; i < 16; i++)
+            end[i] -= shift;
+        rl_lanes_gemv(L, src, pos, end, steps, (uint32_t)m->cols, x, y + r0);
+        free(copy);
+    }
+    return r0;
+}
+#endif
+
 /* ---- the task: rows [r0, r1) through the eight lanes, a lane taking the next row when its row
  * ends (rows of any lengths keep all lanes busy) ---------------------------------------------- */
 
@@ -824,6 +1022,13 @@ static void rl_task(void *vc, int64_t task, int worker)
     (void)worker;
     memcpy(cbpad, cb, (size_t)(m->k < 32 ? m->k : 32) * sizeof *cbpad);
     int64_t next = task * TR, r1 = next + TR < m->rows ? next + TR : m->rows;
+#if DNNZ_X86
+    if (x->lanes && x->mode == RL_GEMV) {
+        next = rl_lanes_rows(x->lanes, m, x->x, x->y, next, r1);
+        if (next == r1)
+            return;
+    }
+#endif
     /* lane i: bit position P[i], row[i] (-1: none), column before the next pair col[i] (biased) */
     uint64_t P[LANES];
     int64_t row[LANES];
@@ -958,7 +1163,7 @@ int dnnz_rlham_decode(const struct dnnz_rlham *m, float *dst)
         return DNNZ_OK;
     struct rl_code c;
     DNNZ_CHECK(rl_code_init(&c, m));
-    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path, RL_DECODE, rl_bmi2(path)};
+    struct rl_ctx x = {m, &c, NULL, NULL, 0, 0, dst, NULL, path, RL_DECODE, rl_bmi2(path), NULL};
     dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_task, &x);
     rl_code_free(&c);
     return DNNZ_OK;
@@ -995,9 +1200,14 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
         rl_code_free(&c);
         return st;
     }
-    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path, batch == 1 ? RL_GEMV : RL_LANES, rl_bmi2(path)};
+    struct rl_ctx ctx = {m, &c, x, NULL, batch, 0, y, NULL, path, batch == 1 ? RL_GEMV : RL_LANES, rl_bmi2(path), NULL};
     float *xt = NULL, *acc = NULL;
     int st = DNNZ_OK;
+#if DNNZ_X86
+    struct rl_lanes lanes = {.sym = NULL};
+    if (batch == 1 && path == DNNZ_CPU_AVX512 && rl_lanes_prepare(m, &c.t, &lanes))
+        ctx.lanes = &lanes;
+#endif
     if (batch > 1) {
         int64_t bp = (batch + BL - 1) / BL * BL;
         xt = malloc((size_t)(m->cols * bp) * sizeof *xt);
@@ -1019,6 +1229,9 @@ int dnnz_rlham_matmul(const struct dnnz_rlham *m, const float *x, int64_t batch,
     }
     dnnz_cpu_parallel((m->rows + TR - 1) / TR, rl_task, &ctx);
 done:
+#if DNNZ_X86
+    free(lanes.sym);
+#endif
     free(xt);
     free(acc);
     rl_code_free(&c);
