@@ -634,13 +634,7 @@ DNNZ_INLINE LANES_T void ham_lanes_run(const struct ham_lanes *L, const uint8_t 
     __m512i lim[8];
     for (int q = 0; q < 8; q++)
         lim[q] = _mm512_set1_epi32((int)L->lim[q]);
-    /* the loaded qwords' bytes, big-endian, as the high and low 32 bits of each lane's window */
-    static const uint8_t ih[64] __attribute__((aligned(64))) = {
-        3, 2, 1, 0, 11, 10, 9, 8, 19, 18, 17, 16, 27, 26, 25, 24,
-        35, 34, 33, 32, 43, 42, 41, 40, 51, 50, 49, 48, 59, 58, 57, 56,
-        67, 66, 65, 64, 75, 74, 73, 72, 83, 82, 81, 80, 91, 90, 89, 88,
-        99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
-    const __m512i IH = _mm512_load_si512(ih);
+    const __m512i IH = _mm512_load_si512(dnnz_kern_window_perm);
     const __m512i IL = _mm512_add_epi8(IH, _mm512_set1_epi8(4));
     __m512i P[LANES_G], H[LANES_G], LO[LANES_G];
     __m512 acc[LANES_G];

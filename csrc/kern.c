@@ -476,6 +476,12 @@ int dnnz_enc_check_matmul_args(const void *m, const float *x, int64_t batch, con
     return DNNZ_OK;
 }
 
+const uint8_t dnnz_kern_window_perm[64] __attribute__((aligned(64))) = {
+    3, 2, 1, 0, 11, 10, 9, 8, 19, 18, 17, 16, 27, 26, 25, 24,
+    35, 34, 33, 32, 43, 42, 41, 40, 51, 50, 49, 48, 59, 58, 57, 56,
+    67, 66, 65, 64, 75, 74, 73, 72, 83, 82, 81, 80, 91, 90, 89, 88,
+    99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
+
 const uint8_t *dnnz_kern_lane_bytes(const uint8_t *payload, int64_t payload_len, uint64_t *pos, int n, uint64_t end,
                                     uint64_t *shift, uint8_t **copy)
 {

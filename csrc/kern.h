@@ -199,6 +199,12 @@ struct dnnz_tiles {
 const uint8_t *dnnz_kern_lane_bytes(const uint8_t *payload, int64_t payload_len, uint64_t *pos, int n, uint64_t end,
                                     uint64_t *shift, uint8_t **copy);
 
+/* The byte permutation of the lane decoders' window refill (ham, sham, rlham): two gathers load 8
+ * qwords each, and this index vector (vpermi2b over the pair) puts each qword's first four bytes,
+ * big-endian, in the 32-bit lane of its row (add 4 to every byte for the next four bytes): the
+ * high and low 32 bits of each lane's 64-bit window. 64-byte aligned for a vector load. */
+extern const uint8_t dnnz_kern_window_perm[64];
+
 /* The micro-kernel of the tile driver on its own: y[b * ys + i] += w[i] . x[b] for the nr <= RT
  * rows of an RT x kcp tile w (row stride ws, zeros past nr rows) and every batch row b of x
  * (stride xs, kcp readable floats each), register-blocked over the batch. */

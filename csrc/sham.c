@@ -417,12 +417,6 @@ DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const int SHORT
     __m512i lim[8];
     for (int i = 0; i < 8; i++)
         lim[i] = _mm512_set1_epi32((int)L->lim[i]);
-    /* the loaded qwords' bytes, big-endian, as the high and low 32 bits of each lane's window */
-    static const uint8_t ih[64] __attribute__((aligned(64))) = {
-        3, 2, 1, 0, 11, 10, 9, 8, 19, 18, 17, 16, 27, 26, 25, 24,
-        35, 34, 33, 32, 43, 42, 41, 40, 51, 50, 49, 48, 59, 58, 57, 56,
-        67, 66, 65, 64, 75, 74, 73, 72, 83, 82, 81, 80, 91, 90, 89, 88,
-        99, 98, 97, 96, 107, 106, 105, 104, 115, 114, 113, 112, 123, 122, 121, 120};
     /* transpose: a[k] holds rows 4k..4k+3, eight words each (word 8t + s: row 4k + t, step s);
      * round 1 gives word 8s + l = row l (of eight), step s (0..3, or 4..7 with +4); round 2
      * widens step s of both halves into 16 dword lanes */
@@ -436,7 +430,7 @@ DNNZ_INLINE SL_T void sham_lanes_run(const struct sham_lanes *L, const int SHORT
             t2[s][2 * i + 1] = 0;
         }
     const __m512i X1 = _mm512_loadu_si512(t1), X1b = _mm512_add_epi16(X1, _mm512_set1_epi16(4));
-    const __m512i IH = _mm512_load_si512(ih);
+    const __m512i IH = _mm512_load_si512(dnnz_kern_window_perm);
     const __m512i IL = _mm512_add_epi8(IH, _mm512_set1_epi8(4));
     const __m512i C = _mm512_loadu_si512(cnt);
     __m512i P = _mm512_loadu_si512(prel), H = zero, LO = zero;
