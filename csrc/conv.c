@@ -217,16 +217,27 @@ static void dw_rows_ref(const struct dw_strip *s)
 }
 
 #if DNNZ_X86
+/* The depthwise tiles' start (RB x NV accumulators of vector type VT, each the bias) and end (each
+ * accumulator stored at its row and column, W floats a vector, the last one of a row through the
+ * `tail` mask); every tile below is RB output rows x NV vectors from column q0 of output row p. */
+#define DW_TILE_START(VT, SET1)                                                                   \
+    VT acc[4][4];                                                                                 \
+    _Pragma("GCC unroll 4") for (int r = 0; r < RB; r++)                                          \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) acc[r][j] = SET1(s->bias)
+#define DW_TILE_STORE(W, STORE, MASK_STORE)                                                       \
+    do {                                                                                          \
+        _Pragma("GCC unroll 4") for (int r = 0; r < RB; r++) {                                    \
+            float *yr = s->y + (p + r) * s->ow + q0;                                              \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NV - 1; j++) STORE(yr + (W) * j, acc[r][j]); \
+            MASK_STORE(yr + (W) * (NV - 1), tail, acc[r][NV - 1]);                                \
+        }                                                                                         \
+    } while (0)
+
 /* RB output rows x NV vectors of 16 columns from column q0 (the last vector masked by `tail`). */
 DNNZ_INLINE DNNZ_T_AVX512 void dw_tile_avx512(const struct dw_strip *s, int64_t p, int64_t q0, const int RB,
                                                const int NV, __mmask16 tail)
 {
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
-            acc[r][j] = _mm512_set1_ps(s->bias);
+    DW_TILE_START(__m512, _mm512_set1_ps);
     const float *base = s->scr + p * s->sh * s->wq + q0;
     const int64_t rstep = s->sh * s->wq;
     for (int64_t t = 0; t < s->taps; t++) {
@@ -238,14 +249,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void dw_tile_avx512(const struct dw_strip *s, int64_t 
             for (int j = 0; j < NV; j++)
                 acc[r][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(src + r * rstep + 16 * j), acc[r][j]);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++) {
-        float *yr = s->y + (p + r) * s->ow + q0;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV - 1; j++)
-            _mm512_storeu_ps(yr + 16 * j, acc[r][j]);
-        _mm512_mask_storeu_ps(yr + 16 * (NV - 1), tail, acc[r][NV - 1]);
-    }
+    DW_TILE_STORE(16, _mm512_storeu_ps, _mm512_mask_storeu_ps);
 }
 
 /* dw_tile_avx512 for kernel rows of three adjacent taps (kw = 3, column stride and dilation 1):
@@ -255,12 +259,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void dw_tile_avx512(const struct dw_strip *s, int64_t 
 DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3_avx512(const struct dw_strip *s, int64_t p, int64_t q0, const int RB,
                                                 const int NV, __mmask16 tail)
 {
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
-            acc[r][j] = _mm512_set1_ps(s->bias);
+    DW_TILE_START(__m512, _mm512_set1_ps);
     const float *base = s->scr + p * s->sh * s->wq + q0;
     const int64_t rstep = s->sh * s->wq;
     for (int64_t u = 0; u < s->taps / 3; u++) {
@@ -281,14 +280,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3_avx512(const struct dw_strip *s, int64_t
             }
         }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++) {
-        float *yr = s->y + (p + r) * s->ow + q0;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV - 1; j++)
-            _mm512_storeu_ps(yr + 16 * j, acc[r][j]);
-        _mm512_mask_storeu_ps(yr + 16 * (NV - 1), tail, acc[r][NV - 1]);
-    }
+    DW_TILE_STORE(16, _mm512_storeu_ps, _mm512_mask_storeu_ps);
 }
 
 /* The same for kw = 3 at column stride 2 (dilation 1): taps 0 and 2 read plane 0 at columns q and
@@ -296,12 +288,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3_avx512(const struct dw_strip *s, int64_t
 DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3s2_avx512(const struct dw_strip *s, int64_t p, int64_t q0, const int RB,
                                                   const int NV, __mmask16 tail)
 {
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
-            acc[r][j] = _mm512_set1_ps(s->bias);
+    DW_TILE_START(__m512, _mm512_set1_ps);
     const float *base = s->scr + p * s->sh * s->wq + q0;
     const int64_t rstep = s->sh * s->wq;
     for (int64_t u = 0; u < s->taps / 3; u++) {
@@ -322,14 +309,7 @@ DNNZ_INLINE DNNZ_T_AVX512 void dw_tile3s2_avx512(const struct dw_strip *s, int64
             }
         }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++) {
-        float *yr = s->y + (p + r) * s->ow + q0;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV - 1; j++)
-            _mm512_storeu_ps(yr + 16 * j, acc[r][j]);
-        _mm512_mask_storeu_ps(yr + 16 * (NV - 1), tail, acc[r][NV - 1]);
-    }
+    DW_TILE_STORE(16, _mm512_storeu_ps, _mm512_mask_storeu_ps);
 }
 
 #define DW_TILE_AVX512(RB, NV, M)                          \
@@ -382,12 +362,7 @@ static DNNZ_T_AVX512 void dw_rows_avx512(const struct dw_strip *s)
 DNNZ_INLINE DNNZ_T_AVX2 void dw_tile_avx2(const struct dw_strip *s, int64_t p, int64_t q0, const int RB,
                                            const int NV, __m256i tail)
 {
-    __m256 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
-            acc[r][j] = _mm256_set1_ps(s->bias);
+    DW_TILE_START(__m256, _mm256_set1_ps);
     const float *base = s->scr + p * s->sh * s->wq + q0;
     const int64_t rstep = s->sh * s->wq;
     for (int64_t t = 0; t < s->taps; t++) {
@@ -399,14 +374,7 @@ DNNZ_INLINE DNNZ_T_AVX2 void dw_tile_avx2(const struct dw_strip *s, int64_t p, i
             for (int j = 0; j < NV; j++)
                 acc[r][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src + r * rstep + 8 * j), acc[r][j]);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < RB; r++) {
-        float *yr = s->y + (p + r) * s->ow + q0;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV - 1; j++)
-            _mm256_storeu_ps(yr + 8 * j, acc[r][j]);
-        _mm256_maskstore_ps(yr + 8 * (NV - 1), tail, acc[r][NV - 1]);
-    }
+    DW_TILE_STORE(8, _mm256_storeu_ps, _mm256_maskstore_ps);
 }
 
 static DNNZ_T_AVX2 void dw_rows_avx2(const struct dw_strip *s)
@@ -439,6 +407,8 @@ static DNNZ_T_AVX2 void dw_rows_avx2(const struct dw_strip *s)
         p++;
     }
 }
+#undef DW_TILE_START
+#undef DW_TILE_STORE
 #endif
 
 /* Task t: sample t / nch, output channel oc0 + t % nch, every strip of its output rows. */

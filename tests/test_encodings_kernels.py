@@ -46,6 +46,19 @@ def skewed_indices(rng, shape, k):
     return (idx + rng.integers(0, k, shape) * (rng.random(shape) < 0.02)) % k
 
 
+def lane_indices(rng, dist, shape):
+    """(indices, k) of the lane kernels' test distributions: "gauss32" (bell-shaped), "uniform32",
+    "skewed32" (skewed_indices) or "kN" (uniform over N values)."""
+    if dist == "gauss32":
+        return np.clip(np.rint((rng.standard_normal(shape) + 3) / 6 * 31), 0, 31).astype(np.int64), 32
+    if dist == "uniform32":
+        return rng.integers(0, 32, shape), 32
+    if dist == "skewed32":
+        return skewed_indices(rng, shape, 32), 32
+    k = int(dist[1:])
+    return rng.integers(0, k, shape), k
+
+
 @pytest.mark.parametrize("k", [1, 2, 32, 255, 256, 300, 4096])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (7, 5), (13, 2049), (6, 4100)])
 def test_rlham_all_runs_zero_uses_row_tiles(k, rows, cols, cpu_path):
@@ -101,25 +114,15 @@ def test_ham_row_lanes(dist, rows, cols, cpu_path, monkeypatch):
     groups, tiles of 128 columns at batch > 1 and batch blocks of 8."""
     rng = np.random.default_rng(rows * 7 + cols)
     shape = (rows, cols)
-    if dist == "gauss32":
-        idx = np.clip(np.rint((rng.standard_normal(shape) + 3) / 6 * 31), 0, 31).astype(np.int64)
-        k = 32
-    elif dist == "uniform32":
-        idx, k = rng.integers(0, 32, shape), 32
-    elif dist == "skewed32":
-        idx, k = skewed_indices(rng, shape, 32), 32
-    elif dist == "long32":  # Fibonacci counts: codes as long as the number of symbols used
+    if dist == "long32":  # Fibonacci counts: codes as long as the number of symbols used
         monkeypatch.setattr(ham_module, "FAST_MAX_LEN", 32)  # as another writer may
         n, k, counts = rows * cols, 32, [1, 1]
         while len(counts) < 32 and sum(counts) + counts[-1] + counts[-2] <= n:
             counts.append(counts[-1] + counts[-2])
         idx = np.repeat(np.arange(len(counts))[::-1], counts)
         idx = rng.permutation(np.concatenate([idx, np.zeros(n - idx.size, np.int64)])).reshape(shape)
-    elif dist == "k40":
-        idx, k = rng.integers(0, 40, shape), 40
     else:
-        k = int(dist[1:])
-        idx = rng.integers(0, k, shape)
+        idx, k = lane_indices(rng, dist, shape)
     w = levels(k)[idx]
     e = encode(w, "ham")
     assert np.array_equal(e.decode(), w)
@@ -138,14 +141,7 @@ def test_rlham_all_runs_zero_row_lanes(dist, rows, cols, cpu_path):
     2048-column slices, one short, and the last rows of the payload."""
     rng = np.random.default_rng(rows * 11 + cols)
     shape = (rows, cols)
-    if dist == "gauss32":
-        idx = np.clip(np.rint((rng.standard_normal(shape) + 3) / 6 * 31), 0, 31).astype(np.int64)
-        k = 32
-    elif dist == "skewed32":
-        idx, k = skewed_indices(rng, shape, 32), 32
-    else:
-        k = int(dist[1:]) if dist[0] == "k" else 32
-        idx = rng.integers(0, k, shape)
+    idx, k = lane_indices(rng, dist, shape)
     w = levels(k)[idx]
     batches = (1, 2, 7, 8, 9, 17)
     e, h = encode(w, "rlham"), encode(w, "ham")
